@@ -1,0 +1,24 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, embedsignature=True
+#
+# The one extension module of fastactor. Its parts live in core/*.pyx and are included here
+# so that every cdef call stays inside one C unit.
+
+cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize,
+                            PyBytes_GET_SIZE)
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
+
+from .includes cimport wal as cwal
+
+import asyncio
+import collections
+import errno
+import heapq
+import logging
+import os
+
+from .errors import LogCorruptionError, LogFailedError
+
+include "core/wal.pyx"
