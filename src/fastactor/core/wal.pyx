@@ -10,7 +10,7 @@ cdef object _open_error(int rc, const char *msg):
     text = msg.decode("utf-8", "replace")
     if rc == -errno.EBADMSG:
         return LogCorruptionError(text)
-    if rc == -errno.ERANGE:
+    if rc == -errno.ERANGE or rc == -errno.EINVAL:
         return ValueError(text)
     return OSError(-rc, f"{text}: {os.strerror(-rc)}")
 
