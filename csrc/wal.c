@@ -470,7 +470,8 @@ list_segments(int dirfd, const char *dir, int remove_tmp, seg_list *out, uint32_
             goto fail;
         }
     }
-    qsort(out->v, out->n, sizeof(*out->v), seg_cmp);
+    if (out->n > 1)
+        qsort(out->v, out->n, sizeof(*out->v), seg_cmp);
     for (size_t i = 0; i < out->n; i++) {
         char name[SEG_NAME_LEN + 1];
         const char *why;

@@ -17,7 +17,9 @@ CSRC = ROOT / "csrc"
 CDEF = """
 typedef struct fa_wal fa_wal;
 typedef struct fa_wal_reader fa_wal_reader;
-typedef struct { uint64_t segment_size; uint32_t max_record; uint64_t max_pending; } fa_wal_options;
+typedef struct {
+    uint64_t segment_size; uint32_t max_record; uint64_t max_pending;
+} fa_wal_options;
 typedef struct {
     uint64_t first_lsn; uint64_t next_lsn; uint32_t segments; uint32_t tmp_removed;
     uint64_t torn_offset; uint64_t torn_bytes; char torn_file[64];
@@ -52,14 +54,21 @@ def build(tmpdir: Path) -> tuple[Any, Any]:
     """Compiles the harness into TMPDIR and returns (ffi, lib)."""
     flags = ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-UNDEBUG"]
     if os.environ.get("FASTACTOR_SANITIZE") == "1":
-        flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
-                  "-fno-sanitize-recover=undefined"]
+        flags += [
+            "-fsanitize=address,undefined",
+            "-fno-omit-frame-pointer",
+            "-fno-sanitize-recover=undefined",
+        ]
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
-    ffi.set_source("_fa_wal_harness", '#include "wal.h"',
-                   sources=[str(CSRC / "wal.c")], include_dirs=[str(CSRC)],
-                   extra_compile_args=flags,
-                   extra_link_args=["-pthread"] + [f for f in flags if f.startswith("-fsan")])
+    ffi.set_source(
+        "_fa_wal_harness",
+        '#include "wal.h"',
+        sources=[str(CSRC / "wal.c")],
+        include_dirs=[str(CSRC)],
+        extra_compile_args=flags,
+        extra_link_args=["-pthread"] + [f for f in flags if f.startswith("-fsan")],
+    )
     path = ffi.compile(tmpdir=str(tmpdir), verbose=False)
     spec = importlib.util.spec_from_file_location("_fa_wal_harness", path)
     assert spec is not None and spec.loader is not None

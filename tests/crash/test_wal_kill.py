@@ -19,8 +19,9 @@ CYCLES = 60
 
 
 def run_child(logdir: Path, tasks: int, seconds: float) -> tuple[int, dict[int, bytes]]:
-    proc = subprocess.Popen([sys.executable, str(CHILD), str(logdir), str(tasks)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(CHILD), str(logdir), str(tasks)], stdout=subprocess.PIPE, text=True
+    )
     acked: dict[int, bytes] = {}
     opened: list[int] = []
 
@@ -28,7 +29,7 @@ def run_child(logdir: Path, tasks: int, seconds: float) -> tuple[int, dict[int, 
         assert proc.stdout is not None
         for line in proc.stdout:
             if not line.endswith("\n"):
-                break                       # cut by the kill: never acknowledged in full
+                break  # cut by the kill: never acknowledged in full
             head, _, rest = line.rstrip("\n").partition(" ")
             if head == "open":
                 opened.append(int(rest))
@@ -63,7 +64,7 @@ def test_sigkill_under_load_never_loses_an_acknowledged_record(tmp_path: Path) -
         # The child resumed exactly after what survived the previous kill.
         assert next_lsn == len(everything) + 1, f"cycle {cycle}"
         total_acked += len(acked)
-        with WriteAheadLog(logdir, segment_size=64 * 1024) as w:   # recovery
+        with WriteAheadLog(logdir, segment_size=64 * 1024) as w:  # recovery
             kept = {lsn: data for lsn, _, data in w.replay()}
         assert sorted(kept) == list(range(1, len(kept) + 1)), "no gaps"
         for lsn, data in acked.items():

@@ -16,8 +16,13 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
-from fastactor import LogCorruptionError, LogFailedError, LogReader, WriteAheadLog
-from fastactor import write_file_atomic
+from fastactor import (
+    LogCorruptionError,
+    LogFailedError,
+    LogReader,
+    WriteAheadLog,
+    write_file_atomic,
+)
 from fastactor._core import crc32c
 
 T = TypeVar("T")
@@ -140,7 +145,7 @@ def test_waiting_out_of_order_and_already_durable(tmp_path: Path) -> None:
             lsns = [w.append(b"x") for _ in range(10)]
             # Wait for a later LSN first, then an earlier one: both must finish.
             await asyncio.gather(w.wait_durable(lsns[9]), w.wait_durable(lsns[2]))
-            await w.wait_durable(lsns[0])          # long durable: no suspension needed
+            await w.wait_durable(lsns[0])  # long durable: no suspension needed
             with pytest.raises(ValueError, match="not been appended"):
                 w.wait_durable(99)
 
@@ -374,8 +379,9 @@ def test_io_failure_fails_waiters_and_stops_the_log(tmp_path: Path, op: str, err
         await w.wait_durable(good)
         w._inject_fault(op, 0, err)
         doomed = [w.append(payload(i)) for i in range(20)]
-        results = await asyncio.gather(*(w.wait_durable(lsn) for lsn in doomed),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(w.wait_durable(lsn) for lsn in doomed), return_exceptions=True
+        )
         assert all(isinstance(r, LogFailedError) and r.errno == err for r in results)
         assert w.durable_lsn == good
         assert isinstance(w.failed, LogFailedError)
@@ -383,12 +389,12 @@ def test_io_failure_fails_waiters_and_stops_the_log(tmp_path: Path, op: str, err
             w.append(b"after the failure")
         with pytest.raises(LogFailedError):
             await w.wait_durable(doomed[0])
-        await w.wait_durable(good)               # durable before the failure: still fine
+        await w.wait_durable(good)  # durable before the failure: still fine
         with pytest.raises(LogFailedError):
             w.close()
 
     run(go)
-    with WriteAheadLog(tmp_path) as w:            # reopening recovers the durable prefix
+    with WriteAheadLog(tmp_path) as w:  # reopening recovers the durable prefix
         got = [p for _, _, p in w.replay()]
         assert got[0] == b"good"
         # The failed batch may or may not have reached the file; it was never acknowledged.

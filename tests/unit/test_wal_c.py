@@ -42,7 +42,9 @@ def append(c: tuple[Any, Any], w: Any, data: bytes, type: int = 0) -> int:
     return int(lsn[0])
 
 
-def read(c: tuple[Any, Any], d: Path, start: int = 1, upto: int = 0) -> list[tuple[int, int, bytes]]:
+def read(
+    c: tuple[Any, Any], d: Path, start: int = 1, upto: int = 0
+) -> list[tuple[int, int, bytes]]:
     ffi, lib = c
     r = ffi.new("fa_wal_reader **")
     err = ffi.new("char[512]")
@@ -66,7 +68,7 @@ def test_crc32c_instruction_and_tables_agree(c: tuple[Any, Any]) -> None:
     blob = rnd.randbytes(4096)
     for _ in range(500):
         start, n = rnd.randrange(0, 64), rnd.randrange(0, 2000)
-        chunk = ffi.from_buffer(blob)[start:start + n]
+        chunk = ffi.from_buffer(blob)[start : start + n]
         seed = rnd.getrandbits(32)
         assert lib.fa_crc32c(seed, chunk, n) == lib.fa_crc32c_sw(seed, chunk, n)
 
@@ -74,7 +76,7 @@ def test_crc32c_instruction_and_tables_agree(c: tuple[Any, Any]) -> None:
 def test_blocking_wait_from_threads_and_reader_bounds(c: tuple[Any, Any], tmp_path: Path) -> None:
     ffi, lib = c
     w = open_log(c, tmp_path, segment_size=4096)
-    lock = threading.Lock()   # one owner thread at a time, as the API asks
+    lock = threading.Lock()  # one owner thread at a time, as the API asks
     acked: list[int] = []
 
     def worker(k: int) -> None:

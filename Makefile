@@ -1,0 +1,34 @@
+# One entry point for every task. `make test` is what CI runs (through .ci/run).
+PYTHON ?= python
+LIBASAN := $(shell gcc -print-file-name=libasan.so)
+
+.PHONY: build debug asan test bench lint clean
+
+build:
+	$(PYTHON) -m pip install .
+
+debug:
+	FASTACTOR_DEBUG=1 $(PYTHON) -m pip install .
+
+# The extension and the cffi harness under AddressSanitizer + UBSan. Python itself is not
+# instrumented, so libasan is preloaded and leak checking is left to the C tests' own runs.
+asan:
+	FASTACTOR_SANITIZE=1 $(PYTHON) -m pip install '.[test]'
+	FASTACTOR_SANITIZE=1 LD_PRELOAD=$(LIBASAN) ASAN_OPTIONS=detect_leaks=0 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		$(PYTHON) -m pytest tests -p no:cacheprovider
+	$(PYTHON) -m pip install .
+
+test:
+	$(PYTHON) -m pip install '.[test]' && $(PYTHON) -m pytest
+
+bench:
+	$(PYTHON) benchmarks/bench_wal.py
+
+lint:
+	$(PYTHON) -m ruff check src tests benchmarks
+	$(PYTHON) -m ruff format --check src tests benchmarks
+	$(PYTHON) -m mypy src/fastactor
+
+clean:
+	rm -rf build dist src/*.egg-info src/fastactor/_core.c .bench-data .pytest_cache

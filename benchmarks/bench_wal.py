@@ -1,0 +1,162 @@
+"""Durable appends per second through the log, against the disk's own fdatasync rate.
+
+    python benchmarks/bench_wal.py              # the table for BENCHMARKS.md
+    python -m pytest benchmarks/bench_wal.py --benchmark-enable   # pytest-benchmark suite
+
+Question answered: how many 64-byte records per second become durable with N concurrent
+waiters, and how does that compare with `write(64 B) + fdatasync` in a loop on the same disk
+in the same run? Rounds interleave the reference and the log so drift hits both alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from fastactor import WriteAheadLog
+
+RECORD = b"r" * 64
+WAITERS = (1, 16, 256, 4096)
+BENCH_DIR = Path(os.environ.get("FASTACTOR_BENCH_DIR", ".bench-data")).resolve()
+
+
+def fresh_dir(name: str) -> Path:
+    d = BENCH_DIR / name
+    shutil.rmtree(d, ignore_errors=True)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def raw_fdatasync(n: int) -> float:
+    """write(64 B) + fdatasync in a loop, appending to one file: syncs per second."""
+    d = fresh_dir("raw")
+    d.mkdir()
+    fd = os.open(d / "raw.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        t = time.perf_counter()
+        for _ in range(n):
+            os.write(fd, RECORD)
+            os.fdatasync(fd)
+        return n / (time.perf_counter() - t)
+    finally:
+        os.close(fd)
+
+
+def durable_appends(waiters: int, n: int) -> tuple[float, float]:
+    """WAITERS tasks, each appending one 64-byte record and awaiting its durability, N records
+    in all. Returns (records per second, records per fdatasync)."""
+    d = fresh_dir(f"log{waiters}")
+
+    async def go() -> tuple[float, float]:
+        w = WriteAheadLog(d)
+        per_task = max(1, n // waiters)
+
+        async def worker() -> None:
+            append, wait = w.append, w.wait_durable
+            for _ in range(per_task):
+                await wait(append(RECORD))
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(waiters)))
+        dt = time.perf_counter() - t
+        total = per_task * waiters
+        per_batch = total / max(1, w.batches)
+        w.close()
+        return total / dt, per_batch
+
+    return uvloop.run(go())
+
+
+def append_hot_path(samples: int = 300, per_sample: int = 1000) -> float:
+    """Median microseconds of one append() from Python (the log drained between samples)."""
+    d = fresh_dir("hot")
+    times = []
+    with WriteAheadLog(d) as w:
+        append = w.append
+        for _ in range(samples):
+            t = time.perf_counter_ns()
+            for _ in range(per_sample):
+                append(RECORD)
+            times.append((time.perf_counter_ns() - t) / per_sample / 1000)
+            w.sync(w.last_lsn)
+    return statistics.median(times)
+
+
+SIZES = {1: 1500, 16: 15000, 256: 150000, 4096: 600000}
+
+
+def table(rounds: int = 5) -> str:
+    raws: list[float] = []
+    rates: dict[int, list[float]] = {k: [] for k in WAITERS}
+    batch: dict[int, list[float]] = {k: [] for k in WAITERS}
+    for _ in range(rounds):
+        raws.append(raw_fdatasync(1500))
+        for k in WAITERS:
+            r, b = durable_appends(k, SIZES[k])
+            rates[k].append(r)
+            batch[k].append(b)
+    raw = statistics.median(raws)
+    lines = [
+        f"host: nproc={os.cpu_count()}  dir={BENCH_DIR}  rounds={rounds} (medians)",
+        f"reference: write(64 B)+fdatasync loop = {raw:,.0f}/s",
+        "",
+        "| waiters | durable appends/s | records per fdatasync | ratio vs raw fdatasync |",
+        "|--------:|------------------:|----------------------:|-----------------------:|",
+    ]
+    for k in WAITERS:
+        r = statistics.median(rates[k])
+        lines.append(f"| {k} | {r:,.0f} | {statistics.median(batch[k]):,.1f} | {r / raw:.2f} |")
+    lines.append("")
+    lines.append(f"append() hot path: median {append_hot_path():.3f} µs")
+    return "\n".join(lines)
+
+
+# -- pytest-benchmark ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def raw_rate() -> float:
+    return raw_fdatasync(500)
+
+
+def _run(benchmark: Any, fn: Callable[[], float], raw: float | None) -> None:
+    out: list[float] = []
+    benchmark.pedantic(lambda: out.append(fn()), rounds=3, iterations=1)
+    rate = statistics.median(out)
+    benchmark.extra_info["per_second"] = round(rate)
+    if raw:
+        benchmark.extra_info["ratio_vs_raw_fdatasync"] = round(rate / raw, 3)
+
+
+def test_raw_fdatasync(benchmark: Any) -> None:
+    _run(benchmark, lambda: raw_fdatasync(500), None)
+
+
+@pytest.mark.parametrize("waiters", WAITERS)
+def test_durable_appends(benchmark: Any, raw_rate: float, waiters: int) -> None:
+    _run(benchmark, lambda: durable_appends(waiters, SIZES[waiters] // 3)[0], raw_rate)
+
+
+def test_append_hot_path(benchmark: Any) -> None:
+    d = fresh_dir("hot-pytest")
+    with WriteAheadLog(d) as w:
+        benchmark.pedantic(
+            lambda: [w.append(RECORD) for _ in range(1000)],
+            setup=lambda: w.sync(w.last_lsn) if w.last_lsn else None,
+            rounds=100,
+            iterations=1,
+        )
+
+
+if __name__ == "__main__":
+    print(table(int(sys.argv[1]) if len(sys.argv) > 1 else 5))
