@@ -2,7 +2,7 @@
 PYTHON ?= python
 LIBASAN := $(shell gcc -print-file-name=libasan.so)
 
-.PHONY: build debug asan test bench lint clean
+.PHONY: build debug asan tsan test bench lint clean
 
 build:
 	$(PYTHON) -m pip install .
@@ -18,6 +18,16 @@ asan:
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		$(PYTHON) -m pytest tests -p no:cacheprovider
 	$(PYTHON) -m pip install .
+
+# The C log alone, from threads, under ThreadSanitizer, then ASan + LeakSanitizer + UBSan.
+tsan:
+	mkdir -p build
+	gcc -std=gnu11 -Wall -Wextra -Werror -O1 -g -fsanitize=thread -Icsrc \
+		tests/c/wal_stress.c csrc/wal.c -o build/wal_stress_tsan -pthread
+	rm -rf build/stress-tsan && build/wal_stress_tsan build/stress-tsan
+	gcc -std=gnu11 -Wall -Wextra -Werror -O1 -g -fsanitize=address,undefined -Icsrc \
+		tests/c/wal_stress.c csrc/wal.c -o build/wal_stress_asan -pthread
+	rm -rf build/stress-asan && ASAN_OPTIONS=detect_leaks=1 build/wal_stress_asan build/stress-asan
 
 test:
 	$(PYTHON) -m pip install '.[test]' && $(PYTHON) -m pytest
