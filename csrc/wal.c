@@ -1147,6 +1147,15 @@ fa_wal_checkpoint(fa_wal *w, uint64_t lsn)
     return rc < 0 ? rc : removed;
 }
 
+void
+fa_wal_abort(fa_wal *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->fill.len = 0;
+    pthread_mutex_unlock(&w->mu);
+    (void)fa_wal_close(w, NULL);
+}
+
 int
 fa_wal_close(fa_wal *w, uint64_t *durable)
 {

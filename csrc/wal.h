@@ -192,6 +192,10 @@ int fa_wal_checkpoint(fa_wal *w, uint64_t lsn);
  * stopped the log; the final durable LSN goes to *DURABLE (if not NULL). */
 int fa_wal_close(fa_wal *w, uint64_t *durable);
 
+/* Stops the flusher as a crash would: records not yet taken by the flusher are dropped (a
+ * batch being written is finished). Frees W. For tests that simulate a crash. */
+void fa_wal_abort(fa_wal *w);
+
 /* Test hook: the AFTER+1-th next write() or fdatasync() (OP) fails with -ERR. */
 int fa_wal_inject_fault(fa_wal *w, int op, uint32_t after, int err);
 

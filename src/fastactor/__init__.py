@@ -1,14 +1,58 @@
 """fastactor: stateful actors for Python with a native, durable core."""
 
-from ._core import LogReader, WriteAheadLog, write_file_atomic
+from ._core import (
+    ActorContext,
+    ActorNamespace,
+    ActorStub,
+    LogReader,
+    Storage,
+    Transaction,
+    WriteAheadLog,
+    write_file_atomic,
+)
 from ._version import __version__
-from .errors import FastactorError, LogCorruptionError, LogFailedError
+from .actor import StatefulActor
+from .errors import (
+    ActorFetchTimeoutError,
+    ActorMethodError,
+    ActorMethodTimeoutError,
+    ActorOutputGateError,
+    ActorPrivateMethodError,
+    ActorUnknownMethodError,
+    BlockConcurrencyTimeoutError,
+    CodecError,
+    FastactorError,
+    LogCorruptionError,
+    LogFailedError,
+    StorageLimitError,
+)
+from .http import Request, Response
+from .runtime import Env, Runtime
 
 __all__ = [
+    "ActorContext",
+    "ActorFetchTimeoutError",
+    "ActorMethodError",
+    "ActorMethodTimeoutError",
+    "ActorNamespace",
+    "ActorOutputGateError",
+    "ActorPrivateMethodError",
+    "ActorStub",
+    "ActorUnknownMethodError",
+    "BlockConcurrencyTimeoutError",
+    "CodecError",
+    "Env",
     "FastactorError",
     "LogCorruptionError",
     "LogFailedError",
     "LogReader",
+    "Request",
+    "Response",
+    "Runtime",
+    "StatefulActor",
+    "Storage",
+    "StorageLimitError",
+    "Transaction",
     "WriteAheadLog",
     "__version__",
     "write_file_atomic",

@@ -14,11 +14,28 @@ from .includes cimport wal as cwal
 
 import asyncio
 import collections
+import concurrent.futures
+import datetime
+import decimal
 import errno
+import functools
 import heapq
 import logging
 import os
+import re
+import secrets
+import sqlite3
+import types
+import uuid
 
-from .errors import LogCorruptionError, LogFailedError
+import msgspec
+
+from .errors import (ActorFetchTimeoutError, ActorMethodError, ActorMethodTimeoutError,
+                     ActorOutputGateError, ActorPrivateMethodError, ActorUnknownMethodError,
+                     BlockConcurrencyTimeoutError, CodecError, LogCorruptionError,
+                     LogFailedError, StorageLimitError)
 
 include "core/wal.pyx"
+include "core/codec.pyx"
+include "core/storage.pyx"
+include "core/dispatcher.pyx"

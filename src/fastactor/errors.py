@@ -1,16 +1,74 @@
-"""Every exception fastactor raises on purpose. Exported from ``fastactor`` too."""
+"""Every exception fastactor raises on purpose. All are exported from ``fastactor`` too."""
 
 from __future__ import annotations
 
 __all__ = [
+    "ActorFetchTimeoutError",
+    "ActorMethodError",
+    "ActorMethodTimeoutError",
+    "ActorOutputGateError",
+    "ActorPrivateMethodError",
+    "ActorUnknownMethodError",
+    "BlockConcurrencyTimeoutError",
+    "CodecError",
     "FastactorError",
     "LogCorruptionError",
     "LogFailedError",
+    "StorageLimitError",
 ]
 
 
 class FastactorError(Exception):
     """Base class of fastactor's own errors."""
+
+
+class CodecError(FastactorError, TypeError):
+    """A value can not be stored or sent: its type is not one the codec keeps (SPEC §3), or it
+    contains itself. Raised at the write or the call; nothing was stored or sent."""
+
+
+class StorageLimitError(FastactorError, ValueError):
+    """A value is larger than 2 MiB once encoded. Nothing was stored."""
+
+
+class ActorOutputGateError(FastactorError):
+    """The turn's writes could not be made durable (the log failed), or a transaction of the
+    turn raised: the reply is withheld and this error given instead."""
+
+
+class ActorMethodError(FastactorError):
+    """The actor's method raised. ``remote_type`` is the name of the exception class it
+    raised; the message is kept."""
+
+    def __init__(self, message: str, remote_type: str) -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+
+    def __reduce__(self) -> tuple[type[ActorMethodError], tuple[str, str]]:
+        return (type(self), (str(self), self.remote_type))
+
+
+class ActorPrivateMethodError(FastactorError, AttributeError):
+    """The method is not callable over RPC: its name starts with ``_``, or it is ``fetch``,
+    ``alarm``, ``__init__`` or defined on ``StatefulActor`` itself."""
+
+
+class ActorUnknownMethodError(FastactorError, AttributeError):
+    """The actor class has no such method."""
+
+
+class ActorMethodTimeoutError(FastactorError, TimeoutError):
+    """The method ran past its budget (30 s by default). Its writes were discarded; the
+    instance keeps serving."""
+
+
+class ActorFetchTimeoutError(FastactorError, TimeoutError):
+    """The actor's ``fetch`` ran past its budget (30 s by default)."""
+
+
+class BlockConcurrencyTimeoutError(FastactorError, TimeoutError):
+    """``ctx.block_concurrency_while`` ran past its budget (30 s). The activation was torn
+    down; the next call activates the instance afresh."""
 
 
 class LogCorruptionError(FastactorError):

@@ -33,11 +33,14 @@ cdef class WriteAheadLog:
     cdef readonly dict recovery
     cdef uint32_t _max_record
     cdef object _loop
-    cdef object _waiters          # deque of (lsn, future), LSNs non-decreasing
-    cdef list _stragglers         # heap of (lsn, seq, future) awaited out of order
+    # Waiters are (lsn, future, value, mode): mode 0 finishes the future with None (or
+    # LogFailedError), 1 with value, 2 by raising value (or reply_error if the log fails).
+    cdef object _waiters          # deque of waiters, LSNs non-decreasing
+    cdef list _stragglers         # heap of (lsn, seq, waiter) waited for out of order
     cdef uint64_t _seq
     cdef uint64_t _tail_lsn       # LSN of the last entry of _waiters
     cdef object _done             # a finished future on _loop, awaited without a suspension
+    cdef public object reply_error  # what held replies fail with when the log fails
 
     def __cinit__(self, path, *, uint64_t segment_size=64 << 20,
                   uint32_t max_record=32 << 20, uint64_t max_pending=1 << 30):
@@ -140,14 +143,21 @@ cdef class WriteAheadLog:
         if lsn > cwal.fa_wal_last_lsn(self._w):
             raise ValueError(f"LSN {lsn} has not been appended")
         fut = self._loop.create_future()
+        self._hold(lsn, fut, None, 0)
+        return fut
+
+    cdef _hold(self, uint64_t lsn, object fut, object value, int mode):
+        """Finishes FUT (see the waiter modes above) once LSN is durable."""
+        if self._loop is None:
+            self._bind_loop()
+        w = (lsn, fut, value, mode)
         if lsn >= self._tail_lsn or not self._waiters:
-            self._waiters.append((lsn, fut))
+            self._waiters.append(w)
             self._tail_lsn = lsn
         else:
             self._seq += 1
-            heapq.heappush(self._stragglers, (lsn, self._seq, fut))
+            heapq.heappush(self._stragglers, (lsn, self._seq, w))
         cwal.fa_wal_kick(self._w)
-        return fut
 
     cdef _bind_loop(self):
         loop = asyncio.get_running_loop()
@@ -164,22 +174,34 @@ cdef class WriteAheadLog:
         cdef object waiters = self._waiters
         cdef list stragglers = self._stragglers
         while waiters and (<tuple>waiters[0])[0] <= durable:
-            fut = (<tuple>waiters.popleft())[1]
-            if not fut.done():
-                fut.set_result(None)
+            self._finish(<tuple>waiters.popleft(), 0)
         while stragglers and (<tuple>stragglers[0])[0] <= durable:
-            fut = (<tuple>heapq.heappop(stragglers))[2]
-            if not fut.done():
-                fut.set_result(None)
+            self._finish(<tuple>(<tuple>heapq.heappop(stragglers))[2], 0)
         if rc != 0:
-            for _, fut in waiters:
-                if not fut.done():
-                    fut.set_exception(_failed_error(rc))
-            for _, _, fut in stragglers:
-                if not fut.done():
-                    fut.set_exception(_failed_error(rc))
+            for w in waiters:
+                self._finish(<tuple>w, rc)
+            for s in stragglers:
+                self._finish(<tuple>(<tuple>s)[2], rc)
             waiters.clear()
             stragglers.clear()
+
+    cdef _finish(self, tuple w, int rc):
+        fut = w[1]
+        if fut.done():
+            return
+        mode = w[3]
+        if rc != 0:
+            if mode == 0 or self.reply_error is None:
+                fut.set_exception(_failed_error(rc))
+            else:
+                fut.set_exception(self.reply_error(
+                    f"the writes could not be made durable ({os.strerror(-rc)})"))
+        elif mode == 0:
+            fut.set_result(None)
+        elif mode == 1:
+            fut.set_result(w[2])
+        else:
+            fut.set_exception(w[2])
 
     def sync(self, uint64_t lsn):
         """Blocks the calling thread until LSN is durable (for code without an event loop)."""
@@ -263,6 +285,20 @@ cdef class WriteAheadLog:
         self._release(durable, rc)
         if rc < 0:
             raise _failed_error(rc)
+
+    def _abandon(self):
+        """Test hook: stops like a crash would: what was appended but not yet handed to the
+        flusher is dropped, and no waiter is ever released."""
+        cdef cwal.fa_wal *w = self._w
+        if w is NULL:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(cwal.fa_wal_event_fd(w))
+        self._w = NULL
+        with nogil:
+            cwal.fa_wal_abort(w)
+        self._waiters.clear()
+        self._stragglers.clear()
 
     def __enter__(self):
         return self

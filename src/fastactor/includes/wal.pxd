@@ -49,6 +49,7 @@ cdef extern from "wal.h" nogil:
     void fa_wal_drain_event(fa_wal *w)
     int fa_wal_checkpoint(fa_wal *w, uint64_t lsn)
     int fa_wal_close(fa_wal *w, uint64_t *durable)
+    void fa_wal_abort(fa_wal *w)
     int fa_wal_inject_fault(fa_wal *w, int op, uint32_t after, int err)
 
     int fa_wal_reader_open(const char *dir, uint64_t start, uint64_t upto, fa_wal_reader **out,

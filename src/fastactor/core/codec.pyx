@@ -1,0 +1,184 @@
+# The value codec: MessagePack (msgspec) with extension types, so that every type SPEC §3
+# names comes back as the same type and value, and everything else is refused with
+# CodecError at the write or the call. Included by _core.pyx.
+#
+# A value is first walked (exact types only: a subclass of dict or int is not "the same
+# type"), turning what MessagePack can not say by itself into Ext(code, payload). The walk
+# also catches cycles and absurd depth. Plain scalars skip the walk.
+
+cdef enum:
+    EXT_BIGINT = 1
+    EXT_TUPLE = 2
+    EXT_SET = 3
+    EXT_FROZENSET = 4
+    EXT_DICT = 5        # a dict with a key that is not a str: [k1, v1, k2, v2, ...]
+    EXT_DATETIME = 6
+    EXT_DATE = 7
+    EXT_TIME = 8
+    EXT_TIMEDELTA = 9
+    EXT_DECIMAL = 10
+    EXT_UUID = 11
+    EXT_PATTERN = 12
+    MAX_DEPTH = 256
+
+cdef object _Ext = msgspec.msgpack.Ext
+cdef object _encoder = msgspec.msgpack.Encoder()
+cdef object _encode = _encoder.encode
+cdef object _int64_min = -(1 << 63)
+cdef object _uint64_max = (1 << 64) - 1
+cdef type _datetime = datetime.datetime
+cdef type _date = datetime.date
+cdef type _time = datetime.time
+cdef type _timedelta = datetime.timedelta
+cdef type _Decimal = decimal.Decimal
+cdef type _UUID = uuid.UUID
+cdef type _Pattern = re.Pattern
+
+
+cdef class _Walk:
+    cdef set active      # ids of the containers on the current path
+
+    def __cinit__(self):
+        self.active = set()
+
+    cdef object enter(self, object v, int depth):
+        cdef object i = id(v)
+        if i in self.active:
+            raise CodecError("cannot store a value that contains itself")
+        if depth > MAX_DEPTH:
+            raise CodecError(f"value nested more than {MAX_DEPTH} levels deep")
+        self.active.add(i)
+        return i
+
+    cdef list seq(self, object items, int depth):
+        return [self.walk(x, depth) for x in items]
+
+    cdef object walk(self, object v, int depth):
+        cdef type t = type(v)
+        cdef object i
+        cdef list flat
+        if t is str or t is float or t is bool or v is None or t is bytes:
+            return v
+        if t is int:
+            if _int64_min <= v <= _uint64_max:
+                return v
+            n = (v.bit_length() + 8) // 8
+            return _Ext(EXT_BIGINT, v.to_bytes(n, "big", signed=True))
+        if t is list:
+            i = self.enter(v, depth)
+            r = self.seq(v, depth + 1)
+            self.active.discard(i)
+            return r
+        if t is dict:
+            i = self.enter(v, depth)
+            for k in v:
+                if type(k) is not str:
+                    break
+            else:
+                r = {k: self.walk(x, depth + 1) for k, x in (<dict>v).items()}
+                self.active.discard(i)
+                return r
+            flat = []
+            for k, x in (<dict>v).items():
+                flat.append(self.walk(k, depth + 1))
+                flat.append(self.walk(x, depth + 1))
+            self.active.discard(i)
+            return _Ext(EXT_DICT, _encode(flat))
+        if t is tuple or t is set or t is frozenset:
+            i = self.enter(v, depth)
+            r = _Ext(EXT_TUPLE if t is tuple else EXT_SET if t is set else EXT_FROZENSET,
+                     _encode(self.seq(v, depth + 1)))
+            self.active.discard(i)
+            return r
+        if t is _datetime:
+            return _Ext(EXT_DATETIME, v.isoformat().encode())
+        if t is _date:
+            return _Ext(EXT_DATE, v.isoformat().encode())
+        if t is _time:
+            return _Ext(EXT_TIME, v.isoformat().encode())
+        if t is _timedelta:
+            return _Ext(EXT_TIMEDELTA, _encode([v.days, v.seconds, v.microseconds]))
+        if t is _Decimal:
+            return _Ext(EXT_DECIMAL, str(v).encode())
+        if t is _UUID:
+            return _Ext(EXT_UUID, v.bytes)
+        if t is _Pattern:
+            return _Ext(EXT_PATTERN, _encode([v.pattern, v.flags]))
+        raise CodecError(f"cannot store or send a value of type {t.__module__}.{t.__qualname__}"
+                         if t.__module__ != "builtins" else
+                         f"cannot store or send a value of type {t.__qualname__}")
+
+
+cdef object _ext_hook(int code, object data):
+    if code == EXT_BIGINT:
+        return int.from_bytes(data, "big", signed=True)
+    if code == EXT_TUPLE:
+        return tuple(_decode(data))
+    if code == EXT_SET:
+        return set(_decode(data))
+    if code == EXT_FROZENSET:
+        return frozenset(_decode(data))
+    if code == EXT_DICT:
+        flat = _decode(data)
+        return {flat[j]: flat[j + 1] for j in range(0, len(flat), 2)}
+    if code == EXT_DATETIME:
+        return _datetime.fromisoformat(bytes(data).decode())
+    if code == EXT_DATE:
+        return _date.fromisoformat(bytes(data).decode())
+    if code == EXT_TIME:
+        return _time.fromisoformat(bytes(data).decode())
+    if code == EXT_TIMEDELTA:
+        d, s, us = _decode(data)
+        return _timedelta(d, s, us)
+    if code == EXT_DECIMAL:
+        return _Decimal(bytes(data).decode())
+    if code == EXT_UUID:
+        return _UUID(bytes=bytes(data))
+    if code == EXT_PATTERN:
+        p, flags = _decode(data)
+        return re.compile(p, flags)
+    raise CodecError(f"unknown codec extension type {code}")
+
+
+def _ext_hook_py(code, data):
+    return _ext_hook(code, data)
+
+
+cdef object _decoder = msgspec.msgpack.Decoder(ext_hook=_ext_hook_py)
+cdef object _decode = _decoder.decode
+
+
+cpdef bytes encode_value(object v):
+    """Encodes V, or raises CodecError if a part of it is not a type the codec keeps."""
+    cdef type t = type(v)
+    if t is str or t is float or t is bool or v is None or t is bytes or (
+            t is int and _int64_min <= v <= _uint64_max):
+        return _encode(v)
+    return _encode(_Walk().walk(v, 0))
+
+
+cpdef object decode_value(object data):
+    """The value encode_value encoded (a fresh copy each time)."""
+    try:
+        return _decode(data)
+    except msgspec.DecodeError as e:
+        raise CodecError(f"cannot decode a stored value: {e}") from None
+
+
+cdef inline bint _is_scalar(object v):
+    cdef type t = type(v)
+    return t is str or t is int or t is float or t is bool or v is None or t is bytes
+
+
+cpdef object copy_value(object v):
+    """A deep copy through the codec: what the other side of a call or a later read sees.
+    Immutable scalars, and tuples of them, are shared instead of copied."""
+    if _is_scalar(v):
+        return v
+    if type(v) is tuple:
+        for x in <tuple>v:
+            if not _is_scalar(x):
+                break
+        else:
+            return v
+    return _decode(encode_value(v))

@@ -1,0 +1,820 @@
+# The dispatcher: one mailbox per instance, one turn at a time, turns driven eagerly, the
+# output gate, eviction and checkpoints of one shard. Included by _core.pyx.
+#
+# A call reaches Shard.call. If the instance is idle the turn starts at once, inside the
+# caller's stack: the method's coroutine is driven with send() and, as long as it only
+# awaits storage (which never suspends), it runs to the end with no trip through the event
+# loop. Only when user code really suspends (a sleep, a network call, another instance) is
+# the rest handed to an asyncio Task. When the turn ends its writes are appended to the log
+# as one record, the instance may start its next turn right away, and the reply waits in the
+# log's release queue until the record (or, for a turn that wrote nothing, the instance's last
+# record) is durable: the output gate.
+
+cdef enum TurnKind:
+    KIND_CALL = 0
+    KIND_FETCH = 1
+    KIND_BLOCK = 2
+
+cdef object _MISSING = object()
+cdef object _record_encode = msgspec.msgpack.Encoder().encode
+cdef object _record_decode = msgspec.msgpack.Decoder().decode
+cdef frozenset _NOT_RPC = frozenset({"fetch", "alarm"})
+
+
+@types.coroutine
+def _continue(coro, yielded):
+    """The rest of a turn's coroutine after its first real suspension, as a Task's body:
+    every value goes through unchanged, so the Task waits on what the coroutine awaits."""
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as e:
+            try:
+                yielded = coro.throw(e)
+            except StopIteration as s:
+                return s.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as s:
+                return s.value
+
+
+async def _await_it(awaitable):
+    return await awaitable
+
+
+@cython.final
+@cython.freelist(256)
+cdef class _Call:
+    cdef int kind
+    cdef str method
+    cdef object args
+    cdef object kwargs
+    cdef object fut
+
+
+@cython.final
+@cython.freelist(256)
+cdef class _Turn:
+    cdef _Instance inst
+    cdef _Call call
+    cdef list layers          # write sets, outermost first
+    cdef _WriteSet top
+    cdef bint poisoned        # a transaction raised: the reply becomes ActorOutputGateError
+    cdef bint finished        # the reply is decided
+    cdef bint dead            # storage may no longer be used through this turn
+    cdef object task
+    cdef object timer
+
+    cdef object read(self, str key):
+        cdef Py_ssize_t i
+        cdef _WriteSet ws
+        for i in range(len(self.layers) - 1, -1, -1):
+            ws = <_WriteSet>self.layers[i]
+            v = ws.puts.get(key, _MISSING)
+            if v is not _MISSING:
+                return v
+            if ws.cleared:
+                return _ABSENT
+        return self.inst.committed(key)
+
+    cdef dict list(self, prefix, start, start_after, end, reverse, limit):
+        cdef _Instance inst = self.inst
+        cdef Shard shard = inst.shard
+        cdef list views = []
+        cdef _WriteSet ws
+        cdef _Layer layer
+        cdef Py_ssize_t extra = 0
+        cdef bint from_store = True
+        if type(limit) is not int or type(limit) is bool:
+            raise TypeError("limit must be an int")
+        if limit > MAX_LIST_LIMIT:
+            raise ValueError(f"list() limit must be at most {MAX_LIST_LIMIT}")
+        if limit < 1:
+            raise ValueError("list() limit must be at least 1")
+        if start is not None and start_after is not None:
+            raise ValueError("list() takes start or start_after, not both")
+        for name, v in (("prefix", prefix), ("start", start), ("start_after", start_after),
+                        ("end", end)):
+            if v is not None and type(v) is not str:
+                raise TypeError(f"list() {name} must be a str")
+        lo = start if start is not None else start_after
+        lo_incl = start_after is None
+        hi = end
+        if prefix:
+            if lo is None or lo < prefix:
+                lo, lo_incl = prefix, True
+            last = ord(prefix[len(prefix) - 1])
+            if last < 0x10FFFF:
+                upper = prefix[:len(prefix) - 1] + chr(last + 1)
+                if hi is None or upper < hi:
+                    hi = upper
+        # Newest first: the turn's write sets, then the overlay layers; a cleared one hides
+        # everything older, the snapshot included.
+        for i in range(len(self.layers) - 1, -1, -1):
+            ws = <_WriteSet>self.layers[i]
+            views.append(ws.puts)
+            extra += len(ws.puts)
+            if ws.cleared:
+                from_store = False
+                break
+        if from_store:
+            for gen in (shard.dirty, shard.frozen):
+                if gen is None:
+                    continue
+                layer = (<dict>gen).get(inst.key)
+                if layer is None:
+                    continue
+                views.append(layer.puts)
+                extra += len(layer.puts)
+                if layer.cleared:
+                    from_store = False
+                    break
+        merged = {}
+        if from_store:
+            for k, v in shard.store.range(inst.key, lo, lo_incl, hi, reverse, limit + extra):
+                merged[k] = v
+        for view in reversed(views):
+            merged.update(view)
+        keys = [k for k, v in merged.items() if v is not _ABSENT
+                and (lo is None or (k >= lo if lo_incl else k > lo))
+                and (hi is None or k < hi)
+                and (not prefix or k.startswith(prefix))]
+        keys.sort(reverse=bool(reverse))
+        return {k: decode_value(merged[k]) for k in keys[:limit]}
+
+
+@cython.final
+cdef class _Instance:
+    cdef readonly str key          # "<type>\0<name>"
+    cdef readonly str name
+    cdef Shard shard
+    cdef ActorNamespace ns
+    cdef object actor
+    cdef ActorContext ctx
+    cdef dict cache                # key -> bytes | _ABSENT, committed state
+    cdef _Turn turn
+    cdef object mailbox            # deque of _Call, created on first contention
+    cdef bint constructing
+    cdef object blocker            # fn given to block_concurrency_while during __init__
+    cdef uint64_t last_lsn         # the instance's last commit
+    cdef uint64_t tick             # the shard tick of the last use
+
+    cdef object committed(self, str key):
+        v = self.cache.get(key, _MISSING)
+        if v is _MISSING:
+            v = self.shard.lookup(self.key, key)
+            self.cache[key] = v
+        return v
+
+
+@cython.final
+cdef class ActorContext:
+    """``ctx`` of an actor: its name (``id``), its ``storage``, ``block_concurrency_while``."""
+
+    cdef _Instance _inst
+    cdef readonly str id
+    cdef readonly Storage storage
+
+    def block_concurrency_while(self, fn):
+        """Runs ``fn()`` while every other event of the instance waits (30 s budget, then
+        BlockConcurrencyTimeoutError and the activation is torn down). Called from
+        ``__init__`` it runs before the first event; inside a turn, await its result."""
+        cdef _Instance inst = self._inst
+        if inst.constructing:
+            if inst.blocker is not None:
+                raise RuntimeError("block_concurrency_while was already called in __init__")
+            inst.blocker = fn
+            f = inst.shard.loop.create_future()
+            f.set_result(None)
+            return f
+        return inst.shard.block_inside_turn(inst, fn)
+
+    def __repr__(self):
+        return f"<ActorContext id={self.id!r}>"
+
+
+@cython.final
+cdef class _Method:
+    cdef ActorStub stub
+    cdef str name
+
+    def __call__(self, *args, **kwargs):
+        return self.stub._ns.shard.call(self.stub._ns, self.stub.id, KIND_CALL, self.name,
+                                        args, kwargs)
+
+    def __repr__(self):
+        return f"<remote method {self.name} of {self.stub!r}>"
+
+
+@cython.final
+cdef class ActorStub:
+    """A handle on one instance: ``.id``, ``await stub.method(...)``, ``await stub.fetch(r)``.
+    Cheap to make; the instance activates on the first call."""
+
+    cdef readonly str id
+    cdef ActorNamespace _ns
+
+    def __getattr__(self, str name):
+        cdef _Method m = _Method.__new__(_Method)
+        m.stub = self
+        m.name = name
+        return m
+
+    def fetch(self, request):
+        return self._ns.shard.call(self._ns, self.id, KIND_FETCH, "fetch", (request,), None)
+
+    def __eq__(self, other):
+        return (isinstance(other, ActorStub) and (<ActorStub>other).id == self.id
+                and (<ActorStub>other)._ns is self._ns)
+
+    def __hash__(self):
+        return hash((self._ns.type_name, self.id))
+
+    def __repr__(self):
+        return f"<ActorStub {self._ns.type_name} {self.id!r}>"
+
+
+@cython.final
+cdef class ActorNamespace:
+    """``env.<BINDING>``: reaches the instances of one actor type (ActorNamespace)."""
+
+    cdef readonly str type_name
+    cdef readonly object cls
+    cdef Shard shard
+    cdef dict _checked            # method name -> None (callable) or the error to raise
+    cdef str _prefix
+
+    def __cinit__(self, Shard shard, str type_name, object cls):
+        self.shard = shard
+        self.type_name = type_name
+        self.cls = cls
+        self._checked = {}
+        self._prefix = type_name + "\0"
+
+    def id_from_name(self, name, *, location_hint=None):
+        """The stub of the instance called NAME (any non-empty str)."""
+        if type(name) is not str:
+            raise TypeError(f"instance names are str, not {type(name).__name__}")
+        if not name:
+            raise ValueError("instance names must not be empty")
+        cdef ActorStub s = ActorStub.__new__(ActorStub)
+        s.id = name
+        s._ns = self
+        return s
+
+    def new_unique_id(self, *, location_hint=None):
+        """The stub of a new instance with a fresh, unguessable 64-hex-digit name."""
+        return self.id_from_name(secrets.token_hex(32))
+
+    cdef object check_method(self, str name):
+        err = self._checked.get(name, _MISSING)
+        if err is _MISSING:
+            err = None
+            if name.startswith("_") or name in _NOT_RPC or hasattr(_StatefulActorBase, name):
+                err = ActorPrivateMethodError(
+                    f"{self.type_name}.{name} is not callable over RPC")
+            else:
+                attr = getattr(self.cls, name, None)
+                if attr is None or not callable(attr):
+                    err = ActorUnknownMethodError(f"{self.type_name} has no method {name!r}")
+            self._checked[name] = err
+        return err
+
+    def __repr__(self):
+        return f"<ActorNamespace {self.type_name}>"
+
+
+cdef object _StatefulActorBase = object     # set by fastactor.actor at import
+
+
+def _set_actor_base(cls):
+    global _StatefulActorBase
+    _StatefulActorBase = cls
+
+
+@cython.final
+cdef class Shard:
+    """The engine of one shard: instances, their mailboxes and turns, the output gate over
+    one write-ahead log, the overlay of committed writes and the snapshot store."""
+
+    cdef readonly object loop
+    cdef readonly WriteAheadLog wal
+    cdef readonly _Store store
+    cdef readonly str data_dir
+    cdef dict instances            # key -> _Instance, least recently used first
+    cdef dict dirty                # inst key -> _Layer: committed, not in the snapshot
+    cdef dict frozen               # the generation being written to the snapshot, or None
+    cdef readonly object env
+    cdef double method_timeout
+    cdef double fetch_timeout
+    cdef double block_timeout
+    cdef double idle_timeout
+    cdef double checkpoint_interval
+    cdef uint64_t checkpoint_bytes
+    cdef uint64_t bytes_since_checkpoint
+    cdef uint64_t tick
+    cdef uint64_t idle_ticks
+    cdef object sweeper
+    cdef object checkpoint_timer
+    cdef object checkpoint_task
+    cdef object executor
+    cdef readonly dict stats
+    cdef bint closed
+
+    def __cinit__(self, str data_dir, object env, *, double method_timeout=30.0,
+                  double fetch_timeout=30.0, double block_timeout=30.0,
+                  double idle_timeout=60.0, double checkpoint_interval=30.0,
+                  uint64_t checkpoint_bytes=64 << 20):
+        self.data_dir = data_dir
+        self.env = env
+        self.method_timeout = method_timeout
+        self.fetch_timeout = fetch_timeout
+        self.block_timeout = block_timeout
+        self.idle_timeout = idle_timeout
+        self.checkpoint_interval = checkpoint_interval
+        self.checkpoint_bytes = checkpoint_bytes
+        self.instances = {}
+        self.dirty = {}
+        self.frozen = None
+        self.stats = {"turns": 0, "commits": 0, "activations": 0, "evictions": 0,
+                      "checkpoints": 0, "replayed_records": 0, "replayed_bytes": 0}
+
+    def open(self):
+        """Opens the snapshot and the log and replays the log's tail into the overlay; the
+        instances themselves stay on disk until they are called."""
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.loop = asyncio.get_running_loop()
+        self.store = _Store(os.path.join(self.data_dir, "state.sqlite3"))
+        self.wal = WriteAheadLog(os.path.join(self.data_dir, "log"), max_record=256 << 20)
+        self.wal.reply_error = ActorOutputGateError
+        applied = self.store.applied_lsn
+        last = self.wal.last_lsn
+        if last < applied:
+            raise LogCorruptionError(
+                f"{self.data_dir}: the log ends at LSN {last} but the snapshot already holds "
+                f"LSN {applied}: the log directory was replaced or truncated")
+        if last > applied:
+            self._replay(applied + 1)
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="fastactor-checkpoint")
+        self.idle_ticks = 4
+        self.sweeper = self.loop.call_later(self.idle_timeout / self.idle_ticks, self._sweep)
+        self.checkpoint_timer = self.loop.call_later(self.checkpoint_interval,
+                                                     self._periodic_checkpoint)
+
+    cdef void _replay(self, uint64_t start):
+        cdef uint64_t n = 0, nbytes = 0
+        cdef dict dirty = self.dirty
+        cdef _Layer layer
+        for lsn, rtype, payload in self.wal.replay(start):
+            inst_key, cleared, flat = _record_decode(payload)
+            layer = dirty.get(inst_key)
+            if layer is None:
+                layer = dirty[inst_key] = _Layer()
+            layer.apply(cleared, _unflatten(flat))
+            n += 1
+            nbytes += len(payload)
+        self.stats["replayed_records"] = n
+        self.stats["replayed_bytes"] = nbytes
+        self.bytes_since_checkpoint = nbytes
+
+    def namespace(self, str type_name, object cls):
+        return ActorNamespace(self, type_name, cls)
+
+    # -- calls and turns ----------------------------------------------------------------------
+
+    cpdef object call(self, ActorNamespace ns, str name, int kind, str method, tuple args,
+                      object kwargs):
+        cdef _Instance inst
+        cdef _Call c
+        if self.closed:
+            raise RuntimeError("the runtime is closed")
+        if kind == KIND_CALL:
+            err = ns.check_method(method)
+            if err is not None:
+                raise err
+            if args:
+                args = <tuple>copy_value(args)
+            if kwargs:
+                kwargs = copy_value(kwargs)
+        key = ns._prefix + name
+        inst = self.instances.get(key)
+        if inst is None:
+            inst = _Instance.__new__(_Instance)
+            inst.key = key
+            inst.name = name
+            inst.shard = self
+            inst.ns = ns
+            inst.cache = {}
+            self.instances[key] = inst
+            inst.tick = self.tick
+        elif inst.tick != self.tick:
+            del self.instances[key]            # most recently used goes last
+            self.instances[key] = inst
+            inst.tick = self.tick
+        c = _Call.__new__(_Call)
+        c.kind = kind
+        c.method = method
+        c.args = args
+        c.kwargs = kwargs
+        c.fut = self.loop.create_future()
+        if inst.turn is not None or inst.mailbox:
+            if inst.mailbox is None:
+                inst.mailbox = collections.deque()
+            inst.mailbox.append(c)
+        else:
+            self.pump(inst, c)
+        return c.fut
+
+    cdef void pump(self, _Instance inst, _Call c):
+        """Runs calls of INST until its mailbox is empty or a turn suspends."""
+        while True:
+            if c is None:
+                if not inst.mailbox:
+                    return
+                c = inst.mailbox.popleft()
+            if inst.actor is None and not self.activate(inst, c):
+                c = None
+                continue
+            if inst.blocker is not None:
+                # The activation's block_concurrency_while runs before anything else.
+                if inst.mailbox is None:
+                    inst.mailbox = collections.deque()
+                inst.mailbox.appendleft(c)
+                c = _Call.__new__(_Call)
+                c.kind = KIND_BLOCK
+                c.args = (inst.blocker,)
+                c.fut = None
+                inst.blocker = None
+            if not self.start_turn(inst, c):
+                return
+            c = None
+
+    cdef bint activate(self, _Instance inst, _Call c):
+        cdef ActorContext ctx = ActorContext.__new__(ActorContext)
+        ctx._inst = inst
+        ctx.id = inst.name
+        ctx.storage = Storage(inst)
+        inst.ctx = ctx
+        cls = inst.ns.cls
+        inst.constructing = True
+        try:
+            actor = cls.__new__(cls)
+            actor.ctx = ctx
+            actor.env = self.env
+            actor.__init__(ctx, self.env)
+        except BaseException as e:
+            inst.blocker = None
+            self.resolve(c.fut, ActorMethodError(
+                f"{inst.ns.type_name}.__init__ raised {type(e).__name__}: {e}",
+                type(e).__name__), True)
+            return False
+        finally:
+            inst.constructing = False
+        inst.actor = actor
+        self.stats["activations"] += 1
+        return True
+
+    cdef bint start_turn(self, _Instance inst, _Call c):
+        """Starts C on INST; True if the turn also ended (no real suspension)."""
+        cdef _Turn t = _Turn.__new__(_Turn)
+        cdef _WriteSet ws = _WriteSet.__new__(_WriteSet)
+        ws.puts = {}
+        t.inst = inst
+        t.call = c
+        t.layers = [ws]
+        t.top = ws
+        inst.turn = t
+        self.stats["turns"] += 1
+        try:
+            if c.kind == KIND_CALL:
+                fn = getattr(inst.actor, c.method)
+                r = fn(*c.args, **c.kwargs) if c.kwargs else fn(*c.args)
+            elif c.kind == KIND_FETCH:
+                r = inst.actor.fetch(*c.args)
+            else:
+                r = c.args[0]()
+        except BaseException as e:
+            self.finish(t, None, e)
+            inst.turn = None
+            return True
+        if not (hasattr(r, "send") and hasattr(r, "throw")):
+            if not hasattr(r, "__await__"):
+                self.finish(t, r, None)
+                inst.turn = None
+                return True
+            r = _await_it(r)
+        try:
+            y = r.send(None)
+        except StopIteration as s:
+            self.finish(t, s.value, None)
+            inst.turn = None
+            return True
+        except BaseException as e:
+            self.finish(t, None, e)
+            inst.turn = None
+            return True
+        # Suspended for real: a Task carries the rest, under the turn's budget.
+        t.task = self.loop.create_task(_continue(r, y))
+        t.task.add_done_callback(functools.partial(self._task_done, t))
+        t.timer = self.loop.call_later(
+            self.method_timeout if c.kind == KIND_CALL else
+            self.fetch_timeout if c.kind == KIND_FETCH else self.block_timeout,
+            self._timeout, t)
+        return False
+
+    def _task_done(self, _Turn t, task):
+        cdef _Instance inst = t.inst
+        if not t.finished:
+            if task.cancelled():
+                self.finish(t, None, asyncio.CancelledError())
+            elif task.exception() is not None:
+                self.finish(t, None, task.exception())
+            else:
+                self.finish(t, task.result(), None)
+        elif not task.cancelled():
+            task.exception()                   # seen: a timed-out turn's late end
+        if inst.turn is t:
+            inst.turn = None
+        if not self.closed:
+            self.pump(inst, None)
+
+    def _timeout(self, _Turn t):
+        if t.finished:
+            return
+        kind = t.call.kind
+        if kind == KIND_CALL:
+            err = ActorMethodTimeoutError(
+                f"{t.inst.ns.type_name}.{t.call.method} ran past {self.method_timeout:g} s")
+        elif kind == KIND_FETCH:
+            err = ActorFetchTimeoutError(
+                f"{t.inst.ns.type_name}.fetch ran past {self.fetch_timeout:g} s")
+        else:
+            err = BlockConcurrencyTimeoutError(
+                f"block_concurrency_while of {t.inst.ns.type_name} {t.inst.name!r} ran past "
+                f"{self.block_timeout:g} s")
+        t.timer = None
+        self.finish(t, None, err)
+        t.task.cancel()
+        # The instance stays busy until the task has really ended (see _task_done).
+
+    cdef void finish(self, _Turn t, object result, object exc):
+        """Decides the reply of T, commits its writes, and hands the reply to the gate."""
+        cdef _Instance inst = t.inst
+        cdef _Call c = t.call
+        cdef bint is_exc
+        if t.finished:
+            return
+        t.finished = True
+        if t.timer is not None:
+            t.timer.cancel()
+            t.timer = None
+        value = None
+        if exc is None:
+            try:
+                if c.kind == KIND_CALL:
+                    value = copy_value(result)
+                elif c.kind == KIND_FETCH:
+                    value = result
+            except CodecError as e:
+                exc = CodecError(f"the result of {inst.ns.type_name}.{c.method} can not be "
+                                 f"sent: {e}")
+        if exc is None:
+            try:
+                self.commit(t)
+            except BaseException as e:
+                exc = e
+            else:
+                if t.poisoned:
+                    exc = ActorOutputGateError(
+                        "a transaction of this turn raised; its writes were discarded")
+        t.dead = True
+        if exc is not None:
+            value = self.map_error(t, exc)
+        is_exc = exc is not None
+        if c.kind == KIND_BLOCK:
+            if is_exc:
+                self.teardown(inst, value)
+            return
+        if inst.last_lsn <= cwal.fa_wal_durable_lsn(self.wal._w):
+            self.resolve(c.fut, value, is_exc)
+        else:
+            self.wal._hold(inst.last_lsn, c.fut, value, 2 if is_exc else 1)
+
+    cdef object map_error(self, _Turn t, object exc):
+        if isinstance(exc, (CodecError, ActorOutputGateError, StorageLimitError,
+                            ActorMethodTimeoutError, ActorFetchTimeoutError,
+                            BlockConcurrencyTimeoutError)):
+            return exc
+        if isinstance(exc, LogFailedError):
+            return ActorOutputGateError(f"the turn's writes could not be made durable: {exc}")
+        name = type(exc).__name__
+        where = (f"{t.inst.ns.type_name}.{t.call.method}" if t.call.kind == KIND_CALL else
+                 f"{t.inst.ns.type_name}.fetch" if t.call.kind == KIND_FETCH else
+                 f"block_concurrency_while of {t.inst.ns.type_name}")
+        err = ActorMethodError(f"{where} raised {name}: {exc}", name)
+        err.__cause__ = exc
+        return err
+
+    cdef void teardown(self, _Instance inst, object err):
+        """A failed block_concurrency_while: drop the activation; queued calls fail with ERR;
+        the next call activates the instance afresh."""
+        inst.actor = None
+        inst.ctx = None
+        inst.cache = {}
+        if inst.mailbox:
+            while inst.mailbox:
+                self.resolve((<_Call>inst.mailbox.popleft()).fut, err, True)
+
+    cdef void resolve(self, object fut, object value, bint is_exc):
+        if fut is None or fut.done():
+            return
+        if is_exc:
+            fut.set_exception(value)
+        else:
+            fut.set_result(value)
+
+    cdef void commit(self, _Turn t) except *:
+        cdef _Instance inst = t.inst
+        cdef _WriteSet ws
+        cdef _Layer layer
+        cdef list flat
+        while len(t.layers) > 1:               # a transaction left open: it did not finish
+            t.layers.pop()
+            t.poisoned = True
+        ws = <_WriteSet>t.layers[0]
+        if not ws.puts and not ws.cleared:
+            return
+        flat = []
+        for k, v in ws.puts.items():
+            flat.append(k)
+            flat.append(None if v is _ABSENT else v)
+        rec = _record_encode((inst.key, ws.cleared, flat))
+        try:
+            lsn = self.wal.append(rec)
+        except ValueError:
+            raise StorageLimitError(
+                f"the writes of one turn are {len(rec)} bytes; the limit is 256 MiB") from None
+        inst.last_lsn = lsn
+        if ws.cleared:
+            inst.cache = dict(ws.puts)
+        else:
+            inst.cache.update(ws.puts)
+        layer = self.dirty.get(inst.key)
+        if layer is None:
+            layer = self.dirty[inst.key] = _Layer()
+        layer.apply(ws.cleared, ws.puts)
+        self.stats["commits"] += 1
+        self.bytes_since_checkpoint += len(rec)
+        if self.bytes_since_checkpoint >= self.checkpoint_bytes and self.checkpoint_task is None:
+            self.checkpoint_task = self.loop.create_task(self.checkpoint())
+
+    def block_inside_turn(self, _Instance inst, fn):
+        return self._block_inside_turn(inst, fn)
+
+    async def _block_inside_turn(self, _Instance inst, fn):
+        try:
+            return await asyncio.wait_for(fn(), self.block_timeout)
+        except asyncio.TimeoutError:
+            raise BlockConcurrencyTimeoutError(
+                f"block_concurrency_while ran past {self.block_timeout:g} s") from None
+
+    # -- reads beyond the instance cache -----------------------------------------------------
+
+    cdef object lookup(self, str inst_key, str key):
+        cdef _Layer layer
+        for gen in (self.dirty, self.frozen):
+            if gen is None:
+                continue
+            layer = (<dict>gen).get(inst_key)
+            if layer is not None:
+                v = layer.puts.get(key, _MISSING)
+                if v is not _MISSING:
+                    return v
+                if layer.cleared:
+                    return _ABSENT
+        return self.store.get(inst_key, key)
+
+    # -- eviction ------------------------------------------------------------------------------
+
+    def _sweep(self):
+        cdef _Instance inst
+        cdef list idle = []
+        cdef uint64_t durable
+        if self.closed:
+            return
+        self.tick += 1
+        durable = cwal.fa_wal_durable_lsn(self.wal._w)
+        for inst in self.instances.values():
+            if inst.tick + self.idle_ticks > self.tick:
+                break
+            if inst.turn is None and not inst.mailbox and inst.last_lsn <= durable:
+                idle.append(inst.key)
+        for key in idle:
+            del self.instances[key]
+        self.stats["evictions"] += len(idle)
+        self.sweeper = self.loop.call_later(self.idle_timeout / self.idle_ticks, self._sweep)
+
+    @property
+    def resident(self):
+        return len(self.instances)
+
+    def is_resident(self, str type_name, str name):
+        inst = self.instances.get(type_name + "\0" + name)
+        return inst is not None and (<_Instance>inst).actor is not None
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _periodic_checkpoint(self):
+        if self.closed:
+            return
+        if self.dirty and self.checkpoint_task is None:
+            self.checkpoint_task = self.loop.create_task(self.checkpoint())
+        self.checkpoint_timer = self.loop.call_later(self.checkpoint_interval,
+                                                     self._periodic_checkpoint)
+
+    async def checkpoint(self):
+        """Writes the committed overlay into the snapshot, then drops the log segments it
+        covers. Reads go on meanwhile (they see the frozen generation)."""
+        cdef dict frozen
+        if self.frozen is not None or not self.dirty:
+            self.checkpoint_task = None
+            return 0
+        frozen = self.dirty
+        self.dirty = {}
+        self.frozen = frozen
+        lsn = self.wal.last_lsn
+        self.bytes_since_checkpoint = 0
+        try:
+            await self.wal.wait_durable(lsn)
+            await self.loop.run_in_executor(self.executor, self.store.apply, frozen, lsn)
+        except BaseException:
+            self._unfreeze()
+            self.checkpoint_task = None
+            raise
+        self.frozen = None
+        removed = await self.loop.run_in_executor(self.executor, self.wal.checkpoint, lsn)
+        self.stats["checkpoints"] += 1
+        self.checkpoint_task = None
+        return removed
+
+    cdef void _unfreeze(self):
+        cdef _Layer old, new
+        for key, old in self.frozen.items():
+            new = self.dirty.get(key)
+            if new is not None:
+                old.apply(new.cleared, new.puts)
+            self.dirty[key] = old
+        self.frozen = None
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    async def close(self, bint checkpoint=True):
+        """Stops taking calls, lets running turns end, waits for every reply to be durable,
+        checkpoints, and closes the log and the snapshot."""
+        if self.closed:
+            return
+        self.closed = True
+        self.sweeper.cancel()
+        self.checkpoint_timer.cancel()
+        while any((<_Instance>i).turn is not None or (<_Instance>i).mailbox
+                  for i in self.instances.values()):
+            await asyncio.sleep(0.001)
+        if self.checkpoint_task is not None:
+            try:
+                await self.checkpoint_task
+            except BaseException:
+                pass
+        if self.wal.last_lsn:
+            await self.wal.wait_durable(self.wal.last_lsn)
+        if checkpoint and self.dirty:
+            self.checkpoint_task = None
+            await self.checkpoint()
+        self.executor.shutdown(wait=True)
+        self.wal.close()
+        self.store.close()
+        self.instances.clear()
+
+    def abandon(self):
+        """Drops everything the way a crash does: records appended but not yet written are
+        lost, nothing is checkpointed, in-flight calls never get a reply."""
+        self.closed = True
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.checkpoint_timer.cancel()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+        self.wal._abandon()
+        self.store.close()
+        self.instances.clear()
+
+
+cdef dict _unflatten(list flat):
+    cdef dict d = {}
+    cdef Py_ssize_t i
+    for i in range(0, len(flat), 2):
+        v = flat[i + 1]
+        d[flat[i]] = _ABSENT if v is None else v
+    return d

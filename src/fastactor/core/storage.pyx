@@ -1,0 +1,280 @@
+# ctx.storage: per-turn write sets over the committed state of an instance. Included by
+# _core.pyx.
+#
+# Where a value lives, newest first:
+#   1. the write sets of the running turn (a stack: one per open transaction);
+#   2. the instance's cache (values committed or read before; dropped on eviction);
+#   3. the shard's overlay layers: `dirty` (committed turns not yet in the snapshot) and
+#      `frozen` (the generation a checkpoint is writing into the snapshot right now);
+#   4. the snapshot store (SQLite), read lazily, one key or one range at a time.
+# Values are kept encoded (bytes); every read decodes a fresh copy.
+
+cdef str RESERVED_PREFIX = "__fastactor_"
+cdef Py_ssize_t MAX_KEY_BYTES = 2048
+cdef Py_ssize_t MAX_VALUE_BYTES = 2 * 1024 * 1024
+cdef Py_ssize_t MAX_LIST_LIMIT = 1000
+cdef object _ABSENT = object()     # "known not to exist" in a cache or a layer
+
+
+cdef int check_key(object key) except -1:
+    if type(key) is not str:
+        raise TypeError(f"storage keys are str, not {type(key).__name__}")
+    if not key:
+        raise ValueError("storage keys must not be empty")
+    if (<str>key).startswith(RESERVED_PREFIX):
+        raise ValueError(f"storage keys starting with {RESERVED_PREFIX!r} are reserved")
+    if len(<str>key) > MAX_KEY_BYTES // 4 and len((<str>key).encode()) > MAX_KEY_BYTES:
+        raise StorageLimitError(f"storage key is longer than {MAX_KEY_BYTES} UTF-8 bytes")
+    return 0
+
+
+cdef bytes encode_stored(object value):
+    cdef bytes data = encode_value(value)
+    if len(data) > MAX_VALUE_BYTES:
+        raise StorageLimitError(
+            f"value is {len(data)} bytes encoded; the limit is {MAX_VALUE_BYTES} (2 MiB)")
+    return data
+
+
+@cython.final
+@cython.freelist(64)
+cdef class _WriteSet:
+    """Writes of one turn (or one transaction inside it): key -> bytes, or _ABSENT."""
+    cdef dict puts
+    cdef bint cleared
+
+    def __cinit__(self):
+        self.puts = {}
+        self.cleared = False
+
+    cdef void merge_from(self, _WriteSet other):
+        if other.cleared:
+            self.cleared = True
+            self.puts = other.puts
+        else:
+            self.puts.update(other.puts)
+
+
+@cython.final
+cdef class _Layer:
+    """Committed writes of one instance within one overlay generation."""
+    cdef dict puts
+    cdef bint cleared
+
+    def __cinit__(self):
+        self.puts = {}
+        self.cleared = False
+
+    cdef void apply(self, bint cleared, dict puts):
+        if cleared:
+            self.cleared = True
+            self.puts = dict(puts)
+        else:
+            self.puts.update(puts)
+
+
+@cython.final
+cdef class _Store:
+    """The snapshot: every instance's state as of ``applied_lsn``, in one SQLite file.
+
+    SQLite is the deliberate choice: a B-tree gives ordered keys and range scans for list(),
+    point reads need no preload (restart does not read the data), commits are crash-safe on
+    their own, and it ships with Python. The write-ahead log stays the truth; this is only
+    where its older part is kept in a form one can look up."""
+
+    cdef readonly str path
+    cdef object _db          # the event loop thread's connection (reads)
+    cdef readonly uint64_t applied_lsn
+
+    def __cinit__(self, str path):
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS kv (inst TEXT NOT NULL, key TEXT NOT NULL, "
+            "value BLOB NOT NULL, PRIMARY KEY (inst, key)) WITHOUT ROWID")
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER)")
+        row = self._db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
+        self.applied_lsn = row[0] if row else 0
+
+    cdef object get(self, str inst, str key):
+        row = self._db.execute("SELECT value FROM kv WHERE inst = ? AND key = ?",
+                               (inst, key)).fetchone()
+        return _ABSENT if row is None else row[0]
+
+    cdef list range(self, str inst, object lo, bint lo_incl, object hi, bint reverse,
+                    Py_ssize_t limit):
+        cdef list where = ["inst = ?"]
+        cdef list args = [inst]
+        if lo is not None:
+            where.append("key >= ?" if lo_incl else "key > ?")
+            args.append(lo)
+        if hi is not None:
+            where.append("key < ?")
+            args.append(hi)
+        args.append(limit)
+        return self._db.execute(
+            f"SELECT key, value FROM kv WHERE {' AND '.join(where)} "
+            f"ORDER BY key {'DESC' if reverse else 'ASC'} LIMIT ?", args).fetchall()
+
+    def apply(self, dict layers, uint64_t lsn):
+        """Writes one overlay generation and its LSN in one transaction (a worker thread)."""
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN IMMEDIATE")
+            for inst, layer in layers.items():
+                if (<_Layer>layer).cleared:
+                    db.execute("DELETE FROM kv WHERE inst = ?", (inst,))
+                puts = [(inst, k, v) for k, v in (<_Layer>layer).puts.items() if v is not _ABSENT]
+                dels = [(inst, k) for k, v in (<_Layer>layer).puts.items() if v is _ABSENT]
+                if dels:
+                    db.executemany("DELETE FROM kv WHERE inst = ? AND key = ?", dels)
+                if puts:
+                    db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", puts)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('applied_lsn', ?)", (lsn,))
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        self.applied_lsn = lsn
+
+    def instances(self, str prefix):
+        return [r[0] for r in self._db.execute(
+            "SELECT DISTINCT inst FROM kv WHERE inst >= ? AND inst < ?",
+            (prefix, prefix + "\U0010ffff"))]
+
+    def close(self):
+        self._db.close()
+
+
+@cython.final
+cdef class Storage:
+    """``ctx.storage``: the instance's durable key-value storage (SPEC §3). Every call is
+    awaited; none suspends the event loop when the data is cached or in the snapshot."""
+
+    cdef _Instance _inst
+
+    def __cinit__(self, _Instance inst):
+        self._inst = inst
+
+    cdef _Turn _turn(self):
+        cdef _Turn t = self._inst.turn
+        if t is None or t.dead:
+            raise RuntimeError("storage is used outside of a turn of its instance (a task "
+                               "that outlived its call?)")
+        return t
+
+    async def get(self, key, default=None):
+        check_key(key)
+        v = self._turn().read(key)
+        return default if v is _ABSENT else decode_value(v)
+
+    async def put(self, key, value):
+        check_key(key)
+        cdef bytes data = encode_stored(value)
+        self._turn().top.puts[key] = data
+
+    async def delete(self, key):
+        check_key(key)
+        cdef _Turn t = self._turn()
+        existed = t.read(key) is not _ABSENT
+        t.top.puts[key] = _ABSENT
+        return existed
+
+    async def list(self, prefix=None, start=None, start_after=None, end=None,
+                   reverse=False, limit=128):
+        return self._turn().list(prefix, start, start_after, end, reverse, limit)
+
+    async def delete_all(self):
+        cdef _Turn t = self._turn()
+        t.top.cleared = True
+        t.top.puts = {}
+
+    def transaction(self, fn=None):
+        """``await transaction(fn)`` or ``async with transaction() as txn``: an atomic batch.
+        If it raises, its writes are dropped and the turn's reply becomes
+        ActorOutputGateError even if the error is caught; later writes still commit."""
+        cdef Transaction txn = Transaction(self)
+        if fn is None:
+            return txn
+        return txn._run(fn)
+
+
+@cython.final
+cdef class Transaction:
+    """The ``txn`` of ``ctx.storage.transaction``: get/put/delete/list inside the batch."""
+
+    cdef Storage _storage
+    cdef _WriteSet _ws
+    cdef _Turn _owner
+
+    def __cinit__(self, Storage storage):
+        self._storage = storage
+        self._ws = None
+
+    cdef _Turn _open(self):
+        cdef _Turn t = self._storage._turn()
+        if self._ws is not None:
+            raise RuntimeError("this transaction is already open")
+        self._ws = _WriteSet()
+        self._owner = t
+        t.layers.append(self._ws)
+        t.top = self._ws
+        return t
+
+    cdef void _close(self, bint ok):
+        cdef _Turn t = self._owner
+        cdef _WriteSet ws = self._ws
+        if t.layers and t.layers[len(t.layers) - 1] is ws:
+            t.layers.pop()
+        t.top = t.layers[len(t.layers) - 1]
+        if ok:
+            t.top.merge_from(ws)
+        else:
+            t.poisoned = True
+
+    async def _run(self, fn):
+        self._open()
+        try:
+            r = await fn(self)
+        except BaseException:
+            self._close(False)
+            raise
+        self._close(True)
+        return r
+
+    async def __aenter__(self):
+        self._open()
+        return self
+
+    async def __aexit__(self, et, ev, tb):
+        self._close(et is None)
+        return False
+
+    cdef _Turn _t(self):
+        cdef _Turn t = self._storage._turn()
+        if t is not self._owner or t.top is not self._ws:
+            raise RuntimeError("the transaction is not open")
+        return t
+
+    async def get(self, key, default=None):
+        check_key(key)
+        v = self._t().read(key)
+        return default if v is _ABSENT else decode_value(v)
+
+    async def put(self, key, value):
+        check_key(key)
+        cdef bytes data = encode_stored(value)
+        self._t().top.puts[key] = data
+
+    async def delete(self, key):
+        check_key(key)
+        cdef _Turn t = self._t()
+        existed = t.read(key) is not _ABSENT
+        t.top.puts[key] = _ABSENT
+        return existed
+
+    async def list(self, prefix=None, start=None, start_after=None, end=None,
+                   reverse=False, limit=128):
+        return self._t().list(prefix, start, start_after, end, reverse, limit)

@@ -1,0 +1,157 @@
+"""The in-process runtime: actors, their storage and the output gate in one event loop.
+
+    async with fastactor.Runtime("data", actors=[Account]) as rt:
+        alice = rt.namespace("Account").id_from_name("alice")
+        await alice.deposit(100)
+
+``fastactor serve`` runs one of these per shard process; tests and embedding programs use it
+directly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+from . import _core
+from .actor import StatefulActor
+
+__all__ = ["Env", "Runtime"]
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+class Env:
+    """``env``: one attribute per binding (an ActorNamespace), plus any extra values."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.__dict__.update(values)
+
+    def __repr__(self) -> str:
+        return f"Env({', '.join(sorted(self.__dict__))})"
+
+
+def _check_type_name(name: str) -> None:
+    if not _IDENT.match(name) or "__" in name or len(name) > 32:
+        raise ValueError(
+            f"actor type {name!r} must be an identifier without '__', at most 32 characters"
+        )
+
+
+class Runtime:
+    """Owns one data directory (a write-ahead log plus a snapshot) and the instances of the
+    given actor classes. Use it as an async context manager on one event loop."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        actors: Iterable[type[StatefulActor]] | Mapping[str, type[StatefulActor]],
+        *,
+        env: Mapping[str, Any] | None = None,
+        idle_timeout: float = 60.0,
+        method_timeout: float = 30.0,
+        fetch_timeout: float = 30.0,
+        block_timeout: float = 30.0,
+        checkpoint_interval: float = 30.0,
+        checkpoint_bytes: int = 64 << 20,
+    ) -> None:
+        bindings = (
+            dict(actors)
+            if isinstance(actors, Mapping)
+            else {cls.__name__.upper(): cls for cls in actors}
+        )
+        self._classes: dict[str, type[StatefulActor]] = {}
+        for binding, cls in bindings.items():
+            if not (isinstance(cls, type) and issubclass(cls, StatefulActor)):
+                raise TypeError(f"{binding}: {cls!r} is not a StatefulActor subclass")
+            if not _IDENT.match(binding) or "__" in binding or binding == "SECRETS":
+                raise ValueError(f"binding {binding!r} must be an identifier without '__'")
+            _check_type_name(cls.__name__)
+            if self._classes.get(cls.__name__, cls) is not cls:
+                raise ValueError(f"two different classes are named {cls.__name__}")
+            self._classes[cls.__name__] = cls
+        for name in bindings:
+            if env and name in env:
+                raise ValueError(f"env value {name!r} clashes with an actor binding")
+        self._bindings = bindings
+        self._extra = dict(env or {})
+        self.data_dir = os.fspath(data_dir)
+        self._opts: dict[str, Any] = {
+            "idle_timeout": idle_timeout,
+            "method_timeout": method_timeout,
+            "fetch_timeout": fetch_timeout,
+            "block_timeout": block_timeout,
+            "checkpoint_interval": checkpoint_interval,
+            "checkpoint_bytes": checkpoint_bytes,
+        }
+        self._shard: _core.Shard | None = None
+        self._namespaces: dict[str, _core.ActorNamespace] = {}
+        self.env = Env({})
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Opens the data directory: the snapshot, then the log's tail (replayed into
+        memory). Instances stay on disk until called."""
+        if self._shard is not None:
+            raise RuntimeError("the runtime is already started")
+        shard = _core.Shard(self.data_dir, self.env, **self._opts)
+        shard.open()
+        self._shard = shard
+        for type_name, cls in self._classes.items():
+            self._namespaces[type_name] = shard.namespace(type_name, cls)
+        values = dict(self._extra)
+        for binding, cls in self._bindings.items():
+            values[binding] = self._namespaces[cls.__name__]
+        self.env.__dict__.update(values)
+
+    def namespace(self, type_name: str) -> _core.ActorNamespace:
+        """The ActorNamespace of the actor type called TYPE_NAME."""
+        try:
+            return self._namespaces[type_name]
+        except KeyError:
+            known = ", ".join(sorted(self._classes)) or "none"
+            raise KeyError(f"no actor type {type_name!r} (known: {known})") from None
+
+    @property
+    def shard(self) -> _core.Shard:
+        if self._shard is None:
+            raise RuntimeError("the runtime is not started")
+        return self._shard
+
+    async def checkpoint(self) -> int:
+        """Writes committed state into the snapshot now; returns log segments removed."""
+        removed: int = await self.shard.checkpoint()
+        return removed
+
+    def stats(self) -> dict[str, int]:
+        s = self.shard
+        return {
+            **s.stats,
+            "resident": s.resident,
+            "durable_lsn": s.wal.durable_lsn,
+            "last_lsn": s.wal.last_lsn,
+        }
+
+    async def close(self) -> None:
+        """Lets running turns end, waits until every reply is durable, checkpoints, and
+        closes the log and the snapshot."""
+        if self._shard is not None:
+            await self._shard.close()
+
+    def _abandon(self) -> None:
+        if self._shard is not None:
+            self._shard.abandon()
