@@ -556,11 +556,11 @@ cdef class Shard:
                 f"block_concurrency_while of {t.inst.ns.type_name} {t.inst.name!r} ran past "
                 f"{self.block_timeout:g} s")
         t.timer = None
-        self.finish(t, None, err)
+        self.finish(t, None, err, True)
         t.task.cancel()
         # The instance stays busy until the task has really ended (see _task_done).
 
-    cdef void finish(self, _Turn t, object result, object exc):
+    cdef void finish(self, _Turn t, object result, object exc, bint own_error=False):
         """Decides the reply of T, commits its writes, and hands the reply to the gate."""
         cdef _Instance inst = t.inst
         cdef _Call c = t.call
@@ -572,27 +572,31 @@ cdef class Shard:
             t.timer.cancel()
             t.timer = None
         value = None
-        if exc is None:
+        if exc is not None:
+            # The user's code raised, or (OWN_ERROR) the runtime gave up on it.
+            value = exc if own_error else self.map_error(t, exc)
+        else:
             try:
                 if c.kind == KIND_CALL:
                     value = copy_value(result)
                 elif c.kind == KIND_FETCH:
                     value = result
             except CodecError as e:
-                exc = CodecError(f"the result of {inst.ns.type_name}.{c.method} can not be "
-                                 f"sent: {e}")
+                exc = value = CodecError(
+                    f"the result of {inst.ns.type_name}.{c.method} can not be sent: {e}")
         if exc is None:
             try:
                 self.commit(t)
+            except LogFailedError as e:
+                exc = value = ActorOutputGateError(
+                    f"the turn's writes could not be made durable: {e}")
             except BaseException as e:
-                exc = e
+                exc = value = e
             else:
                 if t.poisoned:
-                    exc = ActorOutputGateError(
+                    exc = value = ActorOutputGateError(
                         "a transaction of this turn raised; its writes were discarded")
         t.dead = True
-        if exc is not None:
-            value = self.map_error(t, exc)
         is_exc = exc is not None
         if c.kind == KIND_BLOCK:
             if is_exc:
@@ -604,12 +608,6 @@ cdef class Shard:
             self.wal._hold(inst.last_lsn, c.fut, value, 2 if is_exc else 1)
 
     cdef object map_error(self, _Turn t, object exc):
-        if isinstance(exc, (CodecError, ActorOutputGateError, StorageLimitError,
-                            ActorMethodTimeoutError, ActorFetchTimeoutError,
-                            BlockConcurrencyTimeoutError)):
-            return exc
-        if isinstance(exc, LogFailedError):
-            return ActorOutputGateError(f"the turn's writes could not be made durable: {exc}")
         name = type(exc).__name__
         where = (f"{t.inst.ns.type_name}.{t.call.method}" if t.call.kind == KIND_CALL else
                  f"{t.inst.ns.type_name}.fetch" if t.call.kind == KIND_FETCH else

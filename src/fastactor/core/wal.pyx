@@ -151,6 +151,10 @@ cdef class WriteAheadLog:
         if self._loop is None:
             self._bind_loop()
         w = (lsn, fut, value, mode)
+        rc = cwal.fa_wal_error(self._w)
+        if rc != 0 and lsn > cwal.fa_wal_durable_lsn(self._w):
+            self._finish(w, rc)              # the log failed: this LSN will never be durable
+            return
         if lsn >= self._tail_lsn or not self._waiters:
             self._waiters.append(w)
             self._tail_lsn = lsn

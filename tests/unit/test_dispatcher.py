@@ -1,0 +1,412 @@
+"""The four guarantees and the RPC surface, in one process (SPEC §1, §2, §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvloop
+
+from fastactor import (
+    ActorFetchTimeoutError,
+    ActorMethodError,
+    ActorMethodTimeoutError,
+    ActorOutputGateError,
+    ActorPrivateMethodError,
+    ActorUnknownMethodError,
+    BlockConcurrencyTimeoutError,
+    CodecError,
+    Request,
+    Response,
+    Runtime,
+    StatefulActor,
+)
+from fastactor.testing import RuntimeFactory, crash
+
+LOG: list[tuple[str, str]] = []
+
+
+class Account(StatefulActor):
+    async def debit(self, amount: int) -> dict[str, Any]:
+        balance = await self.ctx.storage.get("balance") or 0
+        if balance < amount:
+            return {"ok": False, "balance": balance}
+        await self.ctx.storage.put("balance", balance - amount)
+        return {"ok": True, "balance": balance - amount}
+
+    async def deposit(self, amount: int) -> int:
+        b: int = (await self.ctx.storage.get("balance") or 0) + amount
+        await self.ctx.storage.put("balance", b)
+        return b
+
+    async def balance(self) -> int:
+        return await self.ctx.storage.get("balance") or 0
+
+    async def slow_step(self, tag: str, delay: float) -> str:
+        LOG.append(("start", tag))
+        await asyncio.sleep(delay)
+        LOG.append(("end", tag))
+        return tag
+
+    async def echo(self, *args: Any, **kwargs: Any) -> Any:
+        return [args, kwargs]
+
+    async def one_arg(self, x: int) -> int:
+        return x
+
+    async def sleepy(self, t: float) -> str:
+        await self.ctx.storage.put("sleepy", "written")
+        await asyncio.sleep(t)
+        return "awake"
+
+    async def unsendable(self) -> Any:
+        return object()
+
+    def sync_method(self) -> str:
+        return "plain"
+
+    async def _private(self) -> None:
+        pass
+
+    async def fetch(self, request: Request) -> Response:
+        if request.path == "/slow":
+            await asyncio.sleep(5)
+        n = await self.deposit(int(request.query.get("n", "0")))
+        return Response.json({"name": self.ctx.id, "balance": n})
+
+    async def call_other(self, other: str) -> Any:
+        stub = self.env.ACCOUNT.id_from_name(other)
+        return await stub.deposit(1)
+
+
+class Slow(StatefulActor):
+    starts = 0
+
+    def __init__(self, ctx: Any, env: Any) -> None:
+        super().__init__(ctx, env)
+        Slow.starts += 1
+        self.ready = False
+        ctx.block_concurrency_while(self._load)
+
+    async def _load(self) -> None:
+        delay = await self.ctx.storage.get("delay") or 0
+        await asyncio.sleep(delay)
+        self.ready = True
+
+    async def is_ready(self) -> bool:
+        return self.ready
+
+    async def set_delay(self, d: float) -> None:
+        await self.ctx.storage.put("delay", d)
+
+
+def run(
+    factory: RuntimeFactory,
+    fn: Callable[[Runtime], Awaitable[Any]],
+    *actors: type[StatefulActor],
+    **opts: Any,
+) -> Any:
+    async def go() -> Any:
+        async with factory(*(actors or (Account,)), **opts) as rt:
+            return await fn(rt)
+
+    return uvloop.run(go())
+
+
+def acct(rt: Runtime, name: str = "alice") -> Any:
+    return rt.namespace("Account").id_from_name(name)
+
+
+def test_one_call_at_a_time_even_across_awaits(actor_runtime: RuntimeFactory) -> None:
+    LOG.clear()
+
+    async def go(rt: Runtime) -> None:
+        a = acct(rt)
+        got = await asyncio.gather(a.slow_step("1", 0.02), a.slow_step("2", 0.0),
+                                   a.slow_step("3", 0.01))
+        assert got == ["1", "2", "3"]
+        assert LOG == [("start", "1"), ("end", "1"), ("start", "2"), ("end", "2"),
+                       ("start", "3"), ("end", "3")]
+        # Different instances do run in parallel.
+        LOG.clear()
+        await asyncio.gather(a.slow_step("a", 0.02), acct(rt, "bob").slow_step("b", 0.0))
+        assert LOG.index(("end", "b")) < LOG.index(("end", "a"))
+
+    run(actor_runtime, go)
+
+
+def test_ten_thousand_concurrent_debits_never_overdraw(actor_runtime: RuntimeFactory) -> None:
+    async def go(rt: Runtime) -> None:
+        a = acct(rt)
+        await a.deposit(2500)
+        results = await asyncio.gather(*(a.debit(1) for _ in range(10_000)))
+        assert sum(r["ok"] for r in results) == 2500
+        assert all(r["balance"] >= 0 for r in results)
+        assert await a.balance() == 0
+        st = rt.stats()
+        assert st["commits"] == 2501
+        # Turns pipeline behind the output gate: far fewer fdatasyncs than turns.
+        assert rt.shard.wal.batches < 1000
+
+    run(actor_runtime, go)
+
+
+def test_replies_wait_for_durability(actor_runtime: RuntimeFactory) -> None:
+    async def go(rt: Runtime) -> None:
+        a = acct(rt)
+        wal = rt.shard.wal
+        for i in range(50):
+            await a.deposit(1)
+            assert wal.durable_lsn >= wal.last_lsn
+            # A read-only turn that saw un-flushed data waits as well.
+            fut1 = a.deposit(1)
+            fut2 = a.balance()
+            assert await fut2 == i * 2 + 2
+            assert wal.durable_lsn >= wal.last_lsn
+            await fut1
+
+    run(actor_runtime, go)
+
+
+def test_failed_commit_turns_replies_into_output_gate_errors(
+    actor_runtime: RuntimeFactory,
+) -> None:
+    async def go() -> None:
+        rt = actor_runtime(Account)
+        await rt.start()
+        a = acct(rt)
+        await a.deposit(10)
+        rt.shard.wal._inject_fault("fdatasync", 0, errno.EIO)
+        results = await asyncio.gather(a.deposit(1), a.balance(), a.deposit(1),
+                                       return_exceptions=True)
+        assert all(isinstance(r, ActorOutputGateError) for r in results), results
+        with pytest.raises(ActorOutputGateError):
+            await a.deposit(1)            # the log takes no more writes
+        crash(rt)
+        async with actor_runtime(Account) as rt2:
+            assert await acct(rt2).balance() in (10, 11, 12)   # never acknowledged either way
+            assert await acct(rt2).deposit(5) >= 15
+
+    uvloop.run(go())
+
+
+def test_rpc_errors(actor_runtime: RuntimeFactory) -> None:
+    async def go(rt: Runtime) -> None:
+        a = acct(rt)
+        with pytest.raises(ActorPrivateMethodError):
+            await a._private()
+        for name in ("_load", "alarm"):
+            with pytest.raises(ActorPrivateMethodError):
+                await getattr(a, name)()
+        with pytest.raises(ActorUnknownMethodError):
+            await a.no_such_method()
+        with pytest.raises(ActorMethodError) as ei:
+            await a.one_arg(1, 2)
+        assert ei.value.remote_type == "TypeError"
+        with pytest.raises(CodecError):
+            await a.echo(object())
+        with pytest.raises(CodecError):
+            await a.unsendable()
+        assert await a.echo(1, (2,), k={3}) == [(1, (2,)), {"k": {3}}]
+        assert await a.sync_method() == "plain"
+        assert await a.deposit(1) == 1               # still serving
+
+    run(actor_runtime, go)
+
+
+def test_arguments_and_results_are_copies(actor_runtime: RuntimeFactory) -> None:
+    async def go(rt: Runtime) -> None:
+        arg = [1, [2]]
+        res = await acct(rt).echo(arg)
+        arg[1].append(3)
+        assert res == [([1, [2]],), {}]
+
+    run(actor_runtime, go)
+
+
+def test_method_timeout_keeps_the_instance_up(actor_runtime: RuntimeFactory) -> None:
+    async def go(rt: Runtime) -> None:
+        a = acct(rt)
+        with pytest.raises(ActorMethodTimeoutError):
+            await a.sleepy(5)
+        assert await a.sleepy(0) == "awake"
+        assert await a.deposit(3) == 3
+
+    run(actor_runtime, go, method_timeout=0.1)
+
+
+def test_timed_out_turn_commits_nothing(actor_runtime: RuntimeFactory) -> None:
+    class T(StatefulActor):
+        async def hang(self) -> None:
+            await self.ctx.storage.put("k", 1)
+            await asyncio.sleep(10)
+
+        async def get(self) -> Any:
+            return await self.ctx.storage.get("k")
+
+    async def go(rt: Runtime) -> None:
+        t = rt.namespace("T").id_from_name("t")
+        with pytest.raises(ActorMethodTimeoutError):
+            await t.hang()
+        assert await t.get() is None
+
+    run(actor_runtime, go, T, method_timeout=0.05)
+
+
+def test_fetch_and_fetch_timeout(actor_runtime: RuntimeFactory) -> None:
+    class Plain(StatefulActor):
+        pass
+
+    async def go(rt: Runtime) -> None:
+        a = acct(rt, "carol")
+        r = await a.fetch(Request("GET", "http://x/deposit?n=4"))
+        assert r.status == 200 and r.body == b'{"name":"carol","balance":4}'
+        with pytest.raises(ActorFetchTimeoutError):
+            await a.fetch(Request("GET", "http://x/slow"))
+        r = await rt.namespace("Plain").id_from_name("p").fetch(Request("GET", "http://x/"))
+        assert r.status == 404
+
+    run(actor_runtime, go, Account, Plain, fetch_timeout=0.1)
+
+
+def test_block_concurrency_while(actor_runtime: RuntimeFactory) -> None:
+    async def go(rt: Runtime) -> None:
+        # _load really suspends (asyncio.sleep); the calls queued behind it still see it done.
+        ns = rt.namespace("Slow")
+        s = ns.id_from_name("s")
+        starts = Slow.starts
+        assert await asyncio.gather(s.is_ready(), s.set_delay(0.01), s.is_ready()) == [
+            True, None, True]
+        assert Slow.starts == starts + 1
+
+    run(actor_runtime, go, Slow)
+
+
+def test_block_concurrency_timeout_tears_down_and_retries(actor_runtime: RuntimeFactory) -> None:
+    class Init(StatefulActor):
+        tries = 0
+
+        def __init__(self, ctx: Any, env: Any) -> None:
+            super().__init__(ctx, env)
+            Init.tries += 1
+            ctx.block_concurrency_while(self._init)
+
+        async def _init(self) -> None:
+            if Init.tries == 1:
+                await asyncio.sleep(5)
+
+        async def ping(self) -> int:
+            return Init.tries
+
+    async def go(rt: Runtime) -> None:
+        i = rt.namespace("Init").id_from_name("i")
+        results = await asyncio.gather(i.ping(), i.ping(), return_exceptions=True)
+        assert all(isinstance(r, BlockConcurrencyTimeoutError) for r in results), results
+        assert await i.ping() == 2                   # activated afresh
+
+    run(actor_runtime, go, Init, block_timeout=0.1)
+
+
+def test_constructor_error_reaches_the_caller(actor_runtime: RuntimeFactory) -> None:
+    class Broken(StatefulActor):
+        def __init__(self, ctx: Any, env: Any) -> None:
+            raise LookupError("no config")
+
+        async def ping(self) -> None:
+            pass
+
+    async def go(rt: Runtime) -> None:
+        with pytest.raises(ActorMethodError) as ei:
+            await rt.namespace("Broken").id_from_name("b").ping()
+        assert ei.value.remote_type == "LookupError"
+
+    run(actor_runtime, go, Broken)
+
+
+def test_stubs_and_names(actor_runtime: RuntimeFactory) -> None:
+    async def go(rt: Runtime) -> None:
+        ns = rt.namespace("Account")
+        a = ns.id_from_name("alice")
+        assert a.id == "alice" and a == ns.id_from_name("alice")
+        u1, u2 = ns.new_unique_id(), ns.new_unique_id()
+        assert len(u1.id) == 64 and int(u1.id, 16) >= 0 and u1.id != u2.id
+        assert await u1.deposit(7) == 7 and await u2.balance() == 0
+        with pytest.raises(ValueError):
+            ns.id_from_name("")
+        with pytest.raises(TypeError):
+            ns.id_from_name(5)
+        assert await a.call_other("bob") == 1 and await acct(rt, "bob").balance() == 1
+        assert rt.env.ACCOUNT is ns
+
+    run(actor_runtime, go)
+
+
+def test_eviction_then_lazy_reload(actor_runtime: RuntimeFactory) -> None:
+    class Cached(StatefulActor):
+        def __init__(self, ctx: Any, env: Any) -> None:
+            super().__init__(ctx, env)
+            self.field = "fresh"
+
+        async def set(self, v: int) -> None:
+            self.field = "changed"
+            await self.ctx.storage.put("v", v)
+
+        async def get(self) -> Any:
+            return [self.field, await self.ctx.storage.get("v")]
+
+    async def go(rt: Runtime) -> None:
+        c = rt.namespace("Cached").id_from_name("c")
+        await c.set(42)
+        assert await c.get() == ["changed", 42]
+        assert rt.shard.is_resident("Cached", "c")
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if not rt.shard.is_resident("Cached", "c"):
+                break
+        assert not rt.shard.is_resident("Cached", "c")
+        assert rt.stats()["evictions"] >= 1
+        assert await c.get() == ["fresh", 42]          # fields are a cache; storage is not
+
+    run(actor_runtime, go, Cached, idle_timeout=0.1)
+
+
+def test_restart_recovers_from_snapshot_and_log_tail(actor_runtime: RuntimeFactory) -> None:
+    async def go() -> None:
+        async with actor_runtime(Account) as rt:
+            for i in range(20):
+                await acct(rt, f"u{i}").deposit(i)
+            await rt.checkpoint()
+            for i in range(10):
+                await acct(rt, f"u{i}").deposit(100)
+            await acct(rt, "u19").debit(19)
+            rt2_dir = rt.data_dir
+            crash(rt)                       # no final checkpoint: the tail must be replayed
+        async with Runtime(rt2_dir, [Account]) as rt2:
+            assert rt2.stats()["replayed_records"] == 11
+            for i in range(20):
+                want = i + (100 if i < 10 else 0) - (19 if i == 19 else 0)
+                assert await acct(rt2, f"u{i}").balance() == want
+        async with Runtime(rt2_dir, [Account]) as rt3:   # after a clean close: no tail
+            assert rt3.stats()["replayed_records"] == 0
+            assert await acct(rt3, "u5").balance() == 105
+
+    uvloop.run(go())
+
+
+def test_crash_loses_only_unacknowledged_turns(actor_runtime: RuntimeFactory) -> None:
+    async def go() -> None:
+        rt = actor_runtime(Account)
+        await rt.start()
+        a = acct(rt)
+        acked = [await a.deposit(1) for _ in range(30)]
+        pending = [a.deposit(1) for _ in range(5)]       # not awaited: never acknowledged
+        crash(rt)
+        for p in pending:
+            p.cancel()
+        async with actor_runtime(Account) as rt2:
+            assert acked[-1] <= await acct(rt2).balance() <= 35
+
+    uvloop.run(go())

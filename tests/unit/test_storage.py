@@ -1,0 +1,251 @@
+"""ctx.storage, every row of SPEC §3 (alarms aside): get/put/delete/list, delete_all,
+transactions, limits, reserved keys, read-your-writes, laziness, copies."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvloop
+
+from fastactor import (
+    ActorMethodError,
+    ActorOutputGateError,
+    CodecError,
+    Runtime,
+    StatefulActor,
+    StorageLimitError,
+)
+from fastactor.testing import RuntimeFactory
+
+
+class Box(StatefulActor):
+    """Runs whatever storage script the test sends, as one turn."""
+
+    async def do(self, ops: list[tuple[Any, ...]]) -> list[Any]:
+        out = []
+        s = self.ctx.storage
+        for op, *args in ops:
+            if op == "list":
+                out.append(await s.list(**args[0]))
+            else:
+                out.append(await getattr(s, op)(*args))
+        return out
+
+    async def put_then_fail(self, key: str) -> None:
+        await self.ctx.storage.put(key, "never")
+        raise RuntimeError("boom")
+
+    async def tx_fail_caught(self) -> str:
+        s = self.ctx.storage
+        await s.put("before", 1)
+        try:
+            async with s.transaction() as txn:
+                await txn.put("inside", 1)
+                assert await txn.get("inside") == 1
+                raise ValueError("rollback")
+        except ValueError:
+            pass
+        await s.put("after", 1)
+        return "caught"
+
+    async def tx_fn(self) -> Any:
+        async def body(txn: Any) -> Any:
+            await txn.put("a", 1)
+            await txn.put("b", 2)
+            await txn.delete("a")
+            return await txn.list()
+
+        return await self.ctx.storage.transaction(body)
+
+    async def tx_fn_fail(self) -> None:
+        async def body(txn: Any) -> None:
+            await txn.put("t", 1)
+            raise KeyError("x")
+
+        await self.ctx.storage.transaction(body)
+
+    async def mutate_after_put(self) -> Any:
+        v = {"list": [1]}
+        await self.ctx.storage.put("v", v)
+        v["list"].append(2)
+        got = await self.ctx.storage.get("v")
+        got["list"].append(3)
+        return await self.ctx.storage.get("v")
+
+    async def bad(self, what: str) -> None:
+        s = self.ctx.storage
+        await s.put("ok", 1)
+        try:
+            if what == "value":
+                await s.put("k", object())
+            elif what == "big":
+                await s.put("k", b"x" * (2 * 1024 * 1024))
+            elif what == "longkey":
+                await s.put("é" * 1025, 1)
+            elif what == "reserved":
+                await s.put("__fastactor_alarm", 1)
+            elif what == "empty":
+                await s.get("")
+            elif what == "type":
+                await s.put(1, 1)
+            elif what == "limit":
+                await s.list(limit=1001)
+            elif what == "both":
+                await s.list(start="a", start_after="b")
+        finally:
+            await s.delete("ok")
+
+
+def run(factory: RuntimeFactory, fn: Callable[[Runtime], Awaitable[Any]], **opts: Any) -> Any:
+    async def go() -> Any:
+        async with factory(Box, **opts) as rt:
+            return await fn(rt)
+
+    return uvloop.run(go())
+
+
+def box(rt: Runtime, name: str = "b") -> Any:
+    return rt.namespace("Box").id_from_name(name)
+
+
+def test_get_put_delete(actor_runtime: RuntimeFactory) -> None:
+    async def go(rt: Runtime) -> None:
+        b = box(rt)
+        assert await b.do([("get", "k"), ("get", "k", 7), ("put", "k", [1, "x"]), ("get", "k"),
+                           ("delete", "k"), ("delete", "k"), ("get", "k")]) == [
+            None, 7, None, [1, "x"], True, False, None]
+        await b.do([("put", "k", (1, 2))])
+        assert await b.do([("get", "k")]) == [(1, 2)]
+        assert await box(rt, "other").do([("get", "k")]) == [None]
+
+    run(actor_runtime, go)
+
+
+def test_list_options(actor_runtime: RuntimeFactory) -> None:
+    keys = ["a", "ab", "abc", "b", "ba", "c", "é", "\U0001f600"]
+
+    async def go(rt: Runtime) -> None:
+        b = box(rt)
+        await b.do([("put", k, i) for i, k in enumerate(keys)])
+
+        async def lst(**kw: Any) -> list[str]:
+            return list((await b.do([("list", kw)]))[0])
+
+        assert await lst() == sorted(keys)                           # code point order
+        assert await lst(prefix="ab") == ["ab", "abc"]
+        assert await lst(start="ab") == ["ab", "abc", "b", "ba", "c", "é", "\U0001f600"]
+        assert await lst(start_after="ab") == ["abc", "b", "ba", "c", "é", "\U0001f600"]
+        assert await lst(end="b") == ["a", "ab", "abc"]
+        assert await lst(start="ab", end="ba") == ["ab", "abc", "b"]
+        assert await lst(reverse=True, limit=3) == ["\U0001f600", "é", "c"]
+        assert await lst(prefix="a", reverse=True) == ["abc", "ab", "a"]
+        assert await lst(limit=2) == ["a", "ab"]
+        assert (await b.do([("list", {"prefix": "b"})]))[0] == {"b": 3, "ba": 4}
+
+    run(actor_runtime, go)
+
+
+def test_list_merges_snapshot_overlay_and_the_turn(actor_runtime: RuntimeFactory) -> None:
+    async def go(rt: Runtime) -> None:
+        b = box(rt)
+        await b.do([("put", f"k{i:02}", i) for i in range(20)])
+        await rt.checkpoint()                          # k00..k19 now in the snapshot
+        await b.do([("delete", "k03"), ("put", "k05", "new"), ("put", "k20", 20)])
+        got = await b.do([("delete", "k04"), ("put", "k00x", "t"), ("list", {"limit": 6})])
+        assert got[2] == {"k00": 0, "k00x": "t", "k01": 1, "k02": 2, "k05": "new", "k06": 6}
+        got = await b.do([("list", {"start": "k18"})])
+        assert list(got[0]) == ["k18", "k19", "k20"]
+
+    run(actor_runtime, go)
+
+
+def test_list_limit_bounds(actor_runtime: RuntimeFactory) -> None:
+    async def go(rt: Runtime) -> None:
+        b = box(rt)
+        await b.do([("put", f"{i:04}", i) for i in range(1200)])
+        assert len((await b.do([("list", {"limit": 1000})]))[0]) == 1000
+        assert len((await b.do([("list", {})]))[0]) == 128
+        with pytest.raises(ActorMethodError) as ei:
+            await b.do([("list", {"limit": 1001})])
+        assert ei.value.remote_type == "ValueError"
+
+    run(actor_runtime, go)
+
+
+def test_delete_all(actor_runtime: RuntimeFactory) -> None:
+    async def go(rt: Runtime) -> None:
+        b = box(rt)
+        await b.do([("put", "a", 1), ("put", "b", 2)])
+        await rt.checkpoint()
+        await b.do([("put", "c", 3)])
+        assert await b.do([("delete_all",), ("get", "a"), ("list", {}), ("put", "d", 4)]) == [
+            None, None, {}, None]
+        assert await b.do([("list", {})]) == [{"d": 4}]
+        await rt.checkpoint()
+        assert await b.do([("list", {}), ("get", "a")]) == [{"d": 4}, None]
+
+    run(actor_runtime, go)
+
+
+def test_a_raising_turn_commits_nothing(actor_runtime: RuntimeFactory) -> None:
+    async def go(rt: Runtime) -> None:
+        b = box(rt)
+        with pytest.raises(ActorMethodError) as ei:
+            await b.put_then_fail("k")
+        assert ei.value.remote_type == "RuntimeError" and "boom" in str(ei.value)
+        assert await b.do([("get", "k")]) == [None]
+
+    run(actor_runtime, go)
+
+
+def test_transactions(actor_runtime: RuntimeFactory) -> None:
+    async def go(rt: Runtime) -> None:
+        b = box(rt)
+        assert await b.tx_fn() == {"b": 2}
+        assert await b.do([("get", "a"), ("get", "b")]) == [None, 2]
+        # A transaction that raised poisons the reply even though the method caught it;
+        # writes before and after it still commit, its own writes do not.
+        with pytest.raises(ActorOutputGateError):
+            await b.tx_fail_caught()
+        assert await b.do([("get", "before"), ("get", "inside"), ("get", "after")]) == [
+            1, None, 1]
+        with pytest.raises(ActorMethodError) as ei:
+            await b.tx_fn_fail()
+        assert ei.value.remote_type == "KeyError"
+        assert await b.do([("get", "t")]) == [None]
+
+    run(actor_runtime, go)
+
+
+def test_values_are_copied_in_and_out(actor_runtime: RuntimeFactory) -> None:
+    async def go(rt: Runtime) -> None:
+        assert await box(rt).mutate_after_put() == {"list": [1]}
+
+    run(actor_runtime, go)
+
+
+@pytest.mark.parametrize(
+    ("what", "remote_type"),
+    [("value", "CodecError"), ("big", "StorageLimitError"), ("longkey", "StorageLimitError"),
+     ("reserved", "ValueError"), ("empty", "ValueError"), ("type", "TypeError"),
+     ("limit", "ValueError"), ("both", "ValueError")],
+)
+def test_bad_input_is_a_clear_error_and_stores_nothing(
+    actor_runtime: RuntimeFactory, what: str, remote_type: str
+) -> None:
+    async def go(rt: Runtime) -> None:
+        b = box(rt)
+        with pytest.raises(ActorMethodError) as ei:
+            await b.bad(what)
+        assert ei.value.remote_type == remote_type
+        assert await b.do([("list", {})]) == [{}]          # the turn committed nothing
+        assert await b.do([("put", "still", "serving")]) == [None]
+
+    run(actor_runtime, go)
+
+
+def test_error_classes_are_the_documented_ones() -> None:
+    assert issubclass(StorageLimitError, ValueError)
+    assert issubclass(CodecError, TypeError)
