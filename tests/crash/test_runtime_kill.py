@@ -29,8 +29,11 @@ class Counter(StatefulActor):
 
 
 def run_child(data: Path, tasks: int, seconds: float) -> dict[str, int]:
-    proc = subprocess.Popen([sys.executable, str(CHILD), str(data), str(tasks), str(NAMES)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(CHILD), str(data), str(tasks), str(NAMES)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     acked: dict[str, int] = {}
     opened = threading.Event()
 

@@ -31,27 +31,64 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, list | tuple):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
-        return list(a) == list(b) and all(same(a[k], b[k]) and same(k, kb)
-                                         for k, kb in zip(a, b, strict=True))
+        return list(a) == list(b) and all(
+            same(a[k], b[k]) and same(k, kb) for k, kb in zip(a, b, strict=True)
+        )
     return bool(a == b)
 
 
 SAMPLES = [
-    None, True, False, 0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**63) - 1, 10**40,
-    -(10**40), 1.5, -0.0, math.inf, math.nan, "", "héllo ☃ \U0001f600", b"", b"\x00\xff",
-    [], [1, [2, [3]]], (), (1,), (1, (2, "x")), {}, {"a": 1}, {1: "int key"},
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**63 - 1,
+    -(2**63),
+    2**64 - 1,
+    2**64,
+    -(2**63) - 1,
+    10**40,
+    -(10**40),
+    1.5,
+    -0.0,
+    math.inf,
+    math.nan,
+    "",
+    "héllo ☃ \U0001f600",
+    b"",
+    b"\x00\xff",
+    [],
+    [1, [2, [3]]],
+    (),
+    (1,),
+    (1, (2, "x")),
+    {},
+    {"a": 1},
+    {1: "int key"},
     {(1, 2): "tuple key", frozenset({3}): "frozenset key", None: 0, 2.5: "f"},
-    set(), {1, "a", (2, 3)}, frozenset(), frozenset({b"x", 1}),
+    set(),
+    {1, "a", (2, 3)},
+    frozenset(),
+    frozenset({b"x", 1}),
     dt.datetime(2024, 2, 29, 12, 30, 1, 999999),
-    dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+    dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
     dt.datetime(2024, 1, 1, 5, tzinfo=dt.timezone(dt.timedelta(hours=-3, minutes=-30))),
-    dt.date(1, 1, 1), dt.date(9999, 12, 31), dt.time(23, 59, 59, 1),
+    dt.date(1, 1, 1),
+    dt.date(9999, 12, 31),
+    dt.time(23, 59, 59, 1),
     dt.time(1, 2, tzinfo=dt.timezone(dt.timedelta(hours=5))),
-    dt.timedelta(days=-3, seconds=7, microseconds=11), dt.timedelta(0),
-    decimal.Decimal("1.10"), decimal.Decimal("-0"), decimal.Decimal("NaN"),
-    decimal.Decimal("-Infinity"), decimal.Decimal("1E+1000"),
-    uuid.UUID(int=0), uuid.uuid4(),
-    re.compile("a+b", re.IGNORECASE | re.MULTILINE), re.compile(b"[\x00-\x10]"),
+    dt.timedelta(days=-3, seconds=7, microseconds=11),
+    dt.timedelta(0),
+    decimal.Decimal("1.10"),
+    decimal.Decimal("-0"),
+    decimal.Decimal("NaN"),
+    decimal.Decimal("-Infinity"),
+    decimal.Decimal("1E+1000"),
+    uuid.UUID(int=0),
+    uuid.uuid4(),
+    re.compile("a+b", re.IGNORECASE | re.MULTILINE),
+    re.compile(b"[\x00-\x10]"),
     {"nested": [{"t": (dt.date(2020, 1, 1), {decimal.Decimal("2")})}]},
 ]
 
@@ -101,9 +138,23 @@ class Color(IntEnum):
 @pytest.mark.parametrize(
     "value",
     [
-        Point(), lambda: 1, print, _gen(), bytearray(b"x"), memoryview(b"x"), object(),
-        OrderedDict(a=1), Pair(1, 2), Color.RED, [1, Point()], {"a": {"b": object}},
-        {Point(): 1}, type, Exception("x"), range(3), 1j,
+        Point(),
+        lambda: 1,
+        print,
+        _gen(),
+        bytearray(b"x"),
+        memoryview(b"x"),
+        object(),
+        OrderedDict(a=1),
+        Pair(1, 2),
+        Color.RED,
+        [1, Point()],
+        {"a": {"b": object}},
+        {Point(): 1},
+        type,
+        Exception("x"),
+        range(3),
+        1j,
     ],
     ids=lambda v: type(v).__name__,
 )
@@ -142,9 +193,17 @@ def test_corrupt_bytes_are_a_codec_error() -> None:
 
 
 scalars = (
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
-    | st.binary() | st.decimals(allow_nan=False) | st.uuids()
-    | st.datetimes(timezones=st.none() | st.timezones()) | st.dates() | st.times()
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary()
+    | st.decimals(allow_nan=False)
+    | st.uuids()
+    | st.datetimes(timezones=st.none() | st.timezones())
+    | st.dates()
+    | st.times()
     | st.timedeltas()
 )
 hashables = st.recursive(
@@ -154,9 +213,14 @@ hashables = st.recursive(
 )
 values = st.recursive(
     scalars,
-    lambda v: st.lists(v, max_size=4) | st.tuples(v, v) | st.dictionaries(st.text(), v, max_size=4)
-    | st.dictionaries(hashables, v, max_size=3) | st.sets(hashables, max_size=3)
-    | st.frozensets(hashables, max_size=3),
+    lambda v: (
+        st.lists(v, max_size=4)
+        | st.tuples(v, v)
+        | st.dictionaries(st.text(), v, max_size=4)
+        | st.dictionaries(hashables, v, max_size=3)
+        | st.sets(hashables, max_size=3)
+        | st.frozensets(hashables, max_size=3)
+    ),
     max_leaves=20,
 )
 

@@ -125,11 +125,18 @@ def test_one_call_at_a_time_even_across_awaits(actor_runtime: RuntimeFactory) ->
 
     async def go(rt: Runtime) -> None:
         a = acct(rt)
-        got = await asyncio.gather(a.slow_step("1", 0.02), a.slow_step("2", 0.0),
-                                   a.slow_step("3", 0.01))
+        got = await asyncio.gather(
+            a.slow_step("1", 0.02), a.slow_step("2", 0.0), a.slow_step("3", 0.01)
+        )
         assert got == ["1", "2", "3"]
-        assert LOG == [("start", "1"), ("end", "1"), ("start", "2"), ("end", "2"),
-                       ("start", "3"), ("end", "3")]
+        assert LOG == [
+            ("start", "1"),
+            ("end", "1"),
+            ("start", "2"),
+            ("end", "2"),
+            ("start", "3"),
+            ("end", "3"),
+        ]
         # Different instances do run in parallel.
         LOG.clear()
         await asyncio.gather(a.slow_step("a", 0.02), acct(rt, "bob").slow_step("b", 0.0))
@@ -180,14 +187,15 @@ def test_failed_commit_turns_replies_into_output_gate_errors(
         a = acct(rt)
         await a.deposit(10)
         rt.shard.wal._inject_fault("fdatasync", 0, errno.EIO)
-        results = await asyncio.gather(a.deposit(1), a.balance(), a.deposit(1),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            a.deposit(1), a.balance(), a.deposit(1), return_exceptions=True
+        )
         assert all(isinstance(r, ActorOutputGateError) for r in results), results
         with pytest.raises(ActorOutputGateError):
-            await a.deposit(1)            # the log takes no more writes
+            await a.deposit(1)  # the log takes no more writes
         crash(rt)
         async with actor_runtime(Account) as rt2:
-            assert await acct(rt2).balance() in (10, 11, 12)   # never acknowledged either way
+            assert await acct(rt2).balance() in (10, 11, 12)  # never acknowledged either way
             assert await acct(rt2).deposit(5) >= 15
 
     uvloop.run(go())
@@ -212,7 +220,7 @@ def test_rpc_errors(actor_runtime: RuntimeFactory) -> None:
             await a.unsendable()
         assert await a.echo(1, (2,), k={3}) == [(1, (2,)), {"k": {3}}]
         assert await a.sync_method() == "plain"
-        assert await a.deposit(1) == 1               # still serving
+        assert await a.deposit(1) == 1  # still serving
 
     run(actor_runtime, go)
 
@@ -279,7 +287,10 @@ def test_block_concurrency_while(actor_runtime: RuntimeFactory) -> None:
         s = ns.id_from_name("s")
         starts = Slow.starts
         assert await asyncio.gather(s.is_ready(), s.set_delay(0.01), s.is_ready()) == [
-            True, None, True]
+            True,
+            None,
+            True,
+        ]
         assert Slow.starts == starts + 1
 
     run(actor_runtime, go, Slow)
@@ -305,7 +316,7 @@ def test_block_concurrency_timeout_tears_down_and_retries(actor_runtime: Runtime
         i = rt.namespace("Init").id_from_name("i")
         results = await asyncio.gather(i.ping(), i.ping(), return_exceptions=True)
         assert all(isinstance(r, BlockConcurrencyTimeoutError) for r in results), results
-        assert await i.ping() == 2                   # activated afresh
+        assert await i.ping() == 2  # activated afresh
 
     run(actor_runtime, go, Init, block_timeout=0.1)
 
@@ -368,7 +379,7 @@ def test_eviction_then_lazy_reload(actor_runtime: RuntimeFactory) -> None:
                 break
         assert not rt.shard.is_resident("Cached", "c")
         assert rt.stats()["evictions"] >= 1
-        assert await c.get() == ["fresh", 42]          # fields are a cache; storage is not
+        assert await c.get() == ["fresh", 42]  # fields are a cache; storage is not
 
     run(actor_runtime, go, Cached, idle_timeout=0.1)
 
@@ -383,13 +394,13 @@ def test_restart_recovers_from_snapshot_and_log_tail(actor_runtime: RuntimeFacto
                 await acct(rt, f"u{i}").deposit(100)
             await acct(rt, "u19").debit(19)
             rt2_dir = rt.data_dir
-            crash(rt)                       # no final checkpoint: the tail must be replayed
+            crash(rt)  # no final checkpoint: the tail must be replayed
         async with Runtime(rt2_dir, [Account]) as rt2:
             assert rt2.stats()["replayed_records"] == 11
             for i in range(20):
                 want = i + (100 if i < 10 else 0) - (19 if i == 19 else 0)
                 assert await acct(rt2, f"u{i}").balance() == want
-        async with Runtime(rt2_dir, [Account]) as rt3:   # after a clean close: no tail
+        async with Runtime(rt2_dir, [Account]) as rt3:  # after a clean close: no tail
             assert rt3.stats()["replayed_records"] == 0
             assert await acct(rt3, "u5").balance() == 105
 
@@ -402,7 +413,7 @@ def test_crash_loses_only_unacknowledged_turns(actor_runtime: RuntimeFactory) ->
         await rt.start()
         a = acct(rt)
         acked = [await a.deposit(1) for _ in range(30)]
-        pending = [a.deposit(1) for _ in range(5)]       # not awaited: never acknowledged
+        pending = [a.deposit(1) for _ in range(5)]  # not awaited: never acknowledged
         crash(rt)
         for p in pending:
             p.cancel()

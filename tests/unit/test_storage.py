@@ -113,9 +113,17 @@ def box(rt: Runtime, name: str = "b") -> Any:
 def test_get_put_delete(actor_runtime: RuntimeFactory) -> None:
     async def go(rt: Runtime) -> None:
         b = box(rt)
-        assert await b.do([("get", "k"), ("get", "k", 7), ("put", "k", [1, "x"]), ("get", "k"),
-                           ("delete", "k"), ("delete", "k"), ("get", "k")]) == [
-            None, 7, None, [1, "x"], True, False, None]
+        assert await b.do(
+            [
+                ("get", "k"),
+                ("get", "k", 7),
+                ("put", "k", [1, "x"]),
+                ("get", "k"),
+                ("delete", "k"),
+                ("delete", "k"),
+                ("get", "k"),
+            ]
+        ) == [None, 7, None, [1, "x"], True, False, None]
         await b.do([("put", "k", (1, 2))])
         assert await b.do([("get", "k")]) == [(1, 2)]
         assert await box(rt, "other").do([("get", "k")]) == [None]
@@ -133,7 +141,7 @@ def test_list_options(actor_runtime: RuntimeFactory) -> None:
         async def lst(**kw: Any) -> list[str]:
             return list((await b.do([("list", kw)]))[0])
 
-        assert await lst() == sorted(keys)                           # code point order
+        assert await lst() == sorted(keys)  # code point order
         assert await lst(prefix="ab") == ["ab", "abc"]
         assert await lst(start="ab") == ["ab", "abc", "b", "ba", "c", "é", "\U0001f600"]
         assert await lst(start_after="ab") == ["abc", "b", "ba", "c", "é", "\U0001f600"]
@@ -151,7 +159,7 @@ def test_list_merges_snapshot_overlay_and_the_turn(actor_runtime: RuntimeFactory
     async def go(rt: Runtime) -> None:
         b = box(rt)
         await b.do([("put", f"k{i:02}", i) for i in range(20)])
-        await rt.checkpoint()                          # k00..k19 now in the snapshot
+        await rt.checkpoint()  # k00..k19 now in the snapshot
         await b.do([("delete", "k03"), ("put", "k05", "new"), ("put", "k20", 20)])
         got = await b.do([("delete", "k04"), ("put", "k00x", "t"), ("list", {"limit": 6})])
         assert got[2] == {"k00": 0, "k00x": "t", "k01": 1, "k02": 2, "k05": "new", "k06": 6}
@@ -181,7 +189,11 @@ def test_delete_all(actor_runtime: RuntimeFactory) -> None:
         await rt.checkpoint()
         await b.do([("put", "c", 3)])
         assert await b.do([("delete_all",), ("get", "a"), ("list", {}), ("put", "d", 4)]) == [
-            None, None, {}, None]
+            None,
+            None,
+            {},
+            None,
+        ]
         assert await b.do([("list", {})]) == [{"d": 4}]
         await rt.checkpoint()
         assert await b.do([("list", {}), ("get", "a")]) == [{"d": 4}, None]
@@ -209,8 +221,7 @@ def test_transactions(actor_runtime: RuntimeFactory) -> None:
         # writes before and after it still commit, its own writes do not.
         with pytest.raises(ActorOutputGateError):
             await b.tx_fail_caught()
-        assert await b.do([("get", "before"), ("get", "inside"), ("get", "after")]) == [
-            1, None, 1]
+        assert await b.do([("get", "before"), ("get", "inside"), ("get", "after")]) == [1, None, 1]
         with pytest.raises(ActorMethodError) as ei:
             await b.tx_fn_fail()
         assert ei.value.remote_type == "KeyError"
@@ -228,9 +239,16 @@ def test_values_are_copied_in_and_out(actor_runtime: RuntimeFactory) -> None:
 
 @pytest.mark.parametrize(
     ("what", "remote_type"),
-    [("value", "CodecError"), ("big", "StorageLimitError"), ("longkey", "StorageLimitError"),
-     ("reserved", "ValueError"), ("empty", "ValueError"), ("type", "TypeError"),
-     ("limit", "ValueError"), ("both", "ValueError")],
+    [
+        ("value", "CodecError"),
+        ("big", "StorageLimitError"),
+        ("longkey", "StorageLimitError"),
+        ("reserved", "ValueError"),
+        ("empty", "ValueError"),
+        ("type", "TypeError"),
+        ("limit", "ValueError"),
+        ("both", "ValueError"),
+    ],
 )
 def test_bad_input_is_a_clear_error_and_stores_nothing(
     actor_runtime: RuntimeFactory, what: str, remote_type: str
@@ -240,7 +258,7 @@ def test_bad_input_is_a_clear_error_and_stores_nothing(
         with pytest.raises(ActorMethodError) as ei:
             await b.bad(what)
         assert ei.value.remote_type == remote_type
-        assert await b.do([("list", {})]) == [{}]          # the turn committed nothing
+        assert await b.do([("list", {})]) == [{}]  # the turn committed nothing
         assert await b.do([("put", "still", "serving")]) == [None]
 
     run(actor_runtime, go)

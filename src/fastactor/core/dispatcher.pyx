@@ -349,6 +349,7 @@ cdef class Shard:
         self.store = _Store(os.path.join(self.data_dir, "state.sqlite3"))
         self.wal = WriteAheadLog(os.path.join(self.data_dir, "log"), max_record=256 << 20)
         self.wal.reply_error = ActorOutputGateError
+        self.wal.bind_loop(self.loop)
         applied = self.store.applied_lsn
         last = self.wal.last_lsn
         if last < applied:
@@ -497,24 +498,20 @@ cdef class Shard:
             else:
                 r = c.args[0]()
         except BaseException as e:
-            self.finish(t, None, e)
-            inst.turn = None
+            self.end(t, None, e)
             return True
         if not (hasattr(r, "send") and hasattr(r, "throw")):
             if not hasattr(r, "__await__"):
-                self.finish(t, r, None)
-                inst.turn = None
+                self.end(t, r, None)
                 return True
             r = _await_it(r)
         try:
             y = r.send(None)
         except StopIteration as s:
-            self.finish(t, s.value, None)
-            inst.turn = None
+            self.end(t, s.value, None)
             return True
         except BaseException as e:
-            self.finish(t, None, e)
-            inst.turn = None
+            self.end(t, None, e)
             return True
         # Suspended for real: a Task carries the rest, under the turn's budget.
         t.task = self.loop.create_task(_continue(r, y))
@@ -525,19 +522,27 @@ cdef class Shard:
             self._timeout, t)
         return False
 
+    cdef void end(self, _Turn t, object result, object exc) except *:
+        try:
+            self.finish(t, result, exc)
+        finally:
+            t.inst.turn = None
+
     def _task_done(self, _Turn t, task):
         cdef _Instance inst = t.inst
-        if not t.finished:
-            if task.cancelled():
-                self.finish(t, None, asyncio.CancelledError())
-            elif task.exception() is not None:
-                self.finish(t, None, task.exception())
-            else:
-                self.finish(t, task.result(), None)
-        elif not task.cancelled():
-            task.exception()                   # seen: a timed-out turn's late end
-        if inst.turn is t:
-            inst.turn = None
+        try:
+            if not t.finished:
+                if task.cancelled():
+                    self.finish(t, None, asyncio.CancelledError())
+                elif task.exception() is not None:
+                    self.finish(t, None, task.exception())
+                else:
+                    self.finish(t, task.result(), None)
+            elif not task.cancelled():
+                task.exception()                   # seen: a timed-out turn's late end
+        finally:
+            if inst.turn is t:
+                inst.turn = None
         if not self.closed:
             self.pump(inst, None)
 
@@ -560,7 +565,7 @@ cdef class Shard:
         t.task.cancel()
         # The instance stays busy until the task has really ended (see _task_done).
 
-    cdef void finish(self, _Turn t, object result, object exc, bint own_error=False):
+    cdef void finish(self, _Turn t, object result, object exc, bint own_error=False) except *:
         """Decides the reply of T, commits its writes, and hands the reply to the gate."""
         cdef _Instance inst = t.inst
         cdef _Call c = t.call

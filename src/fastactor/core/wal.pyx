@@ -163,8 +163,16 @@ cdef class WriteAheadLog:
             heapq.heappush(self._stragglers, (lsn, self._seq, w))
         cwal.fa_wal_kick(self._w)
 
-    cdef _bind_loop(self):
-        loop = asyncio.get_running_loop()
+    def bind_loop(self, loop):
+        """Serves LOOP from now on (otherwise the loop that first awaits the log)."""
+        self._check_open()
+        if self._loop is not None:
+            raise RuntimeError("the log already serves an event loop")
+        self._bind_loop(loop)
+
+    cdef _bind_loop(self, loop=None):
+        if loop is None:
+            loop = asyncio.get_running_loop()
         self._loop = loop
         self._done = loop.create_future()
         self._done.set_result(None)
