@@ -8,7 +8,11 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize,
                             PyBytes_GET_SIZE)
+from cpython.object cimport PyObject_GenericGetAttr
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
+
+cdef extern from "Python.h":
+    bint PyCoro_CheckExact(object o)
 
 from .includes cimport wal as cwal
 

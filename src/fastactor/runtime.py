@@ -137,6 +137,12 @@ class Runtime:
         removed: int = await self.shard.checkpoint()
         return removed
 
+    def evict_idle(self) -> int:
+        """Evicts every instance that is between turns now (as the idle timer would);
+        returns how many. Their state stays on disk and reloads on the next call."""
+        n: int = self.shard.evict_idle()
+        return n
+
     def stats(self) -> dict[str, int]:
         s = self.shard
         return {

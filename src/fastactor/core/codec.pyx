@@ -154,6 +154,8 @@ cpdef bytes encode_value(object v):
     if t is str or t is float or t is bool or v is None or t is bytes or (
             t is int and _int64_min <= v <= _uint64_max):
         return _encode(v)
+    if _plain(v, 0):
+        return _encode(v)
     return _encode(_Walk().walk(v, 0))
 
 
@@ -170,6 +172,29 @@ cdef inline bint _is_scalar(object v):
     return t is str or t is int or t is float or t is bool or v is None or t is bytes
 
 
+cdef bint _plain(object v, int depth):
+    """True if msgspec alone round-trips V exactly: scalars (64-bit ints), lists and dicts
+    with str keys, not too deep (which also keeps cycles out: they go to the walk)."""
+    cdef type t = type(v)
+    if t is str or t is float or t is bool or v is None or t is bytes:
+        return True
+    if t is int:
+        return _int64_min <= v <= _uint64_max
+    if depth > 16:
+        return False
+    if t is dict:
+        for k, x in (<dict>v).items():
+            if type(k) is not str or not _plain(x, depth + 1):
+                return False
+        return True
+    if t is list:
+        for x in <list>v:
+            if not _plain(x, depth + 1):
+                return False
+        return True
+    return False
+
+
 cpdef object copy_value(object v):
     """A deep copy through the codec: what the other side of a call or a later read sees.
     Immutable scalars, and tuples of them, are shared instead of copied."""
@@ -181,4 +206,6 @@ cpdef object copy_value(object v):
                 break
         else:
             return v
+    if _plain(v, 0):
+        return _decode(_encode(v))
     return _decode(encode_value(v))

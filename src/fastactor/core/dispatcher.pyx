@@ -19,6 +19,7 @@ cdef object _MISSING = object()
 cdef object _record_encode = msgspec.msgpack.Encoder().encode
 cdef object _record_decode = msgspec.msgpack.Decoder().decode
 cdef frozenset _NOT_RPC = frozenset({"fetch", "alarm"})
+cdef frozenset _STUB_OWN = frozenset({"id", "fetch"})
 
 
 @types.coroutine
@@ -45,6 +46,7 @@ async def _await_it(awaitable):
 
 
 @cython.final
+@cython.no_gc
 @cython.freelist(256)
 cdef class _Call:
     cdef int kind
@@ -55,6 +57,7 @@ cdef class _Call:
 
 
 @cython.final
+@cython.no_gc
 @cython.freelist(256)
 cdef class _Turn:
     cdef _Instance inst
@@ -160,6 +163,7 @@ cdef class _Instance:
     cdef object blocker            # fn given to block_concurrency_while during __init__
     cdef uint64_t last_lsn         # the instance's last commit
     cdef uint64_t tick             # the shard tick of the last use
+    cdef bint evicted              # dropped from the shard: stubs must look it up again
 
     cdef object committed(self, str key):
         v = self.cache.get(key, _MISSING)
@@ -196,13 +200,14 @@ cdef class ActorContext:
 
 
 @cython.final
+@cython.no_gc
+@cython.freelist(64)
 cdef class _Method:
     cdef ActorStub stub
     cdef str name
 
     def __call__(self, *args, **kwargs):
-        return self.stub._ns.shard.call(self.stub._ns, self.stub.id, KIND_CALL, self.name,
-                                        args, kwargs)
+        return self.stub._ns.shard.call(self.stub, KIND_CALL, self.name, args, kwargs)
 
     def __repr__(self):
         return f"<remote method {self.name} of {self.stub!r}>"
@@ -215,15 +220,21 @@ cdef class ActorStub:
 
     cdef readonly str id
     cdef ActorNamespace _ns
+    cdef _Instance _inst           # the instance, while it stays resident
 
-    def __getattr__(self, str name):
-        cdef _Method m = _Method.__new__(_Method)
+    def __getattribute__(self, str name):
+        # Every name but the stub's own is a remote method: answer those first, without the
+        # failed generic lookup (and its formatted AttributeError) __getattr__ would cost.
+        cdef _Method m
+        if name in _STUB_OWN or name.startswith("__"):
+            return PyObject_GenericGetAttr(self, name)
+        m = _Method.__new__(_Method)
         m.stub = self
         m.name = name
         return m
 
     def fetch(self, request):
-        return self._ns.shard.call(self._ns, self.id, KIND_FETCH, "fetch", (request,), None)
+        return self._ns.shard.call(self, KIND_FETCH, "fetch", (request,), None)
 
     def __eq__(self, other):
         return (isinstance(other, ActorStub) and (<ActorStub>other).id == self.id
@@ -320,7 +331,9 @@ cdef class Shard:
     cdef object checkpoint_timer
     cdef object checkpoint_task
     cdef object executor
-    cdef readonly dict stats
+    cdef dict _stats
+    cdef uint64_t n_turns
+    cdef uint64_t n_commits
     cdef bint closed
 
     def __cinit__(self, str data_dir, object env, *, double method_timeout=30.0,
@@ -338,8 +351,8 @@ cdef class Shard:
         self.instances = {}
         self.dirty = {}
         self.frozen = None
-        self.stats = {"turns": 0, "commits": 0, "activations": 0, "evictions": 0,
-                      "checkpoints": 0, "replayed_records": 0, "replayed_bytes": 0}
+        self._stats = {"activations": 0, "evictions": 0, "checkpoints": 0,
+                       "replayed_records": 0, "replayed_bytes": 0}
 
     def open(self):
         """Opens the snapshot and the log and replays the log's tail into the overlay; the
@@ -370,24 +383,28 @@ cdef class Shard:
         cdef dict dirty = self.dirty
         cdef _Layer layer
         for lsn, rtype, payload in self.wal.replay(start):
-            inst_key, cleared, flat = _record_decode(payload)
+            inst_key, cleared, puts = _record_decode(payload)
             layer = dirty.get(inst_key)
             if layer is None:
                 layer = dirty[inst_key] = _Layer()
-            layer.apply(cleared, _unflatten(flat))
+            layer.apply(cleared, puts)
             n += 1
             nbytes += len(payload)
-        self.stats["replayed_records"] = n
-        self.stats["replayed_bytes"] = nbytes
+        self._stats["replayed_records"] = n
+        self._stats["replayed_bytes"] = nbytes
         self.bytes_since_checkpoint = nbytes
+
+    @property
+    def stats(self):
+        return {"turns": self.n_turns, "commits": self.n_commits, **self._stats}
 
     def namespace(self, str type_name, object cls):
         return ActorNamespace(self, type_name, cls)
 
     # -- calls and turns ----------------------------------------------------------------------
 
-    cpdef object call(self, ActorNamespace ns, str name, int kind, str method, tuple args,
-                      object kwargs):
+    cpdef object call(self, ActorStub stub, int kind, str method, tuple args, object kwargs):
+        cdef ActorNamespace ns = stub._ns
         cdef _Instance inst
         cdef _Call c
         if self.closed:
@@ -400,20 +417,23 @@ cdef class Shard:
                 args = <tuple>copy_value(args)
             if kwargs:
                 kwargs = copy_value(kwargs)
-        key = ns._prefix + name
-        inst = self.instances.get(key)
-        if inst is None:
-            inst = _Instance.__new__(_Instance)
-            inst.key = key
-            inst.name = name
-            inst.shard = self
-            inst.ns = ns
-            inst.cache = {}
-            self.instances[key] = inst
-            inst.tick = self.tick
-        elif inst.tick != self.tick:
-            del self.instances[key]            # most recently used goes last
-            self.instances[key] = inst
+        inst = stub._inst
+        if inst is None or inst.evicted:
+            key = ns._prefix + stub.id
+            inst = self.instances.get(key)
+            if inst is None:
+                inst = _Instance.__new__(_Instance)
+                inst.key = key
+                inst.name = stub.id
+                inst.shard = self
+                inst.ns = ns
+                inst.cache = {}
+                self.instances[key] = inst
+                inst.tick = self.tick
+            stub._inst = inst
+        if inst.tick != self.tick:
+            del self.instances[inst.key]       # most recently used goes last
+            self.instances[inst.key] = inst
             inst.tick = self.tick
         c = _Call.__new__(_Call)
         c.kind = kind
@@ -475,7 +495,7 @@ cdef class Shard:
         finally:
             inst.constructing = False
         inst.actor = actor
-        self.stats["activations"] += 1
+        self._stats["activations"] += 1
         return True
 
     cdef bint start_turn(self, _Instance inst, _Call c):
@@ -488,7 +508,7 @@ cdef class Shard:
         t.layers = [ws]
         t.top = ws
         inst.turn = t
-        self.stats["turns"] += 1
+        self.n_turns += 1
         try:
             if c.kind == KIND_CALL:
                 fn = getattr(inst.actor, c.method)
@@ -500,7 +520,7 @@ cdef class Shard:
         except BaseException as e:
             self.end(t, None, e)
             return True
-        if not (hasattr(r, "send") and hasattr(r, "throw")):
+        if not PyCoro_CheckExact(r) and not (hasattr(r, "send") and hasattr(r, "throw")):
             if not hasattr(r, "__await__"):
                 self.end(t, r, None)
                 return True
@@ -643,18 +663,13 @@ cdef class Shard:
         cdef _Instance inst = t.inst
         cdef _WriteSet ws
         cdef _Layer layer
-        cdef list flat
         while len(t.layers) > 1:               # a transaction left open: it did not finish
             t.layers.pop()
             t.poisoned = True
         ws = <_WriteSet>t.layers[0]
         if not ws.puts and not ws.cleared:
             return
-        flat = []
-        for k, v in ws.puts.items():
-            flat.append(k)
-            flat.append(None if v is _ABSENT else v)
-        rec = _record_encode((inst.key, ws.cleared, flat))
+        rec = _record_encode((inst.key, ws.cleared, ws.puts))
         try:
             lsn = self.wal.append(rec)
         except ValueError:
@@ -669,7 +684,7 @@ cdef class Shard:
         if layer is None:
             layer = self.dirty[inst.key] = _Layer()
         layer.apply(ws.cleared, ws.puts)
-        self.stats["commits"] += 1
+        self.n_commits += 1
         self.bytes_since_checkpoint += len(rec)
         if self.bytes_since_checkpoint >= self.checkpoint_bytes and self.checkpoint_task is None:
             self.checkpoint_task = self.loop.create_task(self.checkpoint())
@@ -703,22 +718,31 @@ cdef class Shard:
     # -- eviction ------------------------------------------------------------------------------
 
     def _sweep(self):
-        cdef _Instance inst
-        cdef list idle = []
-        cdef uint64_t durable
         if self.closed:
             return
         self.tick += 1
-        durable = cwal.fa_wal_durable_lsn(self.wal._w)
+        self._evict(self.idle_ticks)
+        self.sweeper = self.loop.call_later(self.idle_timeout / self.idle_ticks, self._sweep)
+
+    cdef Py_ssize_t _evict(self, uint64_t idle_ticks):
+        """Drops instances unused for IDLE_TICKS ticks that are between turns and whose last
+        commit is durable (a reply held on it must see the same data after a reload)."""
+        cdef _Instance inst
+        cdef list idle = []
+        cdef uint64_t durable = cwal.fa_wal_durable_lsn(self.wal._w)
         for inst in self.instances.values():
-            if inst.tick + self.idle_ticks > self.tick:
+            if inst.tick + idle_ticks > self.tick:
                 break
             if inst.turn is None and not inst.mailbox and inst.last_lsn <= durable:
                 idle.append(inst.key)
         for key in idle:
-            del self.instances[key]
-        self.stats["evictions"] += len(idle)
-        self.sweeper = self.loop.call_later(self.idle_timeout / self.idle_ticks, self._sweep)
+            (<_Instance>self.instances.pop(key)).evicted = True
+        self._stats["evictions"] += len(idle)
+        return len(idle)
+
+    def evict_idle(self):
+        """Evicts every instance that is between turns now; returns how many."""
+        return self._evict(0)
 
     @property
     def resident(self):
@@ -759,7 +783,7 @@ cdef class Shard:
             raise
         self.frozen = None
         removed = await self.loop.run_in_executor(self.executor, self.wal.checkpoint, lsn)
-        self.stats["checkpoints"] += 1
+        self._stats["checkpoints"] += 1
         self.checkpoint_task = None
         return removed
 
@@ -798,6 +822,11 @@ cdef class Shard:
         self.executor.shutdown(wait=True)
         self.wal.close()
         self.store.close()
+        self._drop_instances()
+
+    cdef void _drop_instances(self):
+        for inst in self.instances.values():
+            (<_Instance>inst).evicted = True
         self.instances.clear()
 
     def abandon(self):
@@ -811,13 +840,4 @@ cdef class Shard:
             self.executor.shutdown(wait=True)
         self.wal._abandon()
         self.store.close()
-        self.instances.clear()
-
-
-cdef dict _unflatten(list flat):
-    cdef dict d = {}
-    cdef Py_ssize_t i
-    for i in range(0, len(flat), 2):
-        v = flat[i + 1]
-        d[flat[i]] = _ABSENT if v is None else v
-    return d
+        self._drop_instances()

@@ -13,7 +13,9 @@ cdef str RESERVED_PREFIX = "__fastactor_"
 cdef Py_ssize_t MAX_KEY_BYTES = 2048
 cdef Py_ssize_t MAX_VALUE_BYTES = 2 * 1024 * 1024
 cdef Py_ssize_t MAX_LIST_LIMIT = 1000
-cdef object _ABSENT = object()     # "known not to exist" in a cache or a layer
+# "Known not to exist" in a write set, a cache or a layer. Stored values are always bytes, so
+# None is free for it, and a commit's write set goes into the log record as it is.
+cdef object _ABSENT = None
 
 
 cdef int check_key(object key) except -1:
@@ -37,9 +39,10 @@ cdef bytes encode_stored(object value):
 
 
 @cython.final
-@cython.freelist(64)
+@cython.no_gc
+@cython.freelist(256)
 cdef class _WriteSet:
-    """Writes of one turn (or one transaction inside it): key -> bytes, or _ABSENT."""
+    """Writes of one turn (or one transaction inside it): key -> bytes, or None (deleted)."""
     cdef dict puts
     cdef bint cleared
 
