@@ -62,7 +62,7 @@ cdef class _Call:
 cdef class _Turn:
     cdef _Instance inst
     cdef _Call call
-    cdef list layers          # write sets, outermost first
+    cdef list layers          # write sets, outermost first; None until a transaction opens
     cdef _WriteSet top
     cdef bint poisoned        # a transaction raised: the reply becomes ActorOutputGateError
     cdef bint finished        # the reply is decided
@@ -73,6 +73,13 @@ cdef class _Turn:
     cdef object read(self, str key):
         cdef Py_ssize_t i
         cdef _WriteSet ws
+        if self.layers is None:
+            v = self.top.puts.get(key, _MISSING)
+            if v is not _MISSING:
+                return v
+            if self.top.cleared:
+                return _ABSENT
+            return self.inst.committed(key)
         for i in range(len(self.layers) - 1, -1, -1):
             ws = <_WriteSet>self.layers[i]
             v = ws.puts.get(key, _MISSING)
@@ -115,8 +122,9 @@ cdef class _Turn:
                     hi = upper
         # Newest first: the turn's write sets, then the overlay layers; a cleared one hides
         # everything older, the snapshot included.
-        for i in range(len(self.layers) - 1, -1, -1):
-            ws = <_WriteSet>self.layers[i]
+        layers = self.layers if self.layers is not None else [self.top]
+        for i in range(len(layers) - 1, -1, -1):
+            ws = <_WriteSet>layers[i]
             views.append(ws.puts)
             extra += len(ws.puts)
             if ws.cleared:
@@ -311,6 +319,7 @@ cdef class Shard:
     one write-ahead log, the overlay of committed writes and the snapshot store."""
 
     cdef readonly object loop
+    cdef object new_future         # loop.create_future
     cdef readonly WriteAheadLog wal
     cdef readonly _Store store
     cdef readonly str data_dir
@@ -359,6 +368,7 @@ cdef class Shard:
         instances themselves stay on disk until they are called."""
         os.makedirs(self.data_dir, exist_ok=True)
         self.loop = asyncio.get_running_loop()
+        self.new_future = self.loop.create_future
         self.store = _Store(os.path.join(self.data_dir, "state.sqlite3"))
         self.wal = WriteAheadLog(os.path.join(self.data_dir, "log"), max_record=256 << 20)
         self.wal.reply_error = ActorOutputGateError
@@ -440,7 +450,7 @@ cdef class Shard:
         c.method = method
         c.args = args
         c.kwargs = kwargs
-        c.fut = self.loop.create_future()
+        c.fut = self.new_future()
         if inst.turn is not None or inst.mailbox:
             if inst.mailbox is None:
                 inst.mailbox = collections.deque()
@@ -505,7 +515,7 @@ cdef class Shard:
         ws.puts = {}
         t.inst = inst
         t.call = c
-        t.layers = [ws]
+        t.layers = None
         t.top = ws
         inst.turn = t
         self.n_turns += 1
@@ -663,10 +673,13 @@ cdef class Shard:
         cdef _Instance inst = t.inst
         cdef _WriteSet ws
         cdef _Layer layer
-        while len(t.layers) > 1:               # a transaction left open: it did not finish
-            t.layers.pop()
-            t.poisoned = True
-        ws = <_WriteSet>t.layers[0]
+        if t.layers is not None:
+            while len(t.layers) > 1:           # a transaction left open: it did not finish
+                t.layers.pop()
+                t.poisoned = True
+            ws = <_WriteSet>t.layers[0]
+        else:
+            ws = t.top
         if not ws.puts and not ws.cleared:
             return
         rec = _record_encode((inst.key, ws.cleared, ws.puts))

@@ -222,6 +222,8 @@ cdef class Transaction:
             raise RuntimeError("this transaction is already open")
         self._ws = _WriteSet()
         self._owner = t
+        if t.layers is None:
+            t.layers = [t.top]
         t.layers.append(self._ws)
         t.top = self._ws
         return t
