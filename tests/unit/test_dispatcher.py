@@ -421,3 +421,29 @@ def test_crash_loses_only_unacknowledged_turns(actor_runtime: RuntimeFactory) ->
             assert acked[-1] <= await acct(rt2).balance() <= 35
 
     uvloop.run(go())
+
+
+def test_damaged_data_directory_is_a_clear_error(actor_runtime: RuntimeFactory) -> None:
+    from fastactor import LogCorruptionError
+
+    async def seed() -> None:
+        async with actor_runtime(Account) as rt:
+            await acct(rt).deposit(1)
+
+    async def reopen() -> None:
+        async with actor_runtime(Account):
+            pass
+
+    uvloop.run(seed())
+    snapshot = actor_runtime.data_dir / "state.sqlite3"
+    good = snapshot.read_bytes()
+    snapshot.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(LogCorruptionError, match="state.sqlite3"):
+        uvloop.run(reopen())
+    snapshot.write_bytes(good)
+    # A log that was replaced by a fresh one is behind the snapshot.
+    import shutil
+
+    shutil.rmtree(actor_runtime.data_dir / "log")
+    with pytest.raises(LogCorruptionError, match="behind|replaced"):
+        uvloop.run(reopen())

@@ -369,17 +369,33 @@ cdef class Shard:
         os.makedirs(self.data_dir, exist_ok=True)
         self.loop = asyncio.get_running_loop()
         self.new_future = self.loop.create_future
-        self.store = _Store(os.path.join(self.data_dir, "state.sqlite3"))
-        self.wal = WriteAheadLog(os.path.join(self.data_dir, "log"), max_record=256 << 20)
+        path = os.path.join(self.data_dir, "state.sqlite3")
+        try:
+            self.store = _Store(path)
+        except sqlite3.DatabaseError as e:
+            raise LogCorruptionError(f"{path}: the snapshot can not be read ({e})") from None
+        try:
+            self.wal = WriteAheadLog(os.path.join(self.data_dir, "log"), max_record=256 << 20)
+        except BaseException:
+            self.store.close()
+            raise
         self.wal.reply_error = ActorOutputGateError
         self.wal.bind_loop(self.loop)
         applied = self.store.applied_lsn
         last = self.wal.last_lsn
         if last < applied:
+            self.store.close()
+            self.wal.close()
             raise LogCorruptionError(
                 f"{self.data_dir}: the log ends at LSN {last} but the snapshot already holds "
                 f"LSN {applied}: the log directory was replaced or truncated")
         if last > applied:
+            if applied + 1 < self.wal.first_lsn:
+                self.store.close()
+                self.wal.close()
+                raise LogCorruptionError(
+                    f"{self.data_dir}: the snapshot holds LSN {applied} but the log starts at "
+                    f"LSN {self.wal.first_lsn}: records in between are missing")
             self._replay(applied + 1)
         self.executor = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="fastactor-checkpoint")
