@@ -11,7 +11,7 @@ from ._core import (
     write_file_atomic,
 )
 from ._version import __version__
-from .actor import StatefulActor
+from .actor import AlarmInfo, StatefulActor
 from .errors import (
     ActorFetchTimeoutError,
     ActorMethodError,
@@ -39,6 +39,7 @@ __all__ = [
     "ActorPrivateMethodError",
     "ActorStub",
     "ActorUnknownMethodError",
+    "AlarmInfo",
     "BlockConcurrencyTimeoutError",
     "CodecError",
     "Env",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _core
@@ -10,7 +11,15 @@ if TYPE_CHECKING:
     from ._core import ActorContext
     from .http import Request, Response
 
-__all__ = ["StatefulActor"]
+__all__ = ["AlarmInfo", "StatefulActor"]
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmInfo:
+    """What ``alarm(info)`` is told about the run: how many times it was retried before."""
+
+    retry_count: int = 0
+    is_retry: bool = False
 
 
 class StatefulActor:
@@ -29,6 +38,9 @@ class StatefulActor:
     def __init__(self, ctx: ActorContext, env: Any) -> None:
         self.ctx = ctx
         self.env = env
+
+    async def alarm(self, info: AlarmInfo) -> None:
+        """Runs when the instance's alarm fires (see SPEC §4); the default does nothing."""
 
     async def fetch(self, request: Request) -> Response:
         """Answers ``stub.fetch(request)``; the default is 404."""

@@ -447,3 +447,32 @@ def test_damaged_data_directory_is_a_clear_error(actor_runtime: RuntimeFactory) 
     shutil.rmtree(actor_runtime.data_dir / "log")
     with pytest.raises(LogCorruptionError, match="behind|replaced"):
         uvloop.run(reopen())
+
+
+def test_the_spec_example_imports_and_runs(actor_runtime: RuntimeFactory) -> None:
+    from fastactor import AlarmInfo
+
+    class Example(StatefulActor):
+        def __init__(self, ctx: Any, env: Any) -> None:
+            super().__init__(ctx, env)
+            ctx.block_concurrency_while(self._load)
+
+        async def _load(self) -> None:
+            self.loaded = await self.ctx.storage.get("n", 0)
+
+        async def bump(self) -> int:
+            self.loaded += 1
+            await self.ctx.storage.put("n", self.loaded)
+            return self.loaded
+
+        async def alarm(self, info: AlarmInfo) -> None:
+            pass
+
+    async def go(rt: Runtime) -> None:
+        e = rt.namespace("Example").id_from_name("e")
+        assert [await e.bump() for _ in range(3)] == [1, 2, 3]
+        with pytest.raises(ActorPrivateMethodError):
+            await e.alarm(AlarmInfo(0, False))
+        assert AlarmInfo().retry_count == 0 and AlarmInfo(2, True).is_retry
+
+    run(actor_runtime, go, Example)
