@@ -21,6 +21,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 
 #ifdef __linux__
 #include <sys/eventfd.h>
@@ -620,6 +621,9 @@ fa_wal_options_init(fa_wal_options *opts)
     opts->segment_size = FA_WAL_DEFAULT_SEGMENT_SIZE;
     opts->max_record = FA_WAL_DEFAULT_MAX_RECORD;
     opts->max_pending = FA_WAL_DEFAULT_MAX_PENDING;
+    opts->group_delay_us = FA_WAL_DEFAULT_GROUP_DELAY_US;
+    opts->group_min_records = FA_WAL_DEFAULT_GROUP_MIN_RECORDS;
+    opts->group_bytes = FA_WAL_DEFAULT_GROUP_BYTES;
 }
 
 static int
@@ -739,15 +743,64 @@ write_batch(fa_wal *w, fa_buf *b, uint64_t first)
     return 0;
 }
 
+/* Adds US microseconds to T. */
+static void
+add_us(struct timespec *t, long us)
+{
+    t->tv_nsec += us * 1000;
+    t->tv_sec += t->tv_nsec / 1000000000L;
+    t->tv_nsec %= 1000000000L;
+}
+
+static int
+before(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+/*
+ * Lets the next batch gather after a large one (see group_delay_us): waits in slices of 25
+ * µs for as long as records keep arriving, up to the delay or group_bytes. A burst that has
+ * stopped (every writer is already waiting on this batch) ends the wait at once, so only
+ * sustained load pays the delay. Called with mu held.
+ */
+static void
+gather(fa_wal *w, uint64_t last_batch)
+{
+    struct timespec now, deadline, slice;
+    size_t seen;
+    if (w->opts.group_delay_us == 0 || last_batch < w->opts.group_min_records)
+        return;
+    if (clock_gettime(CLOCK_MONOTONIC, &deadline) != 0)
+        return;
+    add_us(&deadline, (long)w->opts.group_delay_us);
+    seen = w->fill.len;
+    while (!w->closing && w->fill.len < w->opts.group_bytes) {
+        if (clock_gettime(CLOCK_MONOTONIC, &now) != 0 || !before(&now, &deadline))
+            break;
+        slice = now;
+        add_us(&slice, 25);
+        if (before(&deadline, &slice))
+            slice = deadline;
+        /* Appenders do not signal a busy flusher: this wakes at the slice's end. */
+        (void)pthread_cond_timedwait(&w->work_cv, &w->mu, &slice);
+        if (w->fill.len == seen)
+            break;
+        seen = w->fill.len;
+    }
+}
+
 static void *
 flusher_main(void *arg)
 {
     fa_wal *w = arg;
+    uint64_t last_batch = 0;
     pthread_mutex_lock(&w->mu);
     for (;;) {
         fa_buf tmp;
         uint64_t first, last;
         int rc;
+        gather(w, last_batch);
         while (w->fill.len == 0 && !w->closing) {
             atomic_store(&w->idle, 1);
             pthread_cond_wait(&w->work_cv, &w->mu);
@@ -779,6 +832,7 @@ flusher_main(void *arg)
         }
         atomic_store(&w->durable_lsn, last);
         atomic_fetch_add(&w->batches, 1);
+        last_batch = last - first + 1;
         pthread_cond_broadcast(&w->done_cv);
         pthread_mutex_unlock(&w->mu);
         notify(w);
@@ -926,10 +980,17 @@ fa_wal_open(const char *dir, const fa_wal_options *opts, fa_wal **out, fa_wal_re
     else
         fa_wal_options_init(&w->opts);
     pthread_mutex_init(&w->mu, NULL);
-    pthread_cond_init(&w->work_cv, NULL);
+    {
+        /* gather() waits against CLOCK_MONOTONIC. */
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        (void)pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&w->work_cv, &ca);
+        pthread_condattr_destroy(&ca);
+    }
     pthread_cond_init(&w->done_cv, NULL);
     if (w->opts.max_record > FA_WAL_RECORD_LIMIT || w->opts.segment_size == 0 ||
-        w->opts.max_pending == 0) {
+        w->opts.max_pending == 0 || w->opts.group_delay_us > 1000000) {
         rc = -EINVAL;
         set_err(err, errlen, "invalid log options (max_record above %u, or a zero size)",
                 FA_WAL_RECORD_LIMIT);

@@ -123,6 +123,9 @@ extern "C" {
 #define FA_WAL_DEFAULT_SEGMENT_SIZE  (64ull << 20)
 #define FA_WAL_DEFAULT_MAX_RECORD    (32u << 20)
 #define FA_WAL_DEFAULT_MAX_PENDING   (1ull << 30)
+#define FA_WAL_DEFAULT_GROUP_DELAY_US     0
+#define FA_WAL_DEFAULT_GROUP_MIN_RECORDS  16
+#define FA_WAL_DEFAULT_GROUP_BYTES        (256u << 10)
 
 /* Operations fa_wal_inject_fault can fail. */
 #define FA_FAULT_WRITE      1
@@ -135,6 +138,13 @@ typedef struct fa_wal_options {
     uint64_t segment_size;   /* start a new segment once the current one holds this much */
     uint32_t max_record;     /* largest payload fa_wal_append accepts (-EMSGSIZE above) */
     uint64_t max_pending;    /* appended, not yet written bytes before -ENOBUFS */
+    /* Group commit under load: when a batch held at least group_min_records records, the
+     * flusher lets the next one gather for up to group_delay_us (or until group_bytes are
+     * waiting) before writing it. Fewer fdatasyncs leave more CPU to the appenders; a lone
+     * writer (small batches) never waits. group_delay_us = 0 turns it off. */
+    uint32_t group_delay_us;
+    uint32_t group_min_records;
+    uint64_t group_bytes;
 } fa_wal_options;
 
 typedef struct fa_wal_recovery {

@@ -74,6 +74,8 @@ main(int argc, char **argv)
     CHECK(argc == 2);
     fa_wal_options_init(&o);
     o.segment_size = 16 * 1024;
+    o.group_delay_us = 200;        /* exercise gather() too */
+    o.group_min_records = 2;
     rc = fa_wal_open(argv[1], &o, &wal, NULL, err, sizeof(err));
     if (rc != 0) {
         fprintf(stderr, "open: %s\n", err);

@@ -333,6 +333,7 @@ cdef class Shard:
     cdef double idle_timeout
     cdef double checkpoint_interval
     cdef uint64_t checkpoint_bytes
+    cdef uint32_t group_delay_us
     cdef uint64_t bytes_since_checkpoint
     cdef uint64_t tick
     cdef uint64_t idle_ticks
@@ -348,7 +349,7 @@ cdef class Shard:
     def __cinit__(self, str data_dir, object env, *, double method_timeout=30.0,
                   double fetch_timeout=30.0, double block_timeout=30.0,
                   double idle_timeout=60.0, double checkpoint_interval=30.0,
-                  uint64_t checkpoint_bytes=64 << 20):
+                  uint64_t checkpoint_bytes=64 << 20, uint32_t group_delay_us=0):
         self.data_dir = data_dir
         self.env = env
         self.method_timeout = method_timeout
@@ -357,6 +358,7 @@ cdef class Shard:
         self.idle_timeout = idle_timeout
         self.checkpoint_interval = checkpoint_interval
         self.checkpoint_bytes = checkpoint_bytes
+        self.group_delay_us = group_delay_us
         self.instances = {}
         self.dirty = {}
         self.frozen = None
@@ -375,7 +377,8 @@ cdef class Shard:
         except sqlite3.DatabaseError as e:
             raise LogCorruptionError(f"{path}: the snapshot can not be read ({e})") from None
         try:
-            self.wal = WriteAheadLog(os.path.join(self.data_dir, "log"), max_record=256 << 20)
+            self.wal = WriteAheadLog(os.path.join(self.data_dir, "log"), max_record=256 << 20,
+                                     group_delay_us=self.group_delay_us)
         except BaseException:
             self.store.close()
             raise

@@ -43,7 +43,9 @@ cdef class WriteAheadLog:
     cdef public object reply_error  # what held replies fail with when the log fails
 
     def __cinit__(self, path, *, uint64_t segment_size=64 << 20,
-                  uint32_t max_record=32 << 20, uint64_t max_pending=1 << 30):
+                  uint32_t max_record=32 << 20, uint64_t max_pending=1 << 30,
+                  uint32_t group_delay_us=0, uint32_t group_min_records=16,
+                  uint64_t group_bytes=256 << 10):
         cdef cwal.fa_wal_options opts
         cdef cwal.fa_wal_recovery rec
         cdef char err[1024]
@@ -57,6 +59,9 @@ cdef class WriteAheadLog:
         opts.segment_size = segment_size
         opts.max_record = max_record
         opts.max_pending = max_pending
+        opts.group_delay_us = group_delay_us
+        opts.group_min_records = group_min_records
+        opts.group_bytes = group_bytes
         err[0] = 0
         with nogil:
             rc = cwal.fa_wal_open(cpath, &opts, &self._w, &rec, err, sizeof(err))

@@ -13,6 +13,9 @@ cdef extern from "wal.h" nogil:
         uint64_t segment_size
         uint32_t max_record
         uint64_t max_pending
+        uint32_t group_delay_us
+        uint32_t group_min_records
+        uint64_t group_bytes
 
     ctypedef struct fa_wal_recovery:
         uint64_t first_lsn
