@@ -229,3 +229,13 @@ values = st.recursive(
 @given(values)
 def test_property_round_trip(value: Any) -> None:
     assert same(value, decode_value(encode_value(value)))
+
+
+def test_plain_values_are_deep_copies_too() -> None:
+    inner = {"b": [2]}
+    v = {"a": [1, inner], "big": 2**70}
+    c = copy_value(v)
+    inner["b"].append(3)
+    v["a"].append("x")
+    assert c == {"a": [1, {"b": [2]}], "big": 2**70}
+    assert copy_value([1, "s", None, 1.5, b"x", True]) == [1, "s", None, 1.5, b"x", True]

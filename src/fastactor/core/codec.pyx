@@ -195,6 +195,42 @@ cdef bint _plain(object v, int depth):
     return False
 
 
+cdef object _NOT_PLAIN = object()
+
+
+cdef object _plain_copy(object v, int depth):
+    """A copy of V if it is plain (see _plain), else _NOT_PLAIN: scalars are immutable, so only
+    the containers need copying, which is cheaper than an encode and a decode."""
+    cdef type t = type(v)
+    cdef dict d
+    cdef list l
+    if t is str or t is float or t is bool or v is None or t is bytes:
+        return v
+    if t is int:
+        return v if _int64_min <= v <= _uint64_max else _NOT_PLAIN
+    if depth > 16:
+        return _NOT_PLAIN
+    if t is dict:
+        d = {}
+        for k, x in (<dict>v).items():
+            if type(k) is not str:
+                return _NOT_PLAIN
+            x = _plain_copy(x, depth + 1)
+            if x is _NOT_PLAIN:
+                return _NOT_PLAIN
+            d[k] = x
+        return d
+    if t is list:
+        l = []
+        for x in <list>v:
+            x = _plain_copy(x, depth + 1)
+            if x is _NOT_PLAIN:
+                return _NOT_PLAIN
+            l.append(x)
+        return l
+    return _NOT_PLAIN
+
+
 cpdef object copy_value(object v):
     """A deep copy through the codec: what the other side of a call or a later read sees.
     Immutable scalars, and tuples of them, are shared instead of copied."""
@@ -206,6 +242,7 @@ cpdef object copy_value(object v):
                 break
         else:
             return v
-    if _plain(v, 0):
-        return _decode(_encode(v))
+    r = _plain_copy(v, 0)
+    if r is not _NOT_PLAIN:
+        return r
     return _decode(encode_value(v))
