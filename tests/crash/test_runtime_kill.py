@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import uvloop
 
 from fastactor import Runtime, StatefulActor
+
+sys.path.insert(0, str(Path(__file__).parent))
+from childproc import run_and_kill  # noqa: E402
 
 CHILD = Path(__file__).with_name("runtime_child.py")
 CYCLES = 20
@@ -29,36 +28,13 @@ class Counter(StatefulActor):
 
 
 def run_child(data: Path, tasks: int, seconds: float) -> dict[str, int]:
-    proc = subprocess.Popen(
-        [sys.executable, str(CHILD), str(data), str(tasks), str(NAMES)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     acked: dict[str, int] = {}
-    opened = threading.Event()
 
-    def reader() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if not line.endswith("\n"):
-                break
-            if line == "open\n":
-                opened.set()
-                continue
-            name, total = line.split()
-            acked[name] = max(acked.get(name, 0), int(total))
+    def on_line(line: str) -> None:
+        name, total = line.split()
+        acked[name] = max(acked.get(name, 0), int(total))
 
-    t = threading.Thread(target=reader)
-    t.start()
-    try:
-        assert opened.wait(30), "child did not start"
-        time.sleep(seconds)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-        t.join(30)
-        assert proc.stdout is not None
-        proc.stdout.close()
+    run_and_kill([str(CHILD), str(data), str(tasks), str(NAMES)], on_line, seconds)
     return acked
 
 

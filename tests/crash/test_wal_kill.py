@@ -5,52 +5,27 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 from fastactor import WriteAheadLog
+
+sys.path.insert(0, str(Path(__file__).parent))
+from childproc import run_and_kill  # noqa: E402
 
 CHILD = Path(__file__).with_name("wal_child.py")
 CYCLES = 60
 
 
 def run_child(logdir: Path, tasks: int, seconds: float) -> tuple[int, dict[int, bytes]]:
-    proc = subprocess.Popen(
-        [sys.executable, str(CHILD), str(logdir), str(tasks)], stdout=subprocess.PIPE, text=True
-    )
     acked: dict[int, bytes] = {}
-    opened: list[int] = []
 
-    def reader() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if not line.endswith("\n"):
-                break  # cut by the kill: never acknowledged in full
-            head, _, rest = line.rstrip("\n").partition(" ")
-            if head == "open":
-                opened.append(int(rest))
-            else:
-                acked[int(head)] = bytes.fromhex(rest)
+    def on_line(line: str) -> None:
+        lsn, data = line.split(" ")
+        acked[int(lsn)] = bytes.fromhex(data)
 
-    t = threading.Thread(target=reader)
-    t.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not opened and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.005)
-        assert opened, "child did not open the log"
-        time.sleep(seconds)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-        t.join(30)
-        assert proc.stdout is not None
-        proc.stdout.close()
-    return opened[0], acked
+    first = run_and_kill([str(CHILD), str(logdir), str(tasks)], on_line, seconds)
+    return int(first.split()[1]), acked
 
 
 def test_sigkill_under_load_never_loses_an_acknowledged_record(tmp_path: Path) -> None:

@@ -38,6 +38,29 @@ cdef bytes encode_stored(object value):
     return data
 
 
+# The storage calls proper, shared by ctx.storage and a transaction's txn: T is the turn whose
+# top write set takes the writes.
+
+cdef object _get(_Turn t, object key, object default):
+    check_key(key)
+    v = t.read(key)
+    return default if v is _ABSENT else decode_value(v)
+
+
+cdef int _put(_Turn t, object key, object value) except -1:
+    check_key(key)
+    cdef bytes data = encode_stored(value)
+    t.top.puts[key] = data
+    return 0
+
+
+cdef bint _delete(_Turn t, object key) except -1:
+    check_key(key)
+    existed = t.read(key) is not _ABSENT
+    t.top.puts[key] = _ABSENT
+    return existed
+
+
 @cython.final
 @cython.no_gc
 @cython.freelist(256)
@@ -142,11 +165,6 @@ cdef class _Store:
             db.close()
         self.applied_lsn = lsn
 
-    def instances(self, str prefix):
-        return [r[0] for r in self._db.execute(
-            "SELECT DISTINCT inst FROM kv WHERE inst >= ? AND inst < ?",
-            (prefix, prefix + "\U0010ffff"))]
-
     def close(self):
         self._db.close()
 
@@ -169,21 +187,13 @@ cdef class Storage:
         return t
 
     async def get(self, key, default=None):
-        check_key(key)
-        v = self._turn().read(key)
-        return default if v is _ABSENT else decode_value(v)
+        return _get(self._turn(), key, default)
 
     async def put(self, key, value):
-        check_key(key)
-        cdef bytes data = encode_stored(value)
-        self._turn().top.puts[key] = data
+        _put(self._turn(), key, value)
 
     async def delete(self, key):
-        check_key(key)
-        cdef _Turn t = self._turn()
-        existed = t.read(key) is not _ABSENT
-        t.top.puts[key] = _ABSENT
-        return existed
+        return _delete(self._turn(), key)
 
     async def list(self, prefix=None, start=None, start_after=None, end=None,
                    reverse=False, limit=128):
@@ -264,21 +274,13 @@ cdef class Transaction:
         return t
 
     async def get(self, key, default=None):
-        check_key(key)
-        v = self._t().read(key)
-        return default if v is _ABSENT else decode_value(v)
+        return _get(self._t(), key, default)
 
     async def put(self, key, value):
-        check_key(key)
-        cdef bytes data = encode_stored(value)
-        self._t().top.puts[key] = data
+        _put(self._t(), key, value)
 
     async def delete(self, key):
-        check_key(key)
-        cdef _Turn t = self._t()
-        existed = t.read(key) is not _ABSENT
-        t.top.puts[key] = _ABSENT
-        return existed
+        return _delete(self._t(), key)
 
     async def list(self, prefix=None, start=None, start_after=None, end=None,
                    reverse=False, limit=128):
