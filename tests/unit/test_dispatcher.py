@@ -476,3 +476,34 @@ def test_the_spec_example_imports_and_runs(actor_runtime: RuntimeFactory) -> Non
         assert AlarmInfo().retry_count == 0 and AlarmInfo(2, True).is_retry
 
     run(actor_runtime, go, Example)
+
+
+def test_a_kept_stub_does_not_pin_an_evicted_instance(actor_runtime: RuntimeFactory) -> None:
+    import gc
+    import weakref
+
+    class Big(StatefulActor):
+        def __init__(self, ctx: Any, env: Any) -> None:
+            super().__init__(ctx, env)
+            self.blob = bytearray(1 << 20)
+
+        async def ping(self) -> int:
+            return len(self.blob)
+
+    refs: list[Any] = []
+
+    class Probe(Big):
+        def __init__(self, ctx: Any, env: Any) -> None:
+            super().__init__(ctx, env)
+            refs.append(weakref.ref(self))
+
+    async def go(rt: Runtime) -> None:
+        stub = rt.namespace("Probe").id_from_name("p")  # kept for the whole test
+        assert await stub.ping() == 1 << 20
+        assert rt.evict_idle() == 1
+        gc.collect()
+        assert refs[0]() is None, "the evicted actor object is freed"
+        assert await stub.ping() == 1 << 20  # and comes back on demand
+        assert len(refs) == 2
+
+    run(actor_runtime, go, Probe)

@@ -173,6 +173,15 @@ cdef class _Instance:
     cdef uint64_t tick             # the shard tick of the last use
     cdef bint evicted              # dropped from the shard: stubs must look it up again
 
+    cdef void drop(self):
+        """Evicted: a stub may still point here, so let go of everything but the name (the
+        stub looks the instance up again on its next call)."""
+        self.evicted = True
+        self.actor = None
+        self.ctx = None
+        self.cache = None
+        self.mailbox = None
+
     cdef object committed(self, str key):
         v = self.cache.get(key, _MISSING)
         if v is _MISSING:
@@ -768,7 +777,7 @@ cdef class Shard:
             if inst.turn is None and not inst.mailbox and inst.last_lsn <= durable:
                 idle.append(inst.key)
         for key in idle:
-            (<_Instance>self.instances.pop(key)).evicted = True
+            (<_Instance>self.instances.pop(key)).drop()
         self._stats["evictions"] += len(idle)
         return len(idle)
 
@@ -858,7 +867,7 @@ cdef class Shard:
 
     cdef void _drop_instances(self):
         for inst in self.instances.values():
-            (<_Instance>inst).evicted = True
+            (<_Instance>inst).drop()
         self.instances.clear()
 
     def abandon(self):
