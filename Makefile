@@ -34,10 +34,11 @@ test:
 
 bench:
 	$(PYTHON) benchmarks/bench_wal.py
+	$(PYTHON) benchmarks/bench_dispatch.py
 
 lint:
-	$(PYTHON) -m ruff check src tests benchmarks
-	$(PYTHON) -m ruff format --check src tests benchmarks
+	$(PYTHON) -m ruff check src tests benchmarks examples
+	$(PYTHON) -m ruff format --check src tests benchmarks examples
 	$(PYTHON) -m mypy src/fastactor
 
 clean:

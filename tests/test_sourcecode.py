@@ -19,9 +19,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff() -> None:
-    p = run("ruff", "check", "src", "tests", "benchmarks")
+    p = run("ruff", "check", "src", "tests", "benchmarks", "examples")
     assert p.returncode == 0, p.stdout + p.stderr
-    p = run("ruff", "format", "--check", "src", "tests", "benchmarks")
+    p = run("ruff", "format", "--check", "src", "tests", "benchmarks", "examples")
     assert p.returncode == 0, p.stdout + p.stderr
 
 

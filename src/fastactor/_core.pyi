@@ -107,6 +107,7 @@ class ActorStub:
     def fetch(self, request: Request) -> Awaitable[Response]: ...
 
 class ActorNamespace:
+    env: object
     @property
     def type_name(self) -> str: ...
     @property

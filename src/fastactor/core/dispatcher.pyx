@@ -270,6 +270,7 @@ cdef class ActorNamespace:
 
     cdef readonly str type_name
     cdef readonly object cls
+    cdef public object env         # what the type's actors get as env (else the shard's)
     cdef Shard shard
     cdef dict _checked            # method name -> None (callable) or the error to raise
     cdef str _prefix
@@ -520,10 +521,11 @@ cdef class Shard:
         cls = inst.ns.cls
         inst.constructing = True
         try:
+            env = inst.ns.env if inst.ns.env is not None else self.env
             actor = cls.__new__(cls)
             actor.ctx = ctx
-            actor.env = self.env
-            actor.__init__(ctx, self.env)
+            actor.env = env
+            actor.__init__(ctx, env)
         except BaseException as e:
             inst.blocker = None
             self.resolve(c.fut, ActorMethodError(

@@ -1,0 +1,11 @@
+"""Read-only view of the accounts: GET /<name> -> {"account": ..., "balance": ...}."""
+
+from fastactor import Request, Response
+
+
+async def fetch(request: Request, env) -> Response:
+    name = request.path.strip("/")
+    if request.method != "GET" or not name or "/" in name:
+        return Response.json({"error": "not found"}, status=404)
+    account = env.ACCOUNT.id_from_name(name)
+    return Response.json({"account": account.id, **await account.balance(), "view": True})

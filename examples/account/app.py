@@ -1,0 +1,47 @@
+"""The quick start: accounts you can deposit into and debit, one actor per account.
+
+POST /accounts/<name>/deposit   {"amount": 100}
+POST /accounts/<name>/debit     {"amount": 30}
+GET  /accounts/<name>
+GET  /health
+"""
+
+from fastactor import Request, Response, StatefulActor
+
+
+class Account(StatefulActor):
+    async def deposit(self, amount: int) -> dict:
+        balance = (await self.ctx.storage.get("balance") or 0) + amount
+        await self.ctx.storage.put("balance", balance)
+        return {"ok": True, "balance": balance}
+
+    async def debit(self, amount: int) -> dict:
+        balance = await self.ctx.storage.get("balance") or 0
+        if balance < amount:
+            return {"ok": False, "balance": balance}
+        await self.ctx.storage.put("balance", balance - amount)
+        return {"ok": True, "balance": balance - amount}
+
+    async def balance(self) -> dict:
+        return {"balance": await self.ctx.storage.get("balance") or 0}
+
+
+async def fetch(request: Request, env) -> Response:
+    parts = request.path.strip("/").split("/")
+    if parts == ["health"]:
+        return Response.json({"ok": True})
+    if len(parts) < 2 or parts[0] != "accounts" or not parts[1]:
+        return Response.json({"error": "not found"}, status=404)
+    account = env.ACCOUNT.id_from_name(parts[1])
+    if len(parts) == 2 and request.method == "GET":
+        return Response.json({"account": account.id, **await account.balance()})
+    if len(parts) == 3 and parts[2] in ("deposit", "debit") and request.method == "POST":
+        try:
+            amount = (await request.json())["amount"]
+        except (ValueError, KeyError, TypeError):
+            return Response.json({"error": 'expected a JSON body {"amount": <int>}'}, status=400)
+        if type(amount) is not int or amount < 0:
+            return Response.json({"error": "amount must be a non-negative integer"}, status=400)
+        result = await getattr(account, parts[2])(amount)
+        return Response.json({"account": account.id, **result})
+    return Response.json({"error": "not found"}, status=404)

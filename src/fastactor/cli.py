@@ -1,0 +1,163 @@
+"""The ``fastactor`` command line (SPEC §7)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .manifest import ManifestError, load_function, resolve
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastactor", description="Stateful actors for Python.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve function directories over HTTP")
+    s.add_argument("dirs", nargs="*", default=["."], metavar="DIR")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8787)
+    s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    s.add_argument("--data", default="./.fastactor")
+    return p
+
+
+class Supervisor:
+    """Starts one worker process per shard, prints the functions' addresses once every
+    worker accepts requests, restarts a worker that dies, and drains them all on SIGTERM."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.procs: list[subprocess.Popen[str]] = []
+        self.stopping = False
+
+    def spawn(self, i: int) -> subprocess.Popen[str]:
+        cfg = dict(self.cfg, index=i)
+        return subprocess.Popen(
+            [sys.executable, "-m", "fastactor.server.worker", json.dumps(cfg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def wait_line(self, p: subprocess.Popen[str], want: str, timeout: float) -> bool:
+        assert p.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([p.stdout], [], [], 0.1)
+            if r:
+                line = p.stdout.readline()
+                if not line:
+                    return False
+                if line.strip() == want:
+                    return True
+            elif p.poll() is not None:
+                return False
+        return False
+
+    def run(self, functions: list[Any]) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.procs = [self.spawn(i) for i in range(self.cfg["workers"])]
+        for i, p in enumerate(self.procs):
+            if not self.wait_line(p, "ready", 120):
+                print(f"fastactor: worker {i} failed to start", file=sys.stderr)
+                self._kill_all()
+                return 1
+        host = self.cfg["host"]
+        for i, fn in enumerate(functions):
+            print(f"{fn.name} → http://{host}:{fn.port or self.cfg['port'] + i}", flush=True)
+        while not self.stopping:
+            for i, p in enumerate(self.procs):
+                if p.poll() is not None and not self.stopping:
+                    print(
+                        f"fastactor: worker {i} exited ({p.returncode}); restarting",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    self.procs[i] = self.spawn(i)
+                    if not self.wait_line(self.procs[i], "ready", 120):
+                        print(f"fastactor: worker {i} failed to restart", file=sys.stderr)
+            time.sleep(0.05)
+        return self._drain()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+    def _drain(self) -> int:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            self.wait_line(p, "drained", 60)
+        for p in self.procs:  # every worker has drained: let them close
+            if p.stdin is not None:
+                p.stdin.close()
+        rc = 0
+        for p in self.procs:
+            try:
+                rc = rc or p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                rc = 1
+        return rc
+
+    def _kill_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def serve(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        print("fastactor: --workers must be at least 1", file=sys.stderr)
+        return 2
+    dirs = [str(Path(d).resolve()) for d in args.dirs]
+    try:
+        functions = [load_function(d) for d in dirs]
+        resolve(functions)
+    except ManifestError as e:
+        print(f"fastactor: {e}", file=sys.stderr)
+        return 2
+    data = str(Path(args.data).resolve())
+    os.makedirs(os.path.join(data, "run"), exist_ok=True)
+    layout = Path(data) / "layout.json"
+    if layout.exists():
+        had = json.loads(layout.read_text())["workers"]
+        if had != args.workers:
+            print(
+                f"fastactor: {layout}: this data directory is split over {had} workers; "
+                f"serve it with --workers {had}",
+                file=sys.stderr,
+            )
+            return 2
+    else:
+        layout.write_text(json.dumps({"workers": args.workers}))
+    cfg = {
+        "dirs": dirs,
+        "host": args.host,
+        "port": args.port,
+        "workers": args.workers,
+        "data": data,
+    }
+    return Supervisor(cfg).run(functions)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

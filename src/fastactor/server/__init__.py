@@ -1,0 +1,1 @@
+"""``fastactor serve``: the supervisor, the shard workers, their HTTP front and channels."""

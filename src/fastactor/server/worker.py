@@ -1,0 +1,112 @@
+"""One shard worker of ``fastactor serve``: its own uvloop loop, its own data directory (log
+and snapshot) holding its hash partition of the instances, an HTTP listener per function
+(SO_REUSEPORT, shared with the other workers) and a Unix socket for calls from the others.
+
+Talks to the supervisor over stdin/stdout: prints "ready" once it accepts requests and
+"drained" once SIGTERM has stopped it accepting and its requests have finished; exits when
+the supervisor closes its stdin (so every worker keeps answering calls from the others until
+all have drained)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import uvloop
+
+from .._core import Shard
+from ..manifest import load_function, resolve
+from ..runtime import Env
+from .http import HttpProtocol, Limits
+from .ipc import Channel, RoutedNamespace, serve_calls
+
+log = logging.getLogger("fastactor.worker")
+
+
+def socket_path(data: str, i: int) -> str:
+    return os.path.join(data, "run", f"worker-{i}.sock")
+
+
+async def serve(cfg: dict[str, Any]) -> None:
+    me, workers, data = cfg["index"], cfg["workers"], cfg["data"]
+    functions = [load_function(d) for d in cfg["dirs"]]
+    owners = resolve(functions)
+    loop = asyncio.get_running_loop()
+    shard = Shard(os.path.join(data, f"shard-{me}"), Env({}))
+    shard.open()
+    channel = Channel([socket_path(data, i) for i in range(workers)])
+    local = {
+        f"{acct}/{t}": shard.namespace(t if acct == "default" else f"{acct}/{t}", cls)
+        for (acct, t), cls in owners.items()
+    }
+    envs = []
+    for fn in functions:
+        envs.append(
+            Env(
+                {
+                    b.binding: RoutedNamespace(
+                        local[f"{fn.account}/{b.type}"], fn.account, b.type, me, workers, channel
+                    )
+                    for b in fn.actors
+                }
+            )
+        )
+    # An actor's env is its owning function's.
+    for fn, env in zip(functions, envs, strict=True):
+        for t in fn.owned:
+            local[f"{fn.account}/{t}"].env = env
+    sock = socket_path(data, me)
+    if os.path.exists(sock):
+        os.unlink(sock)
+    ipc_server = await serve_calls(sock, local)
+    limits = Limits()
+    conns: set[HttpProtocol] = set()
+    servers = []
+    for i, (fn, env) in enumerate(zip(functions, envs, strict=True)):
+        port = fn.port or cfg["port"] + i
+        base = f"http://{cfg['host']}:{port}"
+
+        def factory(fn: Any = fn, env: Any = env, base: str = base) -> HttpProtocol:
+            return HttpProtocol(fn.fetch, env, limits, base, conns)
+
+        servers.append(
+            await loop.create_server(factory, cfg["host"], port, reuse_port=True, backlog=1024)
+        )
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    # Drain: stop accepting, let running requests finish, close idle connections.
+    for s in servers:
+        s.close()
+    for _ in range(3000):
+        if not any(c.busy or c.queue for c in conns):
+            break
+        await asyncio.sleep(0.01)
+    for c in list(conns):
+        c.closing = True
+        if c.transport is not None:
+            c.transport.close()
+    print("drained", flush=True)
+    # Keep answering the other workers until the supervisor says all have drained.
+    await loop.run_in_executor(None, sys.stdin.read)
+    ipc_server.close()
+    channel.close()
+    await shard.close()
+    os.unlink(sock)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    cfg = json.loads(sys.argv[1])
+    uvloop.run(serve(cfg))
+
+
+if __name__ == "__main__":
+    main()

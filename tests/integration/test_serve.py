@@ -1,0 +1,198 @@
+"""`fastactor serve` as a user runs it: a real process tree on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from conftest import EXAMPLES, Server, free_ports, run_cli
+
+ACCOUNT = EXAMPLES / "account"
+READONLY = EXAMPLES / "account-readonly"
+
+
+def post(url: str, amount: object) -> httpx.Response:
+    return httpx.post(url, json={"amount": amount}, timeout=30)
+
+
+def test_quick_start(serve: Callable[..., Server]) -> None:
+    (url,) = serve(ACCOUNT).urls
+    assert post(f"{url}/accounts/alice/deposit", 100).json() == {
+        "account": "alice",
+        "ok": True,
+        "balance": 100,
+    }
+    assert post(f"{url}/accounts/alice/debit", 30).json()["balance"] == 70
+    assert post(f"{url}/accounts/alice/debit", 500).json() == {
+        "account": "alice",
+        "ok": False,
+        "balance": 70,
+    }
+    assert httpx.get(f"{url}/accounts/alice").json() == {"account": "alice", "balance": 70}
+    r = httpx.post(f"{url}/accounts/alice/debit", json={})
+    assert r.status_code == 400 and "amount" in r.json()["error"]
+    assert httpx.get(f"{url}/health").status_code == 200
+    assert httpx.get(f"{url}/nowhere").status_code == 404
+
+
+def test_parallel_debits_on_one_account_never_overdraw(serve: Callable[..., Server]) -> None:
+    (url,) = serve(ACCOUNT).urls
+    post(f"{url}/accounts/hot/deposit", 100)
+
+    async def go() -> list[dict[str, object]]:
+        limits = httpx.Limits(max_connections=32)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as c:
+            rs = await asyncio.gather(
+                *(c.post(f"{url}/accounts/hot/debit", json={"amount": 1}) for _ in range(300))
+            )
+            return [r.json() for r in rs]
+
+    results = asyncio.run(go())
+    assert sum(bool(r["ok"]) for r in results) == 100
+    assert httpx.get(f"{url}/accounts/hot").json()["balance"] == 0
+
+
+def test_reference_function_reaches_the_owners_state(serve: Callable[..., Server]) -> None:
+    own, view = serve(ACCOUNT, READONLY).urls
+    for i in range(20):  # names land on both workers
+        post(f"{own}/accounts/u{i}/deposit", i)
+    for i in range(20):
+        assert httpx.get(f"{view}/u{i}").json() == {"account": f"u{i}", "balance": i, "view": True}
+
+
+def test_startup_failures_exit_2_and_name_the_culprit(tmp_path: Path) -> None:
+    port = str(free_ports(2))
+    p = run_cli("serve", str(READONLY), "--port", port, "--data", str(tmp_path / "d"))
+    assert p.returncode == 2 and "ACCOUNT" in p.stderr and "Account" in p.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "app.py").write_text((READONLY / "app.py").read_text())
+    (other / "fastactor.toml").write_text(
+        (READONLY / "fastactor.toml")
+        .read_text()
+        .replace('main = "app.py"', 'main = "app.py"\naccount = "other"')
+    )
+    p = run_cli("serve", str(ACCOUNT), str(other), "--port", port, "--data", str(tmp_path / "d"))
+    assert p.returncode == 2 and "other" in p.stderr and "Account" in p.stderr
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "app.py").write_text("async def fetch(request, env): pass\n")
+    (bad / "fastactor.toml").write_text('name = "Bad Name"\nmain = "app.py"\n')
+    p = run_cli("serve", str(bad), "--port", port, "--data", str(tmp_path / "d"))
+    assert p.returncode == 2 and "fastactor.toml" in p.stderr and "'name'" in p.stderr
+
+
+def raw(url: str, data: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                b = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not b:
+                break
+            chunks.append(b)
+        return b"".join(chunks)
+
+
+def test_bad_requests_get_a_status_and_change_nothing(serve: Callable[..., Server]) -> None:
+    (url,) = serve(ACCOUNT).urls
+    post(f"{url}/accounts/z/deposit", 5)
+    assert raw(url, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400")
+    big = b"POST /accounts/z/debit HTTP/1.1\r\nHost: x\r\nContent-Length: 20000000\r\n\r\n"
+    assert raw(url, big + b"x" * 1000).startswith(b"HTTP/1.1 413")
+    chunked = (
+        b"POST /accounts/z/debit HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + (b"100000\r\n" + b"x" * 0x100000 + b"\r\n") * 11
+    )
+    assert raw(url, chunked).startswith(b"HTTP/1.1 413")
+    headers = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n"
+    assert raw(url, headers).startswith(b"HTTP/1.1 431")
+    # Pipelining: three requests in one write, three answers in order.
+    pipe = b"".join(b"GET /accounts/z HTTP/1.1\r\nHost: x\r\n\r\n" for _ in range(2))
+    pipe += b"GET /accounts/z HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert raw(url, pipe).count(b'{"account":"z","balance":5}') == 3
+    assert httpx.get(f"{url}/accounts/z").json()["balance"] == 5
+
+
+def test_sigterm_drains_exits_0_and_state_persists(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    s = serve(ACCOUNT, data=tmp_path / "keep")
+    post(f"{s.urls[0]}/accounts/eve/deposit", 5)
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(60) == 0
+    s2 = serve(ACCOUNT, data=tmp_path / "keep")
+    assert httpx.get(f"{s2.urls[0]}/accounts/eve").json()["balance"] == 5
+
+
+def test_a_killed_worker_is_restarted_with_its_instances(serve: Callable[..., Server]) -> None:
+    s = serve(ACCOUNT)
+    (url,) = s.urls
+    for i in range(10):
+        post(f"{url}/accounts/w{i}/deposit", 10 + i)
+    victim = s.workers()[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if "restarting" in "".join(s.lines) and len(s.workers()) == 2:
+            break
+        time.sleep(0.1)
+    assert victim not in s.workers()
+    for i in range(10):
+        for _ in range(100):
+            try:
+                r = httpx.get(f"{url}/accounts/w{i}", timeout=30)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert r.json()["balance"] == 10 + i
+
+
+async def _deposit_load(url: str, stop: float, acked: dict[str, int]) -> None:
+    """32 clients depositing 1 into 8 accounts until STOP (or until the server dies);
+    ACKED keeps the highest balance each account acknowledged."""
+    async with httpx.AsyncClient(timeout=30) as c:
+
+        async def one(k: int) -> None:
+            name = f"c{k % 8}"
+            while time.time() < stop:
+                r = await c.post(f"{url}/accounts/{name}/deposit", json={"amount": 1})
+                acked[name] = max(acked.get(name, 0), r.json()["balance"])
+
+        await asyncio.gather(*(one(k) for k in range(32)), return_exceptions=True)
+
+
+def test_kill_9_of_the_tree_under_load_keeps_acked_writes(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    data = tmp_path / "crash"
+    acked: dict[str, int] = {}
+    for cycle in range(3):
+        s = serve(ACCOUNT, data=data)
+        (url,) = s.urls
+        stop = time.time() + 5
+
+        t = threading.Thread(target=asyncio.run, args=(_deposit_load(url, stop, acked),))
+        t.start()
+        time.sleep(0.3 + 0.3 * cycle)
+        os.killpg(s.proc.pid, signal.SIGKILL)  # under load: requests are in flight
+        s.proc.wait(30)
+        t.join(60)
+        s2 = serve(ACCOUNT, data=data)
+        for name, total in acked.items():
+            got = httpx.get(f"{s2.urls[0]}/accounts/{name}").json()["balance"]
+            assert got >= total, f"cycle {cycle}: {name} lost acknowledged deposits"
+        os.killpg(s2.proc.pid, signal.SIGKILL)
+        s2.proc.wait(30)
+    assert acked
