@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -27,7 +28,68 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8787)
     s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     s.add_argument("--data", default="./.fastactor")
+    n = sub.add_parser("new", help="scaffold a function directory that serves as is")
+    n.add_argument("name")
+    n.add_argument("--actor", action="store_true", help="include an actor class and binding")
     return p
+
+
+_PLAIN_APP = '''"""{name}: a fastactor function. Serve it with `fastactor serve {name}`."""
+
+from fastactor import Request, Response
+
+
+async def fetch(request: Request, env) -> Response:
+    return Response.json({{"function": "{name}", "path": request.path}})
+'''
+
+_ACTOR_APP = '''"""{name}: a fastactor function with an actor. Serve it with `fastactor serve {name}`.
+
+    POST /counters/<name>   adds 1 and answers the new value
+    GET  /counters/<name>   answers the value
+"""
+
+from fastactor import Request, Response, StatefulActor
+
+
+class Counter(StatefulActor):
+    async def increment(self) -> int:
+        value = (await self.ctx.storage.get("value") or 0) + 1
+        await self.ctx.storage.put("value", value)
+        return value
+
+    async def get(self) -> int:
+        return await self.ctx.storage.get("value") or 0
+
+
+async def fetch(request: Request, env) -> Response:
+    parts = request.path.strip("/").split("/")
+    if len(parts) != 2 or parts[0] != "counters" or not parts[1]:
+        return Response.json({{"error": "not found"}}, status=404)
+    counter = env.COUNTER.id_from_name(parts[1])
+    if request.method == "POST":
+        return Response.json({{"counter": counter.id, "value": await counter.increment()}})
+    return Response.json({{"counter": counter.id, "value": await counter.get()}})
+'''
+
+
+def new(args: argparse.Namespace) -> int:
+    name = args.name
+    if not re.fullmatch(r"[a-z0-9-]+", name):
+        print(f"fastactor: function names are [a-z0-9-]+, not {name!r}", file=sys.stderr)
+        return 2
+    d = Path(name)
+    if d.exists() and any(d.iterdir()):
+        print(f"fastactor: {d} already exists and is not empty", file=sys.stderr)
+        return 2
+    d.mkdir(parents=True, exist_ok=True)
+    toml = f'name = "{name}"\nmain = "app.py"\n'
+    if args.actor:
+        toml += '\n[[actors]]\nbinding = "COUNTER"\ntype = "Counter"\n'
+    (d / "fastactor.toml").write_text(toml)
+    (d / "app.py").write_text((_ACTOR_APP if args.actor else _PLAIN_APP).format(name=name))
+    print(f"created {d}/fastactor.toml and {d}/app.py; run: fastactor serve {name}")
+    return 0
 
 
 class Supervisor:
@@ -156,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "new":
+        return new(args)
     return 2
 
 

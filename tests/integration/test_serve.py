@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import EXAMPLES, Server, free_ports, run_cli
 
 ACCOUNT = EXAMPLES / "account"
@@ -196,3 +197,18 @@ def test_kill_9_of_the_tree_under_load_keeps_acked_writes(
         os.killpg(s2.proc.pid, signal.SIGKILL)
         s2.proc.wait(30)
     assert acked
+
+
+def test_new_scaffolds_functions_that_serve_as_is(
+    serve: Callable[..., Server], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("new", "plain").returncode == 0
+    assert run_cli("new", "counting", "--actor").returncode == 0
+    assert run_cli("new", "counting").returncode == 2  # not over an existing one
+    assert run_cli("new", "Bad_Name").returncode == 2
+    plain, counting = serve(tmp_path / "plain", tmp_path / "counting").urls
+    assert httpx.get(f"{plain}/x").json() == {"function": "plain", "path": "/x"}
+    assert httpx.post(f"{counting}/counters/a").json() == {"counter": "a", "value": 1}
+    assert httpx.post(f"{counting}/counters/a").json()["value"] == 2
+    assert httpx.get(f"{counting}/counters/a").json()["value"] == 2
