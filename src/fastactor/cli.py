@@ -43,7 +43,7 @@ async def fetch(request: Request, env) -> Response:
     return Response.json({{"function": "{name}", "path": request.path}})
 '''
 
-_ACTOR_APP = '''"""{name}: a fastactor function with an actor. Serve it with `fastactor serve {name}`.
+_ACTOR_APP = '''"""{name}: a fastactor function with an actor; `fastactor serve {name}` serves it.
 
     POST /counters/<name>   adds 1 and answers the new value
     GET  /counters/<name>   answers the value
