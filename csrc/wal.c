@@ -599,6 +599,7 @@ struct fa_wal {
     _Atomic int idle;            /* the flusher waits on work_cv */
     _Atomic int fault_armed;
     _Atomic uint64_t batches;
+    fa_wal_stats stats;          /* under mu */
     uint64_t first_lsn;          /* oldest record kept; moves on checkpoint (under mu) */
 
     /* Flusher only (and open/close, when it is not running). */
@@ -790,6 +791,41 @@ gather(fa_wal *w, uint64_t last_batch)
     }
 }
 
+const uint32_t fa_wal_latency_bounds_us[FA_WAL_LATENCY_BUCKETS - 1] = {
+    50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000,
+};
+
+static uint64_t
+now_us(void)
+{
+    struct timespec t;
+    if (clock_gettime(CLOCK_MONOTONIC, &t) != 0)
+        return 0;
+    return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
+}
+
+/* Called with mu held after a successful batch. */
+static void
+account(fa_wal *w, uint64_t records, uint64_t bytes, uint64_t us)
+{
+    int b = 0;
+    while (b < FA_WAL_LATENCY_BUCKETS - 1 && us > fa_wal_latency_bounds_us[b])
+        b++;
+    w->stats.batches++;
+    w->stats.records += records;
+    w->stats.bytes += bytes;
+    w->stats.flush_us_sum += us;
+    w->stats.flush_us_count[b]++;
+}
+
+void
+fa_wal_get_stats(fa_wal *w, fa_wal_stats *out)
+{
+    pthread_mutex_lock(&w->mu);
+    *out = w->stats;
+    pthread_mutex_unlock(&w->mu);
+}
+
 static void *
 flusher_main(void *arg)
 {
@@ -798,7 +834,7 @@ flusher_main(void *arg)
     pthread_mutex_lock(&w->mu);
     for (;;) {
         fa_buf tmp;
-        uint64_t first, last;
+        uint64_t first, last, t0, nbytes;
         int rc;
         gather(w, last_batch);
         while (w->fill.len == 0 && !w->closing) {
@@ -817,6 +853,8 @@ flusher_main(void *arg)
         w->fill_first = w->next_lsn;
         pthread_mutex_unlock(&w->mu);
 
+        t0 = now_us();
+        nbytes = w->flush.len;
         rc = write_batch(w, &w->flush, first);
         w->flush.len = 0;
 
@@ -833,6 +871,7 @@ flusher_main(void *arg)
         atomic_store(&w->durable_lsn, last);
         atomic_fetch_add(&w->batches, 1);
         last_batch = last - first + 1;
+        account(w, last_batch, nbytes, now_us() - t0);
         pthread_cond_broadcast(&w->done_cv);
         pthread_mutex_unlock(&w->mu);
         notify(w);

@@ -157,6 +157,18 @@ typedef struct fa_wal_recovery {
     char torn_file[64];      /* name of the segment that was cut */
 } fa_wal_recovery;
 
+/* Upper bounds (µs) of the flush latency histogram's buckets; the last bucket is +Inf. */
+#define FA_WAL_LATENCY_BUCKETS 12
+typedef struct fa_wal_stats {
+    uint64_t batches;                        /* write + fdatasync rounds that succeeded */
+    uint64_t records;                        /* records made durable */
+    uint64_t bytes;                          /* bytes written to segments (records only) */
+    uint64_t flush_us_sum;                   /* total µs spent in write + fdatasync */
+    uint64_t flush_us_count[FA_WAL_LATENCY_BUCKETS];  /* per bucket, not cumulative */
+} fa_wal_stats;
+
+extern const uint32_t fa_wal_latency_bounds_us[FA_WAL_LATENCY_BUCKETS - 1];
+
 typedef struct fa_wal_record {
     uint64_t lsn;
     uint16_t type;
@@ -187,6 +199,7 @@ uint64_t fa_wal_last_lsn(const fa_wal *w);      /* last LSN handed out by append
 uint64_t fa_wal_first_lsn(const fa_wal *w);     /* oldest LSN still in the log */
 int fa_wal_error(const fa_wal *w);              /* 0, or -errno that stopped the log */
 uint64_t fa_wal_batches(const fa_wal *w);       /* batches made durable since open */
+void fa_wal_get_stats(fa_wal *w, fa_wal_stats *out);
 
 /* A descriptor that becomes readable each time the durable LSN moves or the log fails;
  * fa_wal_drain_event resets it. */

@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8787)
     s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     s.add_argument("--data", default="./.fastactor")
+    s.add_argument(
+        "--admin-port",
+        type=int,
+        default=None,
+        help="serve /health/liveness, /health/readiness and /metrics here",
+    )
     n = sub.add_parser("new", help="scaffold a function directory that serves as is")
     n.add_argument("name")
     n.add_argument("--actor", action="store_true", help="include an actor class and binding")
@@ -100,6 +106,7 @@ class Supervisor:
         self.cfg = cfg
         self.procs: list[subprocess.Popen[str]] = []
         self.stopping = False
+        self.ready = False
 
     def spawn(self, i: int) -> subprocess.Popen[str]:
         cfg = dict(self.cfg, index=i)
@@ -134,6 +141,7 @@ class Supervisor:
                 print(f"fastactor: worker {i} failed to start", file=sys.stderr)
                 self._kill_all()
                 return 1
+        self.ready = True
         host = self.cfg["host"]
         for i, fn in enumerate(functions):
             print(f"{fn.name} → http://{host}:{fn.port or self.cfg['port'] + i}", flush=True)
@@ -145,9 +153,11 @@ class Supervisor:
                         file=sys.stderr,
                         flush=True,
                     )
+                    self.ready = False
                     self.procs[i] = self.spawn(i)
                     if not self.wait_line(self.procs[i], "ready", 120):
                         print(f"fastactor: worker {i} failed to restart", file=sys.stderr)
+                    self.ready = all(q.poll() is None for q in self.procs)
             time.sleep(0.05)
         return self._drain()
 
@@ -211,7 +221,16 @@ def serve(args: argparse.Namespace) -> int:
         "workers": args.workers,
         "data": data,
     }
-    return Supervisor(cfg).run(functions)
+    sup = Supervisor(cfg)
+    if args.admin_port is not None:
+        from .server.admin import start_admin
+
+        try:
+            start_admin(sup, args.host, args.admin_port)
+        except OSError as e:
+            print(f"fastactor: --admin-port {args.admin_port}: {e.strerror}", file=sys.stderr)
+            return 2
+    return sup.run(functions)
 
 
 def main(argv: list[str] | None = None) -> int:

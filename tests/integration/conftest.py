@@ -49,7 +49,9 @@ class Server:
 def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     procs: list[subprocess.Popen[str]] = []
 
-    def start(*dirs: str | Path, data: Path | None = None, workers: int = 2) -> Server:
+    def start(
+        *dirs: str | Path, data: Path | None = None, workers: int = 2, extra: tuple[str, ...] = ()
+    ) -> Server:
         port = free_ports(len(dirs))
         p = subprocess.Popen(
             [
@@ -62,6 +64,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
                 str(workers),
                 "--data",
                 str(data or tmp_path / "data"),
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

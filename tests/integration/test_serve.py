@@ -212,3 +212,28 @@ def test_new_scaffolds_functions_that_serve_as_is(
     assert httpx.post(f"{counting}/counters/a").json() == {"counter": "a", "value": 1}
     assert httpx.post(f"{counting}/counters/a").json()["value"] == 2
     assert httpx.get(f"{counting}/counters/a").json()["value"] == 2
+
+
+def test_admin_port_health_and_metrics(serve: Callable[..., Server]) -> None:
+    admin = free_ports(1)
+    (url,) = serve(ACCOUNT, extra=("--admin-port", str(admin))).urls
+    base = f"http://127.0.0.1:{admin}"
+    assert httpx.get(f"{base}/health/liveness").status_code == 200
+    assert httpx.get(f"{base}/health/readiness").status_code == 200
+    for i in range(6):
+        post(f"{url}/accounts/m{i}/deposit", 1)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        text = httpx.get(f"{base}/metrics").text
+        turns = sum(
+            int(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("fastactor_turns_total{")
+        )
+        if turns >= 6:
+            break
+        time.sleep(0.2)
+    assert turns >= 6
+    assert 'fastactor_fsync_seconds_bucket{worker="0",le="+Inf"}' in text
+    assert "fastactor_instances_resident" in text and "fastactor_log_bytes_total" in text
+    assert httpx.get(f"{base}/nope").status_code == 404

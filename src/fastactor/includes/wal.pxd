@@ -26,6 +26,16 @@ cdef extern from "wal.h" nogil:
         uint64_t torn_bytes
         char torn_file[64]
 
+    int FA_WAL_LATENCY_BUCKETS
+    const uint32_t fa_wal_latency_bounds_us[11]
+
+    ctypedef struct fa_wal_stats:
+        uint64_t batches
+        uint64_t records
+        uint64_t bytes
+        uint64_t flush_us_sum
+        uint64_t flush_us_count[12]
+
     ctypedef struct fa_wal_record:
         uint64_t lsn
         uint16_t type
@@ -48,6 +58,7 @@ cdef extern from "wal.h" nogil:
     uint64_t fa_wal_first_lsn(const fa_wal *w)
     int fa_wal_error(const fa_wal *w)
     uint64_t fa_wal_batches(const fa_wal *w)
+    void fa_wal_get_stats(fa_wal *w, fa_wal_stats *out)
     int fa_wal_event_fd(const fa_wal *w)
     void fa_wal_drain_event(fa_wal *w)
     int fa_wal_checkpoint(fa_wal *w, uint64_t lsn)

@@ -92,8 +92,10 @@ class HttpProtocol(asyncio.Protocol):
         limits: Limits,
         base_url: str,
         conns: set[HttpProtocol],
+        counters: dict[str, int],
     ) -> None:
         self.fetch = fetch
+        self.counters = counters
         self.env = env
         self.limits = limits
         self.base_url = base_url
@@ -208,6 +210,7 @@ class HttpProtocol(asyncio.Protocol):
         except (UnicodeDecodeError, ValueError) as e:
             req, resp = None, _error(400, f"bad request target: {e}")
         self._reset()
+        self.counters["requests"] += 1
         if len(self.queue) >= self.limits.max_pipeline:
             self._refuse(_error(429, "too many pipelined requests"))
             return

@@ -66,13 +66,14 @@ async def serve(cfg: dict[str, Any]) -> None:
     ipc_server = await serve_calls(sock, local)
     limits = Limits()
     conns: set[HttpProtocol] = set()
+    counters = {"requests": 0}
     servers = []
     for i, (fn, env) in enumerate(zip(functions, envs, strict=True)):
         port = fn.port or cfg["port"] + i
         base = f"http://{cfg['host']}:{port}"
 
         def factory(fn: Any = fn, env: Any = env, base: str = base) -> HttpProtocol:
-            return HttpProtocol(fn.fetch, env, limits, base, conns)
+            return HttpProtocol(fn.fetch, env, limits, base, conns, counters)
 
         servers.append(
             await loop.create_server(factory, cfg["host"], port, reuse_port=True, backlog=1024)
@@ -80,8 +81,30 @@ async def serve(cfg: dict[str, Any]) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    stats_path = os.path.join(data, "run", f"worker-{me}.json")
+
+    async def publish_stats() -> None:
+        """For the supervisor's /metrics: a small JSON file, replaced once a second."""
+        while True:
+            wal: dict[str, Any] = shard.wal.stats()
+            wal["flush_us"] = [[str(k), v] for k, v in wal["flush_us"].items()]
+            st = {
+                **shard.stats,
+                "resident": shard.resident,
+                **counters,
+                "wal": wal,
+                "connections": len(conns),
+            }
+            tmp = stats_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(st, f)
+            os.replace(tmp, stats_path)
+            await asyncio.sleep(1.0)
+
+    stats_task = loop.create_task(publish_stats())
     print("ready", flush=True)
     await stop.wait()
+    stats_task.cancel()
     # Drain: stop accepting, let running requests finish, close idle connections.
     for s in servers:
         s.close()

@@ -1,0 +1,96 @@
+"""The admin port of ``fastactor serve``: health checks and Prometheus metrics, answered by
+the supervisor from what the workers publish (``<data>/run/worker-<i>.json``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = ["render_metrics", "start_admin"]
+
+_COUNTERS = [
+    ("requests", "fastactor_http_requests_total", "HTTP requests received"),
+    ("turns", "fastactor_turns_total", "actor turns run"),
+    ("commits", "fastactor_commits_total", "turns that wrote (one log record each)"),
+    ("activations", "fastactor_activations_total", "instances activated"),
+    ("evictions", "fastactor_evictions_total", "idle instances evicted"),
+    ("checkpoints", "fastactor_checkpoints_total", "snapshots written"),
+]
+
+
+def render_metrics(stats: list[dict[str, Any] | None]) -> str:
+    out: list[str] = []
+
+    def family(name: str, kind: str, help_: str) -> None:
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} {kind}")
+
+    live = [(i, s) for i, s in enumerate(stats) if s is not None]
+    for key, name, help_ in _COUNTERS:
+        family(name, "counter", help_)
+        out.extend(f'{name}{{worker="{i}"}} {s.get(key, 0)}' for i, s in live)
+    family("fastactor_instances_resident", "gauge", "instances in memory")
+    out.extend(f'fastactor_instances_resident{{worker="{i}"}} {s["resident"]}' for i, s in live)
+    family("fastactor_http_connections", "gauge", "open HTTP connections")
+    out.extend(f'fastactor_http_connections{{worker="{i}"}} {s["connections"]}' for i, s in live)
+    family("fastactor_commit_batches_total", "counter", "log write + fdatasync rounds")
+    out.extend(
+        f'fastactor_commit_batches_total{{worker="{i}"}} {s["wal"]["batches"]}' for i, s in live
+    )
+    family("fastactor_log_bytes_total", "counter", "bytes appended to the log")
+    out.extend(f'fastactor_log_bytes_total{{worker="{i}"}} {s["wal"]["bytes"]}' for i, s in live)
+    family("fastactor_fsync_seconds", "histogram", "latency of one log write + fdatasync")
+    for i, s in live:
+        acc = 0
+        for bound, count in s["wal"]["flush_us"]:
+            acc += count
+            le = "+Inf" if bound == "inf" else f"{float(bound) / 1e6:g}"
+            out.append(f'fastactor_fsync_seconds_bucket{{worker="{i}",le="{le}"}} {acc}')
+        out.append(
+            f'fastactor_fsync_seconds_sum{{worker="{i}"}} {s["wal"]["flush_us_sum"] / 1e6:g}'
+        )
+        out.append(f'fastactor_fsync_seconds_count{{worker="{i}"}} {acc}')
+    return "\n".join(out) + "\n"
+
+
+def start_admin(sup: Any, host: str, port: int) -> ThreadingHTTPServer:
+    run = os.path.join(sup.cfg["data"], "run")
+
+    def read(i: int) -> dict[str, Any] | None:
+        try:
+            with open(os.path.join(run, f"worker-{i}.json")) as f:
+                st: dict[str, Any] = json.load(f)
+                return st
+        except (OSError, ValueError):
+            return None
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the http.server name)
+            if self.path == "/health/liveness":
+                self._send(200, "text/plain", b"ok\n")
+            elif self.path == "/health/readiness":
+                ok = sup.ready and not sup.stopping
+                self._send(200 if ok else 503, "text/plain", b"ready\n" if ok else b"starting\n")
+            elif self.path == "/metrics":
+                body = render_metrics([read(i) for i in range(sup.cfg["workers"])])
+                self._send(200, "text/plain; version=0.0.4", body.encode())
+            else:
+                self._send(404, "text/plain", b"not found\n")
+
+        def _send(self, status: int, ctype: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("content-type", ctype)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True, name="fastactor-admin").start()
+    return server
