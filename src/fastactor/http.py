@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import json as _json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+import msgspec
+
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
 
 __all__ = ["Headers", "Request", "Response"]
 
@@ -77,7 +81,8 @@ class Request:
         return self._body.decode("utf-8")
 
     async def json(self) -> Any:
-        return _json.loads(self._body)
+        """The body parsed as JSON; a ValueError if it is not JSON."""
+        return _json_decode(self._body)
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.url}>"
@@ -106,7 +111,7 @@ class Response:
         items = h.raw()
         if "content-type" not in h:
             items.append(("content-type", "application/json"))
-        return cls(_json.dumps(obj, separators=(",", ":")).encode(), status, items)
+        return cls(_json_encode(obj), status, items)
 
     @classmethod
     def text(cls, s: str, status: int = 200, headers: _HeaderInit = None) -> Response:

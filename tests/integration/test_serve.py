@@ -237,3 +237,32 @@ def test_admin_port_health_and_metrics(serve: Callable[..., Server]) -> None:
     assert 'fastactor_fsync_seconds_bucket{worker="0",le="+Inf"}' in text
     assert "fastactor_instances_resident" in text and "fastactor_log_bytes_total" in text
     assert httpx.get(f"{base}/nope").status_code == 404
+
+
+def test_fetch_errors_and_timeouts_become_statuses(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    d = tmp_path / "slow"
+    d.mkdir()
+    (d / "fastactor.toml").write_text('name = "slow"\nmain = "app.py"\n')
+    (d / "app.py").write_text(
+        "import asyncio\n"
+        "from fastactor import Response\n"
+        "async def fetch(request, env):\n"
+        "    if request.path == '/boom':\n"
+        "        raise KeyError('secret detail')\n"
+        "    if request.path == '/slow':\n"
+        "        await asyncio.sleep(float(request.query['t']))\n"
+        "    return Response.text('ok')\n"
+    )
+    import fastactor.server.http as h
+
+    assert h.Limits().fetch_timeout == 30.0
+    (url,) = serve(d).urls
+    r = httpx.get(f"{url}/boom")
+    assert r.status_code == 500 and r.json()["error"] == "KeyError"
+    assert "Traceback" not in r.text
+    assert httpx.get(f"{url}/slow?t=0.01").text == "ok"
+    with httpx.Client(timeout=60) as c:  # keep-alive survives both
+        assert c.get(f"{url}/boom").status_code == 500
+        assert c.get(f"{url}/x").text == "ok"

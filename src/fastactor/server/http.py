@@ -109,6 +109,8 @@ class HttpProtocol(asyncio.Protocol):
         self.busy = False
         self._reset()
         self.idle_handle: asyncio.TimerHandle | None = None
+        self.last_active = 0.0
+        self.timed_out = False
 
     def _reset(self) -> None:
         self.url = b""
@@ -124,8 +126,10 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         self.conns.add(self)
-        self.worker = asyncio.get_running_loop().create_task(self._serve())
-        self._arm_idle()
+        loop = asyncio.get_running_loop()
+        self.worker = loop.create_task(self._serve())
+        self.last_active = loop.time()
+        self.idle_handle = loop.call_later(self.limits.idle_timeout, self._idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.conns.discard(self)
@@ -137,7 +141,7 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        self._arm_idle()
+        self.last_active = -1.0  # activity: _idle looks again one period later
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -148,17 +152,22 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self._refuse(self.refused)
 
-    def _arm_idle(self) -> None:
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
-        self.idle_handle = asyncio.get_running_loop().call_later(
-            self.limits.idle_timeout, self._idle
-        )
-
     def _idle(self) -> None:
-        if not self.busy and not self.queue and self.transport is not None:
-            self.closing = True
-            self.transport.close()
+        """Runs every idle_timeout: closes the connection if nothing came in since the last
+        run and no request is pending (one timer per connection, not one per request)."""
+        loop = asyncio.get_running_loop()
+        if self.last_active >= 0 and not self.busy and not self.queue:
+            if self.transport is not None:
+                self.closing = True
+                self.transport.close()
+            return
+        self.last_active = loop.time()
+        self.idle_handle = loop.call_later(self.limits.idle_timeout, self._idle)
+
+    def _fetch_timeout(self) -> None:
+        self.timed_out = True
+        if self.worker is not None:
+            self.worker.cancel()
 
     def _refuse(self, response: Response) -> None:
         """Answers after the requests already queued, then closes: the stream is not
@@ -242,12 +251,21 @@ class HttpProtocol(asyncio.Protocol):
                 self.closing = True
                 self.transport.close()
                 return
-            self._arm_idle()
+            self.last_active = -1.0
 
     async def _answer(self, req: Request) -> Response:
+        # The budget cancels this connection's task; a timer is cheaper than wait_for's task.
+        timer = asyncio.get_running_loop().call_later(
+            self.limits.fetch_timeout, self._fetch_timeout
+        )
         try:
-            r = await asyncio.wait_for(self.fetch(req, self.env), self.limits.fetch_timeout)
-        except TimeoutError:
+            r = await self.fetch(req, self.env)
+        except asyncio.CancelledError:
+            if not self.timed_out:
+                raise
+            self.timed_out = False
+            if self.worker is not None:
+                self.worker.uncancel()
             log.warning(
                 "%s %s: fetch ran past %g s", req.method, req.path, self.limits.fetch_timeout
             )
@@ -261,6 +279,8 @@ class HttpProtocol(asyncio.Protocol):
                 500,
                 [("content-type", "application/json")],
             )
+        finally:
+            timer.cancel()
         if not isinstance(r, Response):
             log.error("%s %s: fetch returned %r, not a Response", req.method, req.path, r)
             return _error(500, "fetch did not return a Response")

@@ -1,0 +1,163 @@
+"""Durable debits over HTTP against `fastactor serve`, and a trivial uvloop server, with wrk.
+
+    python benchmarks/bench_http.py [seconds]       # the table for BENCHMARKS.md
+
+Question answered: how many durable POST debits per second does `fastactor serve
+examples/account --workers 2` answer with 64 connections, spread over 1000 accounts and on
+one hot account, with p50/p99 latency; the reference, measured in the same run with the same
+generator, is a trivial uvloop + httptools server answering a constant JSON body. The load
+generator is wrk (Debian's package); the script says so and stops if it is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "account"
+CONNECTIONS = 64
+
+TRIVIAL = r"""
+import asyncio, sys, httptools, uvloop
+BODY = b'{"ok":true,"balance":1}'
+RESP = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(BODY)).encode() + b"\r\nconnection: keep-alive\r\n\r\n" + BODY)
+class P(asyncio.Protocol):
+    def connection_made(self, t):
+        self.t = t
+        self.p = httptools.HttpRequestParser(self)
+    def data_received(self, d):
+        self.p.feed_data(d)
+    def on_message_complete(self):
+        self.t.write(RESP)
+async def main(port):
+    loop = asyncio.get_running_loop()
+    s = await loop.create_server(P, "127.0.0.1", port, reuse_port=True, backlog=1024)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+uvloop.run(main(int(sys.argv[1])))
+"""
+
+SPREAD_LUA = r"""
+math.randomseed(os.time())
+request = function()
+  local n = math.random(0, 999)
+  return wrk.format("POST", "/accounts/acct-" .. n .. "/debit", nil, '{"amount": 1}')
+end
+"""
+HOT_LUA = r"""
+request = function()
+  return wrk.format("POST", "/accounts/hot/debit", nil, '{"amount": 1}')
+end
+"""
+DEPOSIT_LUA = r"""
+counter = -1
+request = function()
+  counter = counter + 1
+  local name = counter < 1000 and ("acct-" .. counter) or "hot"
+  return wrk.format("POST", "/accounts/" .. name .. "/deposit", nil, '{"amount": 100000000}')
+end
+"""
+
+
+def _wait_port(port: int, timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def wrk(url: str, script: str, seconds: int, threads: int = 2) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        out = subprocess.run(
+            ["wrk", "-t", str(threads), "-c", str(CONNECTIONS), "-d", f"{seconds}s",
+             "--latency", "-s", f.name, url],
+            capture_output=True, text=True, timeout=seconds + 60).stdout
+    finally:
+        os.unlink(f.name)
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(rps.group(1)) if rps else 0.0, "p50": ms("50%"), "p99": ms("99%"),
+            "non2xx": float(errors.group(1)) if errors else 0.0}
+
+
+def run(seconds: int = 10) -> str:
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench_http: wrk is not installed (apt-get install wrk)")
+    port = 18000 + os.getpid() % 20000
+    data = Path(tempfile.mkdtemp(prefix="fastactor-bench-http-", dir=ROOT / ".bench-data"
+                                 if (ROOT / ".bench-data").is_dir() else None))
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        triv = subprocess.Popen([sys.executable, "-c", TRIVIAL, str(port + 1)],
+                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+        procs.append(triv)
+        _wait_port(port + 1)
+        ref = wrk(f"http://127.0.0.1:{port + 1}/", HOT_LUA, seconds)
+        os.killpg(triv.pid, signal.SIGKILL)
+
+        srv = subprocess.Popen(["fastactor", "serve", str(EXAMPLE), "--port", str(port),
+                                "--workers", "2", "--data", str(data)],
+                               stdout=subprocess.PIPE, text=True, start_new_session=True)
+        procs.append(srv)
+        assert srv.stdout is not None
+        while "→" not in srv.stdout.readline():
+            pass
+        wrk(f"http://127.0.0.1:{port}/", DEPOSIT_LUA, 2, threads=1)       # fund accounts
+        spread = wrk(f"http://127.0.0.1:{port}/", SPREAD_LUA, seconds)
+        hot = wrk(f"http://127.0.0.1:{port}/", HOT_LUA, seconds)
+        rss = []
+        for pid in subprocess.run(["pgrep", "-P", str(srv.pid)], capture_output=True,
+                                  text=True).stdout.split():
+            with open(f"/proc/{pid}/status") as f:
+                rss += [int(x.split()[1]) / 1024 for x in f if x.startswith("VmRSS")]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        shutil.rmtree(data, ignore_errors=True)
+
+    def row(name: str, r: dict[str, float]) -> str:
+        return (f"| {name} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                f"{r['rps'] / ref['rps']:.2f} | {r['non2xx']:.0f} |")
+
+    return "\n".join([
+        f"host: nproc={os.cpu_count()}, wrk -t2 -c{CONNECTIONS} -d{seconds}s, "
+        "fastactor serve examples/account --workers 2",
+        "",
+        "| workload | req/s | p50 ms | p99 ms | vs trivial uvloop server | non-2xx |",
+        "|---|---:|---:|---:|---:|---:|",
+        row("trivial uvloop+httptools, constant JSON", ref),
+        row("durable POST debit, 1000 accounts", spread),
+        row("durable POST debit, one hot account", hot),
+        "",
+        f"worker RSS after the run: {', '.join(f'{x:.0f} MiB' for x in rss)}",
+    ])
+
+
+if __name__ == "__main__":
+    print(run(int(sys.argv[1]) if len(sys.argv) > 1 else 10))
