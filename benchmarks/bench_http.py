@@ -86,9 +86,23 @@ def wrk(url: str, script: str, seconds: int, threads: int = 2) -> dict[str, floa
         f.write(script)
     try:
         out = subprocess.run(
-            ["wrk", "-t", str(threads), "-c", str(CONNECTIONS), "-d", f"{seconds}s",
-             "--latency", "-s", f.name, url],
-            capture_output=True, text=True, timeout=seconds + 60).stdout
+            [
+                "wrk",
+                "-t",
+                str(threads),
+                "-c",
+                str(CONNECTIONS),
+                "-d",
+                f"{seconds}s",
+                "--latency",
+                "-s",
+                f.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+        ).stdout
     finally:
         os.unlink(f.name)
 
@@ -100,38 +114,64 @@ def wrk(url: str, script: str, seconds: int, threads: int = 2) -> dict[str, floa
 
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(rps.group(1)) if rps else 0.0, "p50": ms("50%"), "p99": ms("99%"),
-            "non2xx": float(errors.group(1)) if errors else 0.0}
+    return {
+        "rps": float(rps.group(1)) if rps else 0.0,
+        "p50": ms("50%"),
+        "p99": ms("99%"),
+        "non2xx": float(errors.group(1)) if errors else 0.0,
+    }
 
 
 def run(seconds: int = 10) -> str:
     if shutil.which("wrk") is None:
         raise SystemExit("bench_http: wrk is not installed (apt-get install wrk)")
     port = 18000 + os.getpid() % 20000
-    data = Path(tempfile.mkdtemp(prefix="fastactor-bench-http-", dir=ROOT / ".bench-data"
-                                 if (ROOT / ".bench-data").is_dir() else None))
+    data = Path(
+        tempfile.mkdtemp(
+            prefix="fastactor-bench-http-",
+            dir=ROOT / ".bench-data" if (ROOT / ".bench-data").is_dir() else None,
+        )
+    )
     procs: list[subprocess.Popen[str]] = []
     try:
-        triv = subprocess.Popen([sys.executable, "-c", TRIVIAL, str(port + 1)],
-                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+        triv = subprocess.Popen(
+            [sys.executable, "-c", TRIVIAL, str(port + 1)],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         procs.append(triv)
         _wait_port(port + 1)
         ref = wrk(f"http://127.0.0.1:{port + 1}/", HOT_LUA, seconds)
         os.killpg(triv.pid, signal.SIGKILL)
 
-        srv = subprocess.Popen(["fastactor", "serve", str(EXAMPLE), "--port", str(port),
-                                "--workers", "2", "--data", str(data)],
-                               stdout=subprocess.PIPE, text=True, start_new_session=True)
+        srv = subprocess.Popen(
+            [
+                "fastactor",
+                "serve",
+                str(EXAMPLE),
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                "--data",
+                str(data),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         procs.append(srv)
         assert srv.stdout is not None
         while "→" not in srv.stdout.readline():
             pass
-        wrk(f"http://127.0.0.1:{port}/", DEPOSIT_LUA, 2, threads=1)       # fund accounts
+        wrk(f"http://127.0.0.1:{port}/", DEPOSIT_LUA, 2, threads=1)  # fund accounts
         spread = wrk(f"http://127.0.0.1:{port}/", SPREAD_LUA, seconds)
         hot = wrk(f"http://127.0.0.1:{port}/", HOT_LUA, seconds)
         rss = []
-        for pid in subprocess.run(["pgrep", "-P", str(srv.pid)], capture_output=True,
-                                  text=True).stdout.split():
+        for pid in subprocess.run(
+            ["pgrep", "-P", str(srv.pid)], capture_output=True, text=True
+        ).stdout.split():
             with open(f"/proc/{pid}/status") as f:
                 rss += [int(x.split()[1]) / 1024 for x in f if x.startswith("VmRSS")]
     finally:
@@ -142,21 +182,25 @@ def run(seconds: int = 10) -> str:
         shutil.rmtree(data, ignore_errors=True)
 
     def row(name: str, r: dict[str, float]) -> str:
-        return (f"| {name} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
-                f"{r['rps'] / ref['rps']:.2f} | {r['non2xx']:.0f} |")
+        return (
+            f"| {name} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+            f"{r['rps'] / ref['rps']:.2f} | {r['non2xx']:.0f} |"
+        )
 
-    return "\n".join([
-        f"host: nproc={os.cpu_count()}, wrk -t2 -c{CONNECTIONS} -d{seconds}s, "
-        "fastactor serve examples/account --workers 2",
-        "",
-        "| workload | req/s | p50 ms | p99 ms | vs trivial uvloop server | non-2xx |",
-        "|---|---:|---:|---:|---:|---:|",
-        row("trivial uvloop+httptools, constant JSON", ref),
-        row("durable POST debit, 1000 accounts", spread),
-        row("durable POST debit, one hot account", hot),
-        "",
-        f"worker RSS after the run: {', '.join(f'{x:.0f} MiB' for x in rss)}",
-    ])
+    return "\n".join(
+        [
+            f"host: nproc={os.cpu_count()}, wrk -t2 -c{CONNECTIONS} -d{seconds}s, "
+            "fastactor serve examples/account --workers 2",
+            "",
+            "| workload | req/s | p50 ms | p99 ms | vs trivial uvloop server | non-2xx |",
+            "|---|---:|---:|---:|---:|---:|",
+            row("trivial uvloop+httptools, constant JSON", ref),
+            row("durable POST debit, 1000 accounts", spread),
+            row("durable POST debit, one hot account", hot),
+            "",
+            f"worker RSS after the run: {', '.join(f'{x:.0f} MiB' for x in rss)}",
+        ]
+    )
 
 
 if __name__ == "__main__":
