@@ -55,3 +55,31 @@ def test_limits_are_configurable_and_refusals_close() -> None:
     assert uvloop.run(_serve_once(fetch, Limits(), b"\x00\x01\x02\r\n\r\n")).startswith(
         b"HTTP/1.1 400"
     )
+
+
+def test_connections_over_the_cap_get_503() -> None:
+    async def fetch(req: Request, env: Any) -> Response:
+        return Response.text("ok")
+
+    async def go() -> tuple[bytes, bytes]:
+        loop = asyncio.get_running_loop()
+        conns: set[HttpProtocol] = set()
+        limits = Limits(connections=1)
+        server = await loop.create_server(
+            lambda: HttpProtocol(fetch, None, limits, "http://t", conns, {"requests": 0}),
+            "127.0.0.1",
+            0,
+        )
+        port = server.sockets[0].getsockname()[1]
+        r1, w1 = await asyncio.open_connection("127.0.0.1", port)
+        w1.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        first = await r1.readuntil(b"ok")
+        r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+        second = await asyncio.wait_for(r2.read(), 10)
+        w1.close()
+        w2.close()
+        server.close()
+        return first, second
+
+    first, second = uvloop.run(go())
+    assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 503")

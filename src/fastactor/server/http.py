@@ -43,7 +43,7 @@ _REASONS = {
 
 
 class Limits:
-    __slots__ = ("body", "headers", "fetch_timeout", "idle_timeout", "max_pipeline")
+    __slots__ = ("body", "headers", "fetch_timeout", "idle_timeout", "max_pipeline", "connections")
 
     def __init__(
         self,
@@ -52,12 +52,14 @@ class Limits:
         fetch_timeout: float = 30.0,
         idle_timeout: float = 75.0,
         max_pipeline: int = 128,
+        connections: int = 10_000,
     ) -> None:
         self.body = body
         self.headers = headers
         self.fetch_timeout = fetch_timeout
         self.idle_timeout = idle_timeout
         self.max_pipeline = max_pipeline
+        self.connections = connections
 
 
 def _error(status: int, message: str) -> Response:
@@ -125,6 +127,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        if len(self.conns) >= self.limits.connections:
+            # Over the cap: a short answer and goodbye, before any request is read.
+            self.closing = True
+            transport.write(encode_response(_error(503, "too many connections"), False))  # type: ignore[attr-defined]
+            transport.close()
+            return
         self.conns.add(self)
         loop = asyncio.get_running_loop()
         self.worker = loop.create_task(self._serve())
