@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="serve /health/liveness, /health/readiness and /metrics here",
     )
+    a = sub.add_parser("actors", help="what a data directory stores")
+    a.add_argument("what", choices=["list", "inspect", "instances"])
+    a.add_argument("type", nargs="?", help="the actor type (inspect, instances)")
+    a.add_argument("--data", default="./.fastactor")
     n = sub.add_parser("new", help="scaffold a function directory that serves as is")
     n.add_argument("name")
     n.add_argument("--actor", action="store_true", help="include an actor class and binding")
@@ -239,7 +243,44 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "new":
         return new(args)
+    if args.command == "actors":
+        return actors(args)
     return 2
+
+
+def actors(args: argparse.Namespace) -> int:
+    from .errors import LogCorruptionError
+    from .inspect_data import stored_state
+
+    data = Path(args.data)
+    if not data.is_dir():
+        print(f"fastactor: {data}: no such data directory", file=sys.stderr)
+        return 2
+    if args.what != "list" and not args.type:
+        print(f"fastactor: actors {args.what} needs a TYPE", file=sys.stderr)
+        return 2
+    try:
+        state = stored_state(data)
+    except (LogCorruptionError, OSError, ValueError) as e:
+        print(f"fastactor: {e}", file=sys.stderr)
+        return 1
+    if args.what == "list":
+        counts: dict[str, int] = {}
+        for type_name, _ in state:
+            counts[type_name] = counts.get(type_name, 0) + 1
+        for type_name in sorted(counts):
+            print(f"{type_name}\t{counts[type_name]} instances")
+        return 0
+    names = sorted(name for t, name in state if t == args.type)
+    if not names:
+        print(f"fastactor: no stored instances of {args.type}", file=sys.stderr)
+        return 1
+    for name in names:
+        if args.what == "instances":
+            print(name)
+        else:
+            print(json.dumps({"id": name, "storage": state[(args.type, name)]}, default=repr))
+    return 0
 
 
 if __name__ == "__main__":

@@ -266,3 +266,23 @@ def test_fetch_errors_and_timeouts_become_statuses(
     with httpx.Client(timeout=60) as c:  # keep-alive survives both
         assert c.get(f"{url}/boom").status_code == 500
         assert c.get(f"{url}/x").text == "ok"
+
+
+def test_actors_commands_show_what_is_stored(serve: Callable[..., Server], tmp_path: Path) -> None:
+    data = tmp_path / "inspect"
+    s = serve(ACCOUNT, data=data)
+    for i in range(5):
+        post(f"{s.urls[0]}/accounts/n{i}/deposit", 10 * i + 1)
+    # While the server runs (log tails, no lock), then after it stopped (snapshots).
+    for _ in range(2):
+        p = run_cli("actors", "list", "--data", str(data))
+        assert p.returncode == 0 and p.stdout.split("\t")[0] == "Account"
+        assert "5 instances" in p.stdout
+        p = run_cli("actors", "instances", "Account", "--data", str(data))
+        assert p.stdout.split() == [f"n{i}" for i in range(5)]
+        p = run_cli("actors", "inspect", "Account", "--data", str(data))
+        assert '{"id": "n3", "storage": {"balance": 31}}' in p.stdout
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(60) == 0
+    assert run_cli("actors", "instances", "Nope", "--data", str(data)).returncode == 1
+    assert run_cli("actors", "list", "--data", str(tmp_path / "missing")).returncode == 2

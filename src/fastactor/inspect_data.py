@@ -1,0 +1,54 @@
+"""What a data directory stores, read without stopping the server: each shard's snapshot
+(SQLite, read-only) plus the tail of its log (read without the writer's lock)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ._core import LogReader, decode_value
+
+__all__ = ["stored_state"]
+
+
+def _shards(data: Path) -> list[Path]:
+    shards = sorted(p for p in data.glob("shard-*") if p.is_dir())
+    if (data / "state.sqlite3").exists():  # a Runtime's own directory
+        shards.append(data)
+    return shards
+
+
+def stored_state(data: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """Maps (type, instance name) to its keys and decoded values. Types of other accounts
+    than "default" read "account/Type"."""
+    state: dict[str, dict[str, bytes]] = {}
+    decode = msgspec.msgpack.Decoder().decode
+    for shard in _shards(Path(data)):
+        db = sqlite3.connect(f"file:{shard / 'state.sqlite3'}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
+            applied = row[0] if row else 0
+            for inst, key, value in db.execute("SELECT inst, key, value FROM kv"):
+                state.setdefault(inst, {})[key] = value
+        finally:
+            db.close()
+        if (shard / "log").is_dir():
+            for _, _, payload in LogReader(shard / "log", applied + 1):
+                inst, cleared, puts = decode(payload)
+                d = state.setdefault(inst, {})
+                if cleared:
+                    d.clear()
+                for k, v in puts.items():
+                    if v is None:
+                        d.pop(k, None)
+                    else:
+                        d[k] = v
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for inst, kv in state.items():
+        if kv:
+            type_name, _, name = inst.partition("\0")
+            out[(type_name, name)] = {k: decode_value(v) for k, v in sorted(kv.items())}
+    return out
