@@ -36,6 +36,29 @@ def _frame(obj: Any) -> bytes:
     return _LEN.pack(len(data)) + data
 
 
+class _Batcher:
+    """Frames written in one event loop iteration leave in one write() (one system call)."""
+
+    __slots__ = ("writer", "frames", "scheduled")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.frames: list[bytes] = []
+        self.scheduled = False
+
+    def send(self, frame: bytes) -> None:
+        self.frames.append(frame)
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        if self.frames and not self.writer.is_closing():
+            self.writer.write(b"".join(self.frames))
+        self.frames.clear()
+
+
 def _error_tuple(e: BaseException) -> tuple[str, str, str]:
     remote = getattr(e, "remote_type", type(e).__name__)
     return (type(e).__name__, str(e), remote)
@@ -69,13 +92,14 @@ async def serve_calls(path: str, namespaces: dict[str, ActorNamespace]) -> async
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         pending: set[asyncio.Task[None]] = set()
+        out = _Batcher(writer)
 
         async def one(req: tuple[Any, ...]) -> None:
             reply = await run(req)
             try:
-                writer.write(_frame(reply))
+                out.send(_frame(reply))
             except errors.CodecError as e:
-                writer.write(_frame((reply[0], False, _error_tuple(e))))
+                out.send(_frame((reply[0], False, _error_tuple(e))))
 
         try:
             while True:
@@ -88,6 +112,7 @@ async def serve_calls(path: str, namespaces: dict[str, ActorNamespace]) -> async
         finally:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+            out.flush()
             writer.close()
 
     return await asyncio.start_unix_server(handle, path=path)
@@ -98,11 +123,11 @@ class Channel:
 
     def __init__(self, paths: list[str]) -> None:
         self.paths = paths
-        self.conns: dict[int, tuple[asyncio.StreamWriter, dict[int, asyncio.Future[Any]]]] = {}
+        self.conns: dict[int, tuple[_Batcher, dict[int, asyncio.Future[Any]]]] = {}
         self.opening: dict[int, asyncio.Future[None]] = {}
         self.ids = itertools.count(1)
 
-    async def _conn(self, owner: int) -> tuple[asyncio.StreamWriter, dict[int, Any]]:
+    async def _conn(self, owner: int) -> tuple[_Batcher, dict[int, Any]]:
         c = self.conns.get(owner)
         if c is not None:
             return c
@@ -121,7 +146,7 @@ class Channel:
             else:
                 raise ConnectionError(f"worker {owner} does not answer")
             waiting: dict[int, asyncio.Future[Any]] = {}
-            self.conns[owner] = (writer, waiting)
+            self.conns[owner] = (_Batcher(writer), waiting)
             asyncio.ensure_future(self._replies(owner, reader, waiting))
             fut.set_result(None)
         except BaseException as e:
@@ -168,17 +193,18 @@ class Channel:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        writer, waiting = await self._conn(owner)
+        out, waiting = await self._conn(owner)
         call_id = next(self.ids)
         frame = _frame((call_id, key, name, kind, method, args, kwargs))  # CodecError here
         f: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         waiting[call_id] = f
-        writer.write(frame)
+        out.send(frame)
         return await f
 
     def close(self) -> None:
-        for writer, _ in list(self.conns.values()):
-            writer.close()
+        for out, _ in list(self.conns.values()):
+            out.flush()
+            out.writer.close()
 
 
 class RemoteStub:
