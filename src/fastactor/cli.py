@@ -224,6 +224,7 @@ def serve(args: argparse.Namespace) -> int:
         "port": args.port,
         "workers": args.workers,
         "data": data,
+        "admin": args.admin_port is not None,  # workers publish stats only for /metrics
     }
     sup = Supervisor(cfg)
     if args.admin_port is not None:

@@ -55,7 +55,7 @@ class Request:
     """An HTTP request: ``method``, ``url``, ``path``, ``query`` (last value wins),
     ``headers`` (case-insensitive) and the body through ``await body()/text()/json()``."""
 
-    __slots__ = ("method", "url", "path", "query", "headers", "_body")
+    __slots__ = ("method", "url", "path", "headers", "_body", "_query", "_qs")
 
     def __init__(
         self,
@@ -70,9 +70,17 @@ class Request:
         self.url = url
         parts = urlsplit(url)
         self.path = parts.path or "/"
-        self.query: dict[str, str] = dict(parse_qsl(parts.query, keep_blank_values=True))
+        self._qs = parts.query
+        self._query: dict[str, str] | None = None
         self.headers = headers if isinstance(headers, Headers) else Headers(headers)
         self._body = body
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The query string as a dict (last value wins), parsed on first use."""
+        if self._query is None:
+            self._query = dict(parse_qsl(self._qs, keep_blank_values=True))
+        return self._query
 
     async def body(self) -> bytes:
         return self._body

@@ -299,16 +299,21 @@ cdef class WriteAheadLog:
         if cwal.fa_wal_inject_fault(self._w, _FAULT_OPS[op], after, err) < 0:
             raise ValueError("bad fault")
 
+    cdef cwal.fa_wal *_detach(self):
+        """Stops watching the event fd and hands over the C log (NULL if already closed)."""
+        cdef cwal.fa_wal *w = self._w
+        if w is not NULL and self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(cwal.fa_wal_event_fd(w))
+        self._w = NULL
+        return w
+
     def close(self):
         """Writes what was appended, stops the flusher and releases every waiter."""
         cdef int rc
         cdef uint64_t durable = 0
-        cdef cwal.fa_wal *w = self._w
+        cdef cwal.fa_wal *w = self._detach()
         if w is NULL:
             return
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(cwal.fa_wal_event_fd(w))
-        self._w = NULL
         with nogil:
             rc = cwal.fa_wal_close(w, &durable)
         self._release(durable, rc)
@@ -318,12 +323,9 @@ cdef class WriteAheadLog:
     def _abandon(self):
         """Test hook: stops like a crash would: what was appended but not yet handed to the
         flusher is dropped, and no waiter is ever released."""
-        cdef cwal.fa_wal *w = self._w
+        cdef cwal.fa_wal *w = self._detach()
         if w is NULL:
             return
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(cwal.fa_wal_event_fd(w))
-        self._w = NULL
         with nogil:
             cwal.fa_wal_abort(w)
         self._waiters.clear()

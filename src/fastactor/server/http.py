@@ -121,7 +121,6 @@ class HttpProtocol(asyncio.Protocol):
         self.body: list[bytes] = []
         self.body_bytes = 0
         self.refused: Response | None = None
-        self.cur_name = b""
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 

@@ -267,14 +267,9 @@ class RoutedNamespace:
         self.channel = channel
 
     def id_from_name(self, name: str, *, location_hint: str | None = None) -> Any:
-        if type(name) is not str:
-            raise TypeError(f"instance names are str, not {type(name).__name__}")
-        if not name:
-            raise ValueError("instance names must not be empty")
+        local = self.local.id_from_name(name)  # checks the name
         owner = owner_of(self.account, self.type_name, name, self.workers)
-        if owner == self.me:
-            return self.local.id_from_name(name)
-        return RemoteStub(self, name, owner)
+        return local if owner == self.me else RemoteStub(self, name, owner)
 
     def new_unique_id(self, *, location_hint: str | None = None) -> Any:
         return self.id_from_name(secrets.token_hex(32))

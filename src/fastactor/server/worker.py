@@ -101,10 +101,11 @@ async def serve(cfg: dict[str, Any]) -> None:
             os.replace(tmp, stats_path)
             await asyncio.sleep(1.0)
 
-    stats_task = loop.create_task(publish_stats())
+    stats_task = loop.create_task(publish_stats()) if cfg.get("admin") else None
     print("ready", flush=True)
     await stop.wait()
-    stats_task.cancel()
+    if stats_task is not None:
+        stats_task.cancel()
     # Drain: stop accepting, let running requests finish, close idle connections.
     for s in servers:
         s.close()
