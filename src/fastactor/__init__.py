@@ -6,12 +6,13 @@ from ._core import (
     ActorStub,
     LogReader,
     Storage,
+    TimerWheel,
     Transaction,
     WriteAheadLog,
     write_file_atomic,
 )
 from ._version import __version__
-from .actor import AlarmInfo, StatefulActor
+from .actor import AlarmInfo, AlarmRetry, StatefulActor
 from .errors import (
     ActorFetchTimeoutError,
     ActorMethodError,
@@ -40,6 +41,7 @@ __all__ = [
     "ActorStub",
     "ActorUnknownMethodError",
     "AlarmInfo",
+    "AlarmRetry",
     "BlockConcurrencyTimeoutError",
     "CodecError",
     "Env",
@@ -54,6 +56,7 @@ __all__ = [
     "Storage",
     "StorageLimitError",
     "Transaction",
+    "TimerWheel",
     "WriteAheadLog",
     "__version__",
     "write_file_atomic",

@@ -8,12 +8,14 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize,
                             PyBytes_GET_SIZE)
-from cpython.object cimport PyObject_GenericGetAttr
-from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from cpython.object cimport PyObject, PyObject_GenericGetAttr
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "Python.h":
     bint PyCoro_CheckExact(object o)
 
+from .includes cimport timerwheel as ctw
 from .includes cimport wal as cwal
 
 import asyncio
@@ -25,10 +27,12 @@ import errno
 import functools
 import heapq
 import logging
+import math
 import os
 import re
 import secrets
 import sqlite3
+import time
 import types
 import uuid
 
@@ -40,6 +44,7 @@ from .errors import (ActorFetchTimeoutError, ActorMethodError, ActorMethodTimeou
                      LogFailedError, StorageLimitError)
 
 include "core/wal.pyx"
+include "core/wheel.pyx"
 include "core/codec.pyx"
 include "core/storage.pyx"
 include "core/dispatcher.pyx"

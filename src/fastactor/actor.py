@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,7 @@ if TYPE_CHECKING:
     from ._core import ActorContext
     from .http import Request, Response
 
-__all__ = ["AlarmInfo", "StatefulActor"]
+__all__ = ["AlarmInfo", "AlarmRetry", "StatefulActor"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,32 @@ class AlarmInfo:
 
     retry_count: int = 0
     is_retry: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRetry:
+    """How a failing alarm is retried: at most ``limit`` times, the n-th retry
+    ``delay * backoff ** (n - 1)`` seconds (at most ``max_delay``) after the failure; then
+    the alarm is deleted. Set ``alarm_retry = AlarmRetry(...)`` on an actor class."""
+
+    limit: int = 3
+    delay: float = 1.0
+    backoff: float = 1.0
+    max_delay: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if type(self.limit) is not int or self.limit < 0:
+            raise ValueError(f"AlarmRetry limit must be an int >= 0, not {self.limit!r}")
+        for name in ("delay", "backoff", "max_delay"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise ValueError(f"AlarmRetry {name} must be a finite number, not {v!r}")
+        if self.delay < 0 or self.backoff < 1 or self.max_delay < 0:
+            raise ValueError("AlarmRetry needs delay >= 0, backoff >= 1 and max_delay >= 0")
+
+    def delay_before(self, retry: int) -> float:
+        """Seconds between the failure and retry number RETRY (1 for the first)."""
+        return float(min(self.delay * self.backoff ** (retry - 1), self.max_delay))
 
 
 class StatefulActor:
@@ -34,6 +61,8 @@ class StatefulActor:
 
     ctx: ActorContext
     env: Any
+    #: How a failing ``alarm`` is retried (default: 3 retries, 1 s apart, then deleted).
+    alarm_retry: AlarmRetry = AlarmRetry()
 
     def __init__(self, ctx: ActorContext, env: Any) -> None:
         self.ctx = ctx
@@ -49,4 +78,4 @@ class StatefulActor:
         return Response.text("not found", status=404)
 
 
-_core._set_actor_base(StatefulActor)
+_core._set_actor_base(StatefulActor, AlarmInfo, AlarmRetry)

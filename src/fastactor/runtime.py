@@ -63,6 +63,7 @@ class Runtime:
         checkpoint_interval: float = 30.0,
         checkpoint_bytes: int = 64 << 20,
         group_delay_us: int = 250,
+        alarm_timeout: float = 900.0,
     ) -> None:
         bindings = (
             dict(actors)
@@ -93,6 +94,7 @@ class Runtime:
             "checkpoint_interval": checkpoint_interval,
             "checkpoint_bytes": checkpoint_bytes,
             "group_delay_us": group_delay_us,
+            "alarm_timeout": alarm_timeout,
         }
         self._shard: _core.Shard | None = None
         self._namespaces: dict[str, _core.ActorNamespace] = {}

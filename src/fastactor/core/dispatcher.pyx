@@ -14,6 +14,7 @@ cdef enum TurnKind:
     KIND_CALL = 0
     KIND_FETCH = 1
     KIND_BLOCK = 2
+    KIND_ALARM = 3
 
 cdef object _MISSING = object()
 cdef object _record_encode = msgspec.msgpack.Encoder().encode
@@ -67,6 +68,7 @@ cdef class _Turn:
     cdef bint poisoned        # a transaction raised: the reply becomes ActorOutputGateError
     cdef bint finished        # the reply is decided
     cdef bint dead            # storage may no longer be used through this turn
+    cdef bint alarm_touched   # set_alarm or delete_alarm was called
     cdef object task
     cdef object timer
 
@@ -144,10 +146,13 @@ cdef class _Turn:
                     break
         merged = {}
         if from_store:
-            for k, v in shard.store.range(inst.key, lo, lo_incl, hi, reverse, limit + extra):
+            # One more than asked: the range may hold the alarm's reserved key.
+            for k, v in shard.store.range(inst.key, lo, lo_incl, hi, reverse,
+                                          limit + extra + 1):
                 merged[k] = v
         for view in reversed(views):
             merged.update(view)
+        merged.pop(ALARM_KEY, None)
         keys = [k for k, v in merged.items() if v is not _ABSENT
                 and (lo is None or (k >= lo if lo_incl else k > lo))
                 and (hi is None or k < hi)
@@ -211,6 +216,13 @@ cdef class ActorContext:
             f.set_result(None)
             return f
         return inst.shard.block_inside_turn(inst, fn)
+
+    def set_alarm(self, when):
+        """``ctx.storage.set_alarm(when)``, done at once: awaiting the result is optional."""
+        _set_alarm(self.storage._turn(), when)
+        f = self._inst.shard.new_future()
+        f.set_result(None)
+        return f
 
     def __repr__(self):
         return f"<ActorContext id={self.id!r}>"
@@ -316,11 +328,22 @@ cdef class ActorNamespace:
 
 
 cdef object _StatefulActorBase = object     # set by fastactor.actor at import
+cdef object _AlarmInfo = None
+cdef object _AlarmRetry = None
 
 
-def _set_actor_base(cls):
-    global _StatefulActorBase
+def _set_actor_base(cls, alarm_info, alarm_retry):
+    global _StatefulActorBase, _AlarmInfo, _AlarmRetry
     _StatefulActorBase = cls
+    _AlarmInfo = alarm_info
+    _AlarmRetry = alarm_retry
+
+
+cdef object _alarm_log = logging.getLogger("fastactor.alarm")
+
+
+cdef inline int64_t _now_ms():
+    return <int64_t>(time.time() * 1000.0)
 
 
 @cython.final
@@ -352,6 +375,13 @@ cdef class Shard:
     cdef object checkpoint_task
     cdef object executor
     cdef dict _stats
+    cdef dict namespaces           # type name -> ActorNamespace
+    cdef TimerWheel wheel          # pending alarms (and alarm retries), by instance key
+    cdef dict alarm_handles        # inst key -> the wheel handle of its pending alarm
+    cdef dict alarm_retries        # inst key -> retries so far of its failing alarm
+    cdef object alarm_timer        # the loop timer armed for the wheel's next due time
+    cdef int64_t alarm_timer_at
+    cdef double alarm_timeout
     cdef uint64_t n_turns
     cdef uint64_t n_commits
     cdef bint closed
@@ -359,7 +389,8 @@ cdef class Shard:
     def __cinit__(self, str data_dir, object env, *, double method_timeout=30.0,
                   double fetch_timeout=30.0, double block_timeout=30.0,
                   double idle_timeout=60.0, double checkpoint_interval=30.0,
-                  uint64_t checkpoint_bytes=64 << 20, uint32_t group_delay_us=0):
+                  uint64_t checkpoint_bytes=64 << 20, uint32_t group_delay_us=0,
+                  double alarm_timeout=900.0):
         self.data_dir = data_dir
         self.env = env
         self.method_timeout = method_timeout
@@ -369,11 +400,16 @@ cdef class Shard:
         self.checkpoint_interval = checkpoint_interval
         self.checkpoint_bytes = checkpoint_bytes
         self.group_delay_us = group_delay_us
+        self.alarm_timeout = alarm_timeout
+        self.namespaces = {}
+        self.alarm_handles = {}
+        self.alarm_retries = {}
         self.instances = {}
         self.dirty = {}
         self.frozen = None
         self._stats = {"activations": 0, "evictions": 0, "checkpoints": 0,
-                       "replayed_records": 0, "replayed_bytes": 0}
+                       "replayed_records": 0, "replayed_bytes": 0, "alarms_run": 0,
+                       "alarm_retries": 0, "alarms_given_up": 0}
 
     def open(self):
         """Opens the snapshot and the log and replays the log's tail into the overlay; the
@@ -410,6 +446,7 @@ cdef class Shard:
                     f"{self.data_dir}: the snapshot holds LSN {applied} but the log starts at "
                     f"LSN {self.wal.first_lsn}: records in between are missing")
             self._replay(applied + 1)
+        self._load_alarms()
         self.executor = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="fastactor-checkpoint")
         self.idle_ticks = 4
@@ -435,10 +472,16 @@ cdef class Shard:
 
     @property
     def stats(self):
-        return {"turns": self.n_turns, "commits": self.n_commits, **self._stats}
+        return {"turns": self.n_turns, "commits": self.n_commits,
+                "alarms_pending": len(self.alarm_handles), **self._stats}
 
     def namespace(self, str type_name, object cls):
-        return ActorNamespace(self, type_name, cls)
+        if type_name in self.namespaces:
+            raise ValueError(f"actor type {type_name!r} is already registered")
+        if not isinstance(getattr(cls, "alarm_retry", None), _AlarmRetry):
+            raise TypeError(f"{type_name}.alarm_retry must be a fastactor.AlarmRetry")
+        ns = self.namespaces[type_name] = ActorNamespace(self, type_name, cls)
+        return ns
 
     # -- calls and turns ----------------------------------------------------------------------
 
@@ -458,18 +501,7 @@ cdef class Shard:
                 kwargs = copy_value(kwargs)
         inst = stub._inst
         if inst is None or inst.evicted:
-            key = ns._prefix + stub.id
-            inst = self.instances.get(key)
-            if inst is None:
-                inst = _Instance.__new__(_Instance)
-                inst.key = key
-                inst.name = stub.id
-                inst.shard = self
-                inst.ns = ns
-                inst.cache = {}
-                self.instances[key] = inst
-                inst.tick = self.tick
-            stub._inst = inst
+            inst = stub._inst = self.instance(ns, stub.id)
         if inst.tick != self.tick:
             del self.instances[inst.key]       # most recently used goes last
             self.instances[inst.key] = inst
@@ -480,13 +512,32 @@ cdef class Shard:
         c.args = args
         c.kwargs = kwargs
         c.fut = self.new_future()
+        self.post(inst, c)
+        return c.fut
+
+    cdef _Instance instance(self, ActorNamespace ns, str name):
+        """The resident entry of NS's instance NAME, made (not activated) if need be."""
+        cdef _Instance inst
+        key = ns._prefix + name
+        inst = self.instances.get(key)
+        if inst is None:
+            inst = _Instance.__new__(_Instance)
+            inst.key = key
+            inst.name = name
+            inst.shard = self
+            inst.ns = ns
+            inst.cache = {}
+            self.instances[key] = inst
+            inst.tick = self.tick
+        return inst
+
+    cdef void post(self, _Instance inst, _Call c) except *:
         if inst.turn is not None or inst.mailbox:
             if inst.mailbox is None:
                 inst.mailbox = collections.deque()
             inst.mailbox.append(c)
         else:
             self.pump(inst, c)
-        return c.fut
 
     cdef void pump(self, _Instance inst, _Call c):
         """Runs calls of INST until its mailbox is empty or a turn suspends."""
@@ -528,9 +579,9 @@ cdef class Shard:
             actor.__init__(ctx, env)
         except BaseException as e:
             inst.blocker = None
-            self.resolve(c.fut, ActorMethodError(
+            self.fail_call(inst, c, ActorMethodError(
                 f"{inst.ns.type_name}.__init__ raised {type(e).__name__}: {e}",
-                type(e).__name__), True)
+                type(e).__name__))
             return False
         finally:
             inst.constructing = False
@@ -555,6 +606,13 @@ cdef class Shard:
                 r = fn(*c.args, **c.kwargs) if c.kwargs else fn(*c.args)
             elif c.kind == KIND_FETCH:
                 r = inst.actor.fetch(*c.args)
+            elif c.kind == KIND_ALARM:
+                if not self.alarm_due(t):
+                    t.dead = True
+                    inst.turn = None
+                    return True
+                retries = self.alarm_retries.get(inst.key, 0)
+                r = inst.actor.alarm(_AlarmInfo(retries, retries > 0))
             else:
                 r = c.args[0]()
         except BaseException as e:
@@ -578,7 +636,8 @@ cdef class Shard:
         t.task.add_done_callback(functools.partial(self._task_done, t))
         t.timer = self.loop.call_later(
             self.method_timeout if c.kind == KIND_CALL else
-            self.fetch_timeout if c.kind == KIND_FETCH else self.block_timeout,
+            self.fetch_timeout if c.kind == KIND_FETCH else
+            self.alarm_timeout if c.kind == KIND_ALARM else self.block_timeout,
             self._timeout, t)
         return False
 
@@ -616,6 +675,9 @@ cdef class Shard:
         elif kind == KIND_FETCH:
             err = ActorFetchTimeoutError(
                 f"{t.inst.ns.type_name}.fetch ran past {self.fetch_timeout:g} s")
+        elif kind == KIND_ALARM:
+            err = ActorMethodTimeoutError(
+                f"{t.inst.ns.type_name}.alarm ran past {self.alarm_timeout:g} s")
         else:
             err = BlockConcurrencyTimeoutError(
                 f"block_concurrency_while of {t.inst.ns.type_name} {t.inst.name!r} ran past "
@@ -630,6 +692,7 @@ cdef class Shard:
         cdef _Instance inst = t.inst
         cdef _Call c = t.call
         cdef bint is_exc
+        cdef bint committed = False
         if t.finished:
             return
         t.finished = True
@@ -649,6 +712,10 @@ cdef class Shard:
             except CodecError as e:
                 exc = value = CodecError(
                     f"the result of {inst.ns.type_name}.{c.method} can not be sent: {e}")
+        if c.kind == KIND_ALARM and exc is None and not t.alarm_touched:
+            # It ran: clear the alarm in the same record as the handler's writes.
+            (<_WriteSet>(t.layers[0] if t.layers is not None else t.top)).puts[ALARM_KEY] = \
+                _ABSENT
         if exc is None:
             try:
                 self.commit(t)
@@ -658,6 +725,7 @@ cdef class Shard:
             except BaseException as e:
                 exc = value = e
             else:
+                committed = True
                 if t.poisoned:
                     exc = value = ActorOutputGateError(
                         "a transaction of this turn raised; its writes were discarded")
@@ -666,6 +734,12 @@ cdef class Shard:
         if c.kind == KIND_BLOCK:
             if is_exc:
                 self.teardown(inst, value)
+            return
+        if c.kind == KIND_ALARM:
+            if not committed:              # (a poisoned turn did commit, and cleared it)
+                self.alarm_failed(inst, value)
+            else:
+                self._stats["alarms_run"] += 1
             return
         if inst.last_lsn <= cwal.fa_wal_durable_lsn(self.wal._w):
             self.resolve(c.fut, value, is_exc)
@@ -676,6 +750,7 @@ cdef class Shard:
         name = type(exc).__name__
         where = (f"{t.inst.ns.type_name}.{t.call.method}" if t.call.kind == KIND_CALL else
                  f"{t.inst.ns.type_name}.fetch" if t.call.kind == KIND_FETCH else
+                 f"{t.inst.ns.type_name}.alarm" if t.call.kind == KIND_ALARM else
                  f"block_concurrency_while of {t.inst.ns.type_name}")
         err = ActorMethodError(f"{where} raised {name}: {exc}", name)
         err.__cause__ = exc
@@ -689,7 +764,14 @@ cdef class Shard:
         inst.cache = {}
         if inst.mailbox:
             while inst.mailbox:
-                self.resolve((<_Call>inst.mailbox.popleft()).fut, err, True)
+                self.fail_call(inst, <_Call>inst.mailbox.popleft(), err)
+
+    cdef void fail_call(self, _Instance inst, _Call c, object err) except *:
+        """C never ran: its caller gets ERR (an alarm counts a failed run)."""
+        if c.kind == KIND_ALARM:
+            self.alarm_failed(inst, err)
+        else:
+            self.resolve(c.fut, err, True)
 
     cdef void resolve(self, object fut, object value, bint is_exc):
         if fut is None or fut.done():
@@ -727,6 +809,9 @@ cdef class Shard:
         if layer is None:
             layer = self.dirty[inst.key] = _Layer()
         layer.apply(ws.cleared, ws.puts)
+        alarm = ws.puts.get(ALARM_KEY, _MISSING)
+        if alarm is not _MISSING:
+            self.arm(inst.key, alarm)
         self.n_commits += 1
         self.bytes_since_checkpoint += len(rec)
         if self.bytes_since_checkpoint >= self.checkpoint_bytes and self.checkpoint_task is None:
@@ -741,6 +826,122 @@ cdef class Shard:
         except asyncio.TimeoutError:
             raise BlockConcurrencyTimeoutError(
                 f"block_concurrency_while ran past {self.block_timeout:g} s") from None
+
+    # -- alarms ------------------------------------------------------------------------------
+    #
+    # The stored alarm (ALARM_KEY) is the truth; the wheel holds one entry per instance with
+    # a pending alarm, or with a failed alarm waiting for its retry. A commit that writes the
+    # key re-arms the instance's entry. When an entry comes due, an alarm call goes through
+    # the instance's mailbox like any call; when its turn starts, the stored alarm must still
+    # be due, else the turn does nothing (it was deleted or moved meanwhile).
+
+    cdef void _load_alarms(self) except *:
+        """Fills the wheel from the snapshot and the replayed tail, activating nothing."""
+        cdef _Layer layer
+        self.wheel = TimerWheel(max(_now_ms(), 0))
+        pending = dict(self.store.alarms())
+        for key, layer in self.dirty.items():
+            v = layer.puts.get(ALARM_KEY, _MISSING)
+            if v is not _MISSING:
+                pending[key] = v
+            elif layer.cleared:                # delete_all keeps an alarm by rewriting it
+                pending.pop(key, None)
+        for key, v in pending.items():
+            if v is not _ABSENT:
+                self.alarm_handles[key] = self.wheel.add(max(<int64_t>decode_value(v), 0), key)
+        self.reschedule()
+
+    cdef void arm(self, str key, object encoded) except *:
+        """The stored alarm of instance KEY became ENCODED (None: deleted)."""
+        h = self.alarm_handles.pop(key, None)
+        if h is not None:
+            self.wheel.cancel(h)
+        self.alarm_retries.pop(key, None)
+        if encoded is not _ABSENT:
+            self.alarm_handles[key] = self.wheel.add(
+                max(<int64_t>decode_value(encoded), 0), key)
+            self.reschedule()
+
+    cdef void reschedule(self) except *:
+        """Arms the loop's one alarm timer for the wheel's next due time."""
+        nxt = self.wheel.next_due()
+        if nxt is None or self.closed:
+            return
+        if self.alarm_timer is not None:
+            if self.alarm_timer_at <= nxt:
+                return
+            self.alarm_timer.cancel()
+        self.alarm_timer_at = nxt
+        # Round up: waking a millisecond early would find nothing due and arm again.
+        self.alarm_timer = self.loop.call_later(max(nxt - _now_ms() + 0.5, 0) / 1000.0,
+                                                self._fire_alarms)
+
+    def _fire_alarms(self):
+        cdef _Call c
+        cdef ActorNamespace ns
+        self.alarm_timer = None
+        if self.closed:
+            return
+        for key in self.wheel.advance(max(_now_ms(), 0)):
+            del self.alarm_handles[key]
+            type_name, name = key.split("\0", 1)
+            ns = self.namespaces.get(type_name)
+            if ns is None:
+                # Its class is not served now; the stored alarm fires after a restart that
+                # serves it again.
+                _alarm_log.warning("%s: alarm of %s %r not run: no such actor type is served",
+                            self.data_dir, type_name, name)
+                continue
+            c = _Call.__new__(_Call)
+            c.kind = KIND_ALARM
+            c.method = "alarm"
+            c.fut = None
+            self.post(self.instance(ns, name), c)
+        self.reschedule()
+
+    cdef bint alarm_due(self, _Turn t) except -1:
+        v = t.read(ALARM_KEY)
+        return v is not _ABSENT and <int64_t>decode_value(v) <= _now_ms()
+
+    cdef void alarm_failed(self, _Instance inst, object err) except *:
+        """The alarm of INST raised, timed out or could not activate it: retry it later as the
+        class's policy says, or give up and delete it."""
+        key = inst.key
+        if key in self.alarm_handles:
+            return                             # moved or set again meanwhile: that one runs
+        policy = getattr(inst.ns.cls, "alarm_retry", None)
+        if policy is None:
+            policy = _AlarmRetry()
+        retries = self.alarm_retries.get(key, 0) + 1
+        if retries > policy.limit:
+            _alarm_log.warning("%s %r: alarm failed %d times, deleting it; last error: %s",
+                        inst.ns.type_name, inst.name, retries, err)
+            self.alarm_retries.pop(key, None)
+            self._stats["alarms_given_up"] += 1
+            self.clear_alarm(inst)
+            return
+        delay = policy.delay_before(retries)
+        _alarm_log.warning("%s %r: alarm failed (%s); retry %d in %g s", inst.ns.type_name,
+                    inst.name, err, retries, delay)
+        self.alarm_retries[key] = retries
+        self._stats["alarm_retries"] += 1
+        self.alarm_handles[key] = self.wheel.add(<int64_t>(_now_ms() + delay * 1000.0), key)
+        self.reschedule()
+
+    cdef void clear_alarm(self, _Instance inst) except *:
+        """Deletes INST's stored alarm in a record of its own."""
+        cdef _Turn t = _Turn.__new__(_Turn)
+        cdef _WriteSet ws = _WriteSet.__new__(_WriteSet)
+        ws.puts = {ALARM_KEY: _ABSENT}
+        t.inst = inst
+        t.top = ws
+        if inst.cache is None:
+            inst.cache = {}
+        try:
+            self.commit(t)
+        except LogFailedError as e:
+            _alarm_log.error("%s %r: could not delete the failed alarm: %s", inst.ns.type_name,
+                      inst.name, e)
 
     # -- reads beyond the instance cache -----------------------------------------------------
 
@@ -849,6 +1050,8 @@ cdef class Shard:
         self.closed = True
         self.sweeper.cancel()
         self.checkpoint_timer.cancel()
+        if self.alarm_timer is not None:
+            self.alarm_timer.cancel()
         while any((<_Instance>i).turn is not None or (<_Instance>i).mailbox
                   for i in self.instances.values()):
             await asyncio.sleep(0.001)
@@ -879,6 +1082,8 @@ cdef class Shard:
         if self.sweeper is not None:
             self.sweeper.cancel()
             self.checkpoint_timer.cancel()
+        if self.alarm_timer is not None:
+            self.alarm_timer.cancel()
         if self.executor is not None:
             self.executor.shutdown(wait=True)
         self.wal._abandon()

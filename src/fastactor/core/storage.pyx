@@ -13,6 +13,12 @@ cdef str RESERVED_PREFIX = "__fastactor_"
 cdef Py_ssize_t MAX_KEY_BYTES = 2048
 cdef Py_ssize_t MAX_VALUE_BYTES = 2 * 1024 * 1024
 cdef Py_ssize_t MAX_LIST_LIMIT = 1000
+# The instance's alarm: a reserved key of its own storage, so setting, deleting and keeping
+# it through delete_all are writes of the turn like any other (one record, one output gate).
+cdef str ALARM_KEY = "__fastactor_alarm"
+cdef int64_t MAX_ALARM_MS = 253402300799999         # 9999-12-31T23:59:59.999Z
+cdef object _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+cdef object _ONE_MS = datetime.timedelta(milliseconds=1)
 # "Known not to exist" in a write set, a cache or a layer. Stored values are always bytes, so
 # None is free for it, and a commit's write set goes into the log record as it is.
 cdef object _ABSENT = None
@@ -38,6 +44,29 @@ cdef bytes encode_stored(object value):
     return data
 
 
+cdef int64_t alarm_time(object when) except? -1:
+    """WHEN (ms since the epoch as int or float, or an aware datetime) as int ms."""
+    if type(when) is bool or not isinstance(when, (int, float, datetime.datetime)):
+        raise TypeError("an alarm time is milliseconds since the epoch (int or float) or an "
+                        f"aware datetime, not {type(when).__name__}")
+    if isinstance(when, datetime.datetime):
+        if when.utcoffset() is None:
+            raise ValueError("an alarm time must be an aware datetime (this one has no "
+                             "time zone)")
+        ms = (when - _EPOCH) // _ONE_MS
+    elif isinstance(when, float):
+        if not math.isfinite(when):
+            raise ValueError(f"an alarm time must be finite, not {when}")
+        ms = math.ceil(when)
+    else:
+        ms = when
+    if ms > MAX_ALARM_MS:
+        raise ValueError(f"alarm time {when!r} is after the year 9999")
+    if ms < -MAX_ALARM_MS:
+        raise ValueError(f"alarm time {when!r} is before the year -9999")
+    return ms
+
+
 # The storage calls proper, shared by ctx.storage and a transaction's txn: T is the turn whose
 # top write set takes the writes.
 
@@ -59,6 +88,32 @@ cdef bint _delete(_Turn t, object key) except -1:
     existed = t.read(key) is not _ABSENT
     t.top.puts[key] = _ABSENT
     return existed
+
+
+cdef int _set_alarm(_Turn t, object when) except -1:
+    t.top.puts[ALARM_KEY] = encode_value(alarm_time(when))
+    t.alarm_touched = True
+    return 0
+
+
+cdef object _get_alarm(_Turn t):
+    v = t.read(ALARM_KEY)
+    return None if v is _ABSENT else decode_value(v)
+
+
+cdef int _delete_alarm(_Turn t) except -1:
+    t.top.puts[ALARM_KEY] = _ABSENT
+    t.alarm_touched = True
+    return 0
+
+
+cdef int _delete_all(_Turn t) except -1:
+    alarm = t.read(ALARM_KEY)              # delete_all leaves the alarm (SPEC 3)
+    t.top.cleared = True
+    t.top.puts = {}
+    if alarm is not _ABSENT:
+        t.top.puts[ALARM_KEY] = alarm
+    return 0
 
 
 @cython.final
@@ -121,6 +176,9 @@ cdef class _Store:
             "CREATE TABLE IF NOT EXISTS kv (inst TEXT NOT NULL, key TEXT NOT NULL, "
             "value BLOB NOT NULL, PRIMARY KEY (inst, key)) WITHOUT ROWID")
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER)")
+        # Pending alarms, found at start without scanning every key.
+        self._db.execute(f"CREATE INDEX IF NOT EXISTS kv_alarms ON kv (inst) "
+                         f"WHERE key = '{ALARM_KEY}'")
         row = self._db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
         self.applied_lsn = row[0] if row else 0
 
@@ -128,6 +186,11 @@ cdef class _Store:
         row = self._db.execute("SELECT value FROM kv WHERE inst = ? AND key = ?",
                                (inst, key)).fetchone()
         return _ABSENT if row is None else row[0]
+
+    cdef list alarms(self):
+        """(inst, encoded time) of every instance with an alarm."""
+        return self._db.execute(
+            f"SELECT inst, value FROM kv WHERE key = '{ALARM_KEY}'").fetchall()
 
     cdef list range(self, str inst, object lo, bint lo_incl, object hi, bint reverse,
                     Py_ssize_t limit):
@@ -200,9 +263,19 @@ cdef class Storage:
         return self._turn().list(prefix, start, start_after, end, reverse, limit)
 
     async def delete_all(self):
-        cdef _Turn t = self._turn()
-        t.top.cleared = True
-        t.top.puts = {}
+        _delete_all(self._turn())
+
+    async def set_alarm(self, when):
+        """Sets the instance's one alarm (replacing any): WHEN is ms since the epoch (int or
+        float) or an aware datetime; a past time fires at once."""
+        _set_alarm(self._turn(), when)
+
+    async def get_alarm(self):
+        """The alarm's time in ms since the epoch, or None."""
+        return _get_alarm(self._turn())
+
+    async def delete_alarm(self):
+        _delete_alarm(self._turn())
 
     def transaction(self, fn=None):
         """``await transaction(fn)`` or ``async with transaction() as txn``: an atomic batch.
@@ -285,3 +358,15 @@ cdef class Transaction:
     async def list(self, prefix=None, start=None, start_after=None, end=None,
                    reverse=False, limit=128):
         return self._t().list(prefix, start, start_after, end, reverse, limit)
+
+    async def delete_all(self):
+        _delete_all(self._t())
+
+    async def set_alarm(self, when):
+        _set_alarm(self._t(), when)
+
+    async def get_alarm(self):
+        return _get_alarm(self._t())
+
+    async def delete_alarm(self):
+        _delete_alarm(self._t())
