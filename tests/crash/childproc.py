@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 def run_and_kill(argv: list[str], on_line: Callable[[str], None], seconds: float) -> str:
@@ -42,3 +44,22 @@ def run_and_kill(argv: list[str], on_line: Callable[[str], None], seconds: float
         assert proc.stdout is not None
         proc.stdout.close()
     return first[0].rstrip("\n")
+
+
+async def report_forever(call: Callable[[random.Random], Awaitable[str]], tasks: int) -> None:
+    """In a child: TASKS tasks loop on CALL and print each acknowledged result as a line
+    (flushed every 2 ms), until the process is killed."""
+    out = sys.stdout
+    print("open", flush=True)
+
+    async def worker() -> None:
+        rnd = random.Random()
+        while True:
+            out.write(await call(rnd) + "\n")
+
+    async def flusher() -> None:
+        while True:
+            await asyncio.sleep(0.002)
+            out.flush()
+
+    await asyncio.gather(flusher(), *(worker() for _ in range(tasks)))

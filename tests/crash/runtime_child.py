@@ -1,11 +1,11 @@
 """Crash-test child: a Runtime under load. Deposits 1 into accounts from many tasks and prints
 "NAME TOTAL" for every acknowledged deposit, until it is killed. Checkpoints run often."""
 
-import asyncio
 import random
 import sys
 
 import uvloop
+from childproc import report_forever
 
 from fastactor import Runtime, StatefulActor
 
@@ -21,22 +21,12 @@ class Counter(StatefulActor):
 async def main(path: str, tasks: int, names: int) -> None:
     async with Runtime(path, [Counter], checkpoint_interval=0.05, idle_timeout=0.2) as rt:
         ns = rt.namespace("Counter")
-        out = sys.stdout
-        print("open", flush=True)
 
-        async def worker() -> None:
-            rnd = random.Random()
-            while True:
-                name = f"c{rnd.randrange(names)}"
-                total = await ns.id_from_name(name).add(1)
-                out.write(f"{name} {total}\n")
+        async def add(rnd: random.Random) -> str:
+            name = f"c{rnd.randrange(names)}"
+            return f"{name} {await ns.id_from_name(name).add(1)}"
 
-        async def flusher() -> None:
-            while True:
-                await asyncio.sleep(0.002)
-                out.flush()
-
-        await asyncio.gather(flusher(), *(worker() for _ in range(tasks)))
+        await report_forever(add, tasks)
 
 
 if __name__ == "__main__":

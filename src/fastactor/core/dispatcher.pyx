@@ -473,7 +473,9 @@ cdef class Shard:
     @property
     def stats(self):
         return {"turns": self.n_turns, "commits": self.n_commits,
-                "alarms_pending": len(self.alarm_handles), **self._stats}
+                "alarms_pending": len(self.alarm_handles),
+                "alarm_wheel_bytes": self.wheel.memory if self.wheel is not None else 0,
+                **self._stats}
 
     def namespace(self, str type_name, object cls):
         if type_name in self.namespaces:
@@ -838,17 +840,22 @@ cdef class Shard:
     cdef void _load_alarms(self) except *:
         """Fills the wheel from the snapshot and the replayed tail, activating nothing."""
         cdef _Layer layer
-        self.wheel = TimerWheel(max(_now_ms(), 0))
-        pending = dict(self.store.alarms())
+        cdef TimerWheel wheel = TimerWheel(max(_now_ms(), 0))
+        cdef dict handles = self.alarm_handles
+        cdef dict replayed = {}                # the log's tail overrides the snapshot
         for key, layer in self.dirty.items():
             v = layer.puts.get(ALARM_KEY, _MISSING)
             if v is not _MISSING:
-                pending[key] = v
+                replayed[key] = v
             elif layer.cleared:                # delete_all keeps an alarm by rewriting it
-                pending.pop(key, None)
-        for key, v in pending.items():
+                replayed[key] = _ABSENT
+        for key, v in self.store.alarms():
+            if key not in replayed:
+                handles[key] = wheel.add(max(<int64_t>decode_value(v), 0), key)
+        for key, v in replayed.items():
             if v is not _ABSENT:
-                self.alarm_handles[key] = self.wheel.add(max(<int64_t>decode_value(v), 0), key)
+                handles[key] = wheel.add(max(<int64_t>decode_value(v), 0), key)
+        self.wheel = wheel
         self.reschedule()
 
     cdef void arm(self, str key, object encoded) except *:

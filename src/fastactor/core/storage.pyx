@@ -176,8 +176,8 @@ cdef class _Store:
             "CREATE TABLE IF NOT EXISTS kv (inst TEXT NOT NULL, key TEXT NOT NULL, "
             "value BLOB NOT NULL, PRIMARY KEY (inst, key)) WITHOUT ROWID")
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER)")
-        # Pending alarms, found at start without scanning every key.
-        self._db.execute(f"CREATE INDEX IF NOT EXISTS kv_alarms ON kv (inst) "
+        # Pending alarms, read at start from this index alone (it holds their values).
+        self._db.execute(f"CREATE INDEX IF NOT EXISTS kv_alarms ON kv (inst, value) "
                          f"WHERE key = '{ALARM_KEY}'")
         row = self._db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
         self.applied_lsn = row[0] if row else 0
@@ -187,10 +187,9 @@ cdef class _Store:
                                (inst, key)).fetchone()
         return _ABSENT if row is None else row[0]
 
-    cdef list alarms(self):
-        """(inst, encoded time) of every instance with an alarm."""
-        return self._db.execute(
-            f"SELECT inst, value FROM kv WHERE key = '{ALARM_KEY}'").fetchall()
+    cdef object alarms(self):
+        """(inst, encoded time) of every instance with an alarm, as a cursor."""
+        return self._db.execute(f"SELECT inst, value FROM kv WHERE key = '{ALARM_KEY}'")
 
     cdef list range(self, str inst, object lo, bint lo_incl, object hi, bint reverse,
                     Py_ssize_t limit):

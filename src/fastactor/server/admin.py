@@ -18,6 +18,9 @@ _COUNTERS = [
     ("activations", "fastactor_activations_total", "instances activated"),
     ("evictions", "fastactor_evictions_total", "idle instances evicted"),
     ("checkpoints", "fastactor_checkpoints_total", "snapshots written"),
+    ("alarms_run", "fastactor_alarms_run_total", "alarm handlers that succeeded"),
+    ("alarm_retries", "fastactor_alarm_retries_total", "failed alarm runs retried"),
+    ("alarms_given_up", "fastactor_alarms_given_up_total", "alarms deleted after retries"),
 ]
 
 
@@ -34,6 +37,8 @@ def render_metrics(stats: list[dict[str, Any] | None]) -> str:
         out.extend(f'{name}{{worker="{i}"}} {s.get(key, 0)}' for i, s in live)
     family("fastactor_instances_resident", "gauge", "instances in memory")
     out.extend(f'fastactor_instances_resident{{worker="{i}"}} {s["resident"]}' for i, s in live)
+    family("fastactor_alarms_pending", "gauge", "alarms set and not yet run")
+    out.extend(f'fastactor_alarms_pending{{worker="{i}"}} {s["alarms_pending"]}' for i, s in live)
     family("fastactor_http_connections", "gauge", "open HTTP connections")
     out.extend(f'fastactor_http_connections{{worker="{i}"}} {s["connections"]}' for i, s in live)
     family("fastactor_commit_batches_total", "counter", "log write + fdatasync rounds")
