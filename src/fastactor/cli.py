@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .errors import FastactorError
 from .manifest import ManifestError, load_function, resolve
+from .server.layout import Layout, prepare
 
 __all__ = ["main"]
 
@@ -206,24 +208,26 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     data = str(Path(args.data).resolve())
     os.makedirs(os.path.join(data, "run"), exist_ok=True)
-    layout = Path(data) / "layout.json"
-    if layout.exists():
-        had = json.loads(layout.read_text())["workers"]
-        if had != args.workers:
-            print(
-                f"fastactor: {layout}: this data directory is split over {had} workers; "
-                f"serve it with --workers {had}",
-                file=sys.stderr,
-            )
-            return 2
-    else:
-        layout.write_text(json.dumps({"workers": args.workers}))
+
+    def moving(old: Layout, new: Layout) -> None:
+        print(
+            f"fastactor: {data}: moving instances from {old.workers} to {new.workers} shards",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        layout = prepare(Path(data), args.workers, moving)
+    except (ValueError, OSError, FastactorError) as e:
+        print(f"fastactor: {e}", file=sys.stderr)
+        return 2
     cfg = {
         "dirs": dirs,
         "host": args.host,
         "port": args.port,
         "workers": args.workers,
         "data": data,
+        "shards": [str(d) for d in layout.shard_dirs(Path(data))],
         "admin": args.admin_port is not None,  # workers publish stats only for /metrics
     }
     sup = Supervisor(cfg)

@@ -10,15 +10,16 @@ from typing import Any
 import msgspec
 
 from ._core import LogReader, decode_value
+from .server.layout import read_layout
 
 __all__ = ["stored_state"]
 
 
 def _shards(data: Path) -> list[Path]:
-    shards = sorted(p for p in data.glob("shard-*") if p.is_dir())
-    if (data / "state.sqlite3").exists():  # a Runtime's own directory
-        shards.append(data)
-    return shards
+    layout = read_layout(data)
+    if layout is not None:  # served by `fastactor serve`
+        return [d for d in layout.shard_dirs(data) if d.is_dir()]
+    return [data] if (data / "state.sqlite3").exists() else []  # a Runtime's own directory
 
 
 def stored_state(data: str | Path) -> dict[tuple[str, str], dict[str, Any]]:

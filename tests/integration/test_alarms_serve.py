@@ -64,3 +64,17 @@ def test_alarms_survive_kill_9_of_the_tree(serve: Callable[..., Server], tmp_pat
         assert got["at"] >= d
     # Delivered exactly once each here (the handler's writes and the clear are one record).
     assert all(len(shown[n]["delivered"]) == 1 for n in now_names)
+
+
+def test_alarms_move_with_their_instances(serve: Callable[..., Server], tmp_path: Path) -> None:
+    data = tmp_path / "moving"
+    s = serve(REMINDERS, data=data, workers=2)
+    names = [f"u{i}" for i in range(12)]
+    due = {n: remind(s.urls[0], n, 1500, n).json()["due"] for n in names}
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(60) == 0
+    (url,) = serve(REMINDERS, data=data, workers=1).urls
+    shown = wait_delivered(url, names, 1)
+    for n in names:
+        (got,) = shown[n]["delivered"]
+        assert got["text"] == n and got["at"] >= due[n]

@@ -286,3 +286,38 @@ def test_actors_commands_show_what_is_stored(serve: Callable[..., Server], tmp_p
         assert s.proc.wait(60) == 0
     assert run_cli("actors", "instances", "Nope", "--data", str(data)).returncode == 1
     assert run_cli("actors", "list", "--data", str(tmp_path / "missing")).returncode == 2
+
+
+def test_other_worker_counts_move_the_instances(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    data = tmp_path / "moving"
+    names = [f"m{i}" for i in range(40)]
+    s = serve(ACCOUNT, data=data, workers=2)
+    expected = {n: i + 1 for i, n in enumerate(names)}
+    for n, amount in expected.items():
+        assert post(f"{s.urls[0]}/accounts/{n}/deposit", amount).status_code == 200
+    for workers in (3, 1, 2):
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(60) == 0
+        (data / "gen-99").mkdir()  # what a move cut short would leave
+        s = serve(ACCOUNT, data=data, workers=workers)
+        assert any("moving instances" in line for line in s.lines), s.lines
+        assert not (data / "gen-99").exists()
+        (url,) = s.urls
+        for n in names:
+            assert httpx.get(f"{url}/accounts/{n}").json()["balance"] == expected[n], workers
+            assert post(f"{url}/accounts/{n}/deposit", 1).status_code == 200
+            expected[n] += 1
+    listed = run_cli("actors", "instances", "Account", "--data", str(data)).stdout.split()
+    assert sorted(listed) == sorted(names)
+    kept = sorted(p.name for p in data.iterdir() if p.name.startswith(("gen-", "shard-")))
+    assert kept == ["gen-3"]
+
+
+def test_a_damaged_layout_stops_start_up(serve: Callable[..., Server], tmp_path: Path) -> None:
+    data = tmp_path / "bad-layout"
+    data.mkdir()
+    (data / "layout.json").write_text("{not json")
+    r = run_cli("serve", str(ACCOUNT), "--data", str(data), "--port", str(free_ports(1)))
+    assert r.returncode == 2 and "layout.json" in r.stderr

@@ -11,19 +11,15 @@ import struct
 from typing import Any
 
 from .. import errors
-from .._core import ActorNamespace, ActorStub, crc32c, decode_value, encode_value
+from .._core import ActorNamespace, ActorStub, decode_value, encode_value
 from ..http import Request, Response
+from .layout import owner_of
 
-__all__ = ["Channel", "RoutedNamespace", "owner_of", "serve_calls"]
+__all__ = ["Channel", "RoutedNamespace", "serve_calls"]
 
 log = logging.getLogger("fastactor.ipc")
 _LEN = struct.Struct(">I")
 KIND_CALL, KIND_FETCH = 0, 1
-
-
-def owner_of(account: str, type_: str, name: str, workers: int) -> int:
-    """The worker that owns an instance: a stable hash of account, type and name."""
-    return crc32c(f"{account}\0{type_}\0{name}".encode()) % workers
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> Any:
