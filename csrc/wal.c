@@ -872,6 +872,8 @@ flusher_main(void *arg)
         atomic_fetch_add(&w->batches, 1);
         last_batch = last - first + 1;
         account(w, last_batch, nbytes, now_us() - t0);
+        w->stats.seg_seqno = w->segs.v[w->segs.n - 1].seqno;
+        w->stats.seg_synced = w->seg_off;
         pthread_cond_broadcast(&w->done_cv);
         pthread_mutex_unlock(&w->mu);
         notify(w);
@@ -1077,7 +1079,15 @@ fa_wal_open(const char *dir, const fa_wal_options *opts, fa_wal **out, fa_wal_re
         w->next_lsn = 1;
     } else if ((rc = recover_tail(w, rec, err, errlen)) < 0) {
         goto fail;
+    } else if (fa_fdatasync(w->segfd) < 0) {
+        /* A process killed between a write and its fdatasync leaves records that are valid
+         * but only in the page cache: make them durable before anything depends on them. */
+        rc = -errno;
+        set_err(err, errlen, "%s: cannot fdatasync the last segment", dir);
+        goto fail;
     }
+    w->stats.seg_seqno = w->segs.v[w->segs.n - 1].seqno;
+    w->stats.seg_synced = w->seg_off;
     w->first_lsn = w->segs.v[0].first_lsn;
     w->fill_first = w->next_lsn;
     atomic_store(&w->durable_lsn, w->next_lsn - 1);

@@ -165,6 +165,8 @@ typedef struct fa_wal_stats {
     uint64_t bytes;                          /* bytes written to segments (records only) */
     uint64_t flush_us_sum;                   /* total µs spent in write + fdatasync */
     uint64_t flush_us_count[FA_WAL_LATENCY_BUCKETS];  /* per bucket, not cumulative */
+    uint64_t seg_seqno;                      /* the segment being written ... */
+    uint64_t seg_synced;                     /* ... and its bytes known durable */
 } fa_wal_stats;
 
 extern const uint32_t fa_wal_latency_bounds_us[FA_WAL_LATENCY_BUCKETS - 1];

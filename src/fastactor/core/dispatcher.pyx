@@ -340,6 +340,7 @@ def _set_actor_base(cls, alarm_info, alarm_retry):
 
 
 cdef object _alarm_log = logging.getLogger("fastactor.alarm")
+cdef object _shard_log = logging.getLogger("fastactor.shard")
 
 
 cdef inline int64_t _now_ms():
@@ -817,7 +818,7 @@ cdef class Shard:
         self.n_commits += 1
         self.bytes_since_checkpoint += len(rec)
         if self.bytes_since_checkpoint >= self.checkpoint_bytes and self.checkpoint_task is None:
-            self.checkpoint_task = self.loop.create_task(self.checkpoint())
+            self.start_checkpoint()
 
     def block_inside_turn(self, _Instance inst, fn):
         return self._block_inside_turn(inst, fn)
@@ -1009,9 +1010,19 @@ cdef class Shard:
         if self.closed:
             return
         if self.dirty and self.checkpoint_task is None:
-            self.checkpoint_task = self.loop.create_task(self.checkpoint())
+            self.start_checkpoint()
         self.checkpoint_timer = self.loop.call_later(self.checkpoint_interval,
                                                      self._periodic_checkpoint)
+
+    cdef void start_checkpoint(self) except *:
+        self.checkpoint_task = self.loop.create_task(self.checkpoint())
+        self.checkpoint_task.add_done_callback(self._checkpoint_done)
+
+    def _checkpoint_done(self, task):
+        if task.cancelled() or task.exception() is None or self.closed:
+            return
+        _shard_log.warning("%s: checkpoint failed (the log's records stay): %s",
+                           self.data_dir, task.exception())
 
     async def checkpoint(self):
         """Writes the committed overlay into the snapshot, then drops the log segments it

@@ -254,13 +254,15 @@ cdef class WriteAheadLog:
     def stats(self):
         """Counters since open: batches, records, bytes written, and the latency of each
         write + fdatasync as a histogram: ``flush_us`` maps each bucket's upper bound in
-        µs (the last is inf) to its count, not cumulative."""
+        µs (the last is inf) to its count, not cumulative; ``segment`` (the file being
+        written) and ``segment_synced`` (how many of its bytes are known durable)."""
         cdef cwal.fa_wal_stats st
         self._check_open()
         cwal.fa_wal_get_stats(self._w, &st)
         bounds = [cwal.fa_wal_latency_bounds_us[i] for i in range(11)] + [float("inf")]
         return {"batches": st.batches, "records": st.records, "bytes": st.bytes,
                 "flush_us_sum": st.flush_us_sum,
+                "segment": f"wal-{st.seg_seqno:016x}.log", "segment_synced": st.seg_synced,
                 "flush_us": {b: st.flush_us_count[i] for i, b in enumerate(bounds)}}
 
     @property

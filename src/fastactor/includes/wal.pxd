@@ -35,6 +35,8 @@ cdef extern from "wal.h" nogil:
         uint64_t bytes
         uint64_t flush_us_sum
         uint64_t flush_us_count[12]
+        uint64_t seg_seqno
+        uint64_t seg_synced
 
     ctypedef struct fa_wal_record:
         uint64_t lsn
