@@ -2,7 +2,7 @@
 PYTHON ?= python
 LIBASAN := $(shell gcc -print-file-name=libasan.so)
 
-.PHONY: build debug asan tsan test bench lint clean
+.PHONY: build debug asan tsan test bench fuzz powerloss lint clean
 
 build:
 	$(PYTHON) -m pip install .
@@ -35,6 +35,23 @@ test:
 bench:
 	$(PYTHON) benchmarks/bench_wal.py
 	$(PYTHON) benchmarks/bench_dispatch.py
+	$(PYTHON) benchmarks/bench_alarms.py
+
+# Each fuzzer for FUZZ_SECONDS (or FUZZ_RUNS executions), new inputs kept under build/fuzz.
+FUZZ_SECONDS ?= 300
+FUZZ_RUNS ?= -1
+fuzz:
+	for t in wal http codec; do \
+		mkdir -p build/fuzz/$$t && \
+		$(PYTHON) tests/fuzz/fuzz_$$t.py build/fuzz/$$t tests/fuzz/corpus/$$t \
+			-max_total_time=$(FUZZ_SECONDS) -runs=$(FUZZ_RUNS) -print_final_stats=1 \
+			|| exit 1; \
+	done
+
+# The power-loss simulation (RELIABILITY.md).
+CRASHES ?= 10000
+powerloss:
+	$(PYTHON) tests/reliability/powerloss.py --crashes $(CRASHES) --data build/powerloss
 
 lint:
 	$(PYTHON) -m ruff check src tests benchmarks examples

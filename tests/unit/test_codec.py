@@ -12,6 +12,7 @@ from collections import OrderedDict, namedtuple
 from enum import IntEnum
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -190,6 +191,22 @@ def test_coroutines_and_files_and_cycles_are_refused(tmp_path: Any) -> None:
 def test_corrupt_bytes_are_a_codec_error() -> None:
     with pytest.raises(CodecError):
         decode_value(b"\xc1")
+    enc = msgspec.msgpack.encode
+    # Extension values no encoder wrote (found by tests/fuzz/fuzz_codec.py): each of them a
+    # CodecError, never another exception.
+    for code, payload in [
+        (6, b"202--01-02T03:04:05+00:00"),  # datetime
+        (7, b"\xff"),  # date, not UTF-8
+        (9, enc([1, 2])),  # timedelta, too few fields
+        (10, b"not a number"),  # Decimal
+        (11, b"short"),  # UUID
+        (12, enc(["(", 0])),  # re.Pattern that does not compile
+        (3, enc([[1]])),  # a set of a list
+        (5, enc([[1], 2])),  # a dict keyed by a list
+        (99, b""),  # unknown
+    ]:
+        with pytest.raises(CodecError):
+            decode_value(enc(msgspec.msgpack.Ext(code, payload)))
 
 
 scalars = (

@@ -141,7 +141,12 @@ cdef object _ext_hook(int code, object data):
 
 
 def _ext_hook_py(code, data):
-    return _ext_hook(code, data)
+    try:
+        return _ext_hook(code, data)
+    except CodecError:
+        raise
+    except Exception as e:            # bytes no encoder wrote: a clear error, never another
+        raise CodecError(f"bad value of codec extension type {code}: {e}") from None
 
 
 cdef object _decoder = msgspec.msgpack.Decoder(ext_hook=_ext_hook_py)
@@ -163,7 +168,9 @@ cpdef object decode_value(object data):
     """The value encode_value encoded (a fresh copy each time)."""
     try:
         return _decode(data)
-    except msgspec.DecodeError as e:
+    except CodecError:
+        raise
+    except (msgspec.DecodeError, TypeError, ValueError, RecursionError) as e:
         raise CodecError(f"cannot decode a stored value: {e}") from None
 
 

@@ -1,0 +1,106 @@
+"""Fuzzes the HTTP front: any bytes, split into any chunks, sent on one connection. No
+exception escapes the protocol or its task, every request that arrived whole gets an answer or
+the connection closes after a refusal, every answer is a well-formed HTTP/1.1 response.
+
+    python tests/fuzz/fuzz_http.py tests/fuzz/corpus/http -max_total_time=60
+"""
+
+import asyncio
+import re
+import sys
+from typing import Any
+
+import atheris
+
+with atheris.instrument_imports():
+    import uvloop
+
+    from fastactor import Request, Response
+    from fastactor.server.http import HttpProtocol, Limits
+
+STATUS = re.compile(rb"HTTP/1\.1 [1-5][0-9][0-9] [^\r\n]*\r\n")
+LOOP = uvloop.new_event_loop()
+ERRORS: list[Any] = []
+LOOP.set_exception_handler(lambda loop, ctx: ERRORS.append(ctx))
+LIMITS = Limits(body=4096, headers=2048, fetch_timeout=5.0)
+
+
+class Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed, "write after close"
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+async def fetch(req: Request, env: Any) -> Response:
+    # Touch every part of the request the way a function would.
+    body = await req.body()
+    _ = (req.method, req.path, req.url, dict(req.query), list(req.headers.items()))
+    if req.path.startswith("/json"):
+        try:
+            await req.json()
+        except ValueError:
+            return Response.json({"error": "bad json"}, 400)
+    return Response.json({"path": req.path, "n": len(body)})
+
+
+def check_responses(out: bytes) -> int:
+    n = 0
+    while out:
+        m = STATUS.match(out)
+        assert m, out[:200]
+        head_end = out.index(b"\r\n\r\n") + 4
+        length = int(re.search(rb"content-length: (\d+)\r\n", out[:head_end]).group(1))
+        out = out[head_end + length :]
+        n += 1
+    return n
+
+
+def test_one_input(data: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(data)
+    chunks = []
+    while fdp.remaining_bytes():
+        chunks.append(fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, 512)))
+
+    async def run() -> None:
+        t = Transport()
+        p = HttpProtocol(fetch, None, LIMITS, "http://fuzz", set(), {"requests": 0})
+        p.connection_made(t)
+        for c in chunks:
+            p.data_received(c)
+            await asyncio.sleep(0)
+        for _ in range(50):  # let queued requests be answered
+            if not p.queue and not p.busy:
+                break
+            await asyncio.sleep(0)
+        assert not p.queue or p.busy or t.closed, "requests left unanswered"
+        answered = check_responses(bytes(t.out))
+        assert answered <= p.counters["requests"] + 1
+        p.connection_lost(None)
+        await asyncio.sleep(0)
+        if p.worker is not None and not p.worker.done():
+            p.worker.cancel()
+            try:
+                await p.worker
+            except asyncio.CancelledError:
+                pass
+        if p.idle_handle is not None:
+            p.idle_handle.cancel()
+
+    LOOP.run_until_complete(run())
+    assert not ERRORS, ERRORS
+
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
