@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def actors(args: argparse.Namespace) -> int:
+    from ._core import STORAGE_ALARM_KEY
     from .errors import LogCorruptionError
     from .inspect_data import stored_state
 
@@ -284,7 +285,12 @@ def actors(args: argparse.Namespace) -> int:
         if args.what == "instances":
             print(name)
         else:
-            print(json.dumps({"id": name, "storage": state[(args.type, name)]}, default=repr))
+            stored = dict(state[(args.type, name)])
+            shown: dict[str, Any] = {"id": name, "storage": stored}
+            alarm = stored.pop(STORAGE_ALARM_KEY, None)
+            if alarm is not None:
+                shown["alarm"] = alarm  # ms since the epoch
+            print(json.dumps(shown, default=repr))
     return 0
 
 

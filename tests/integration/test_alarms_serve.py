@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from conftest import EXAMPLES, Server
+from conftest import EXAMPLES, Server, run_cli
 
 REMINDERS = EXAMPLES / "reminders"
 
@@ -29,14 +29,18 @@ def wait_delivered(url: str, names: list[str], count: int, timeout: float = 15) 
         time.sleep(0.1)
 
 
-def test_reminders_fire_on_every_worker(serve: Callable[..., Server]) -> None:
-    (url,) = serve(REMINDERS).urls
+def test_reminders_fire_on_every_worker(serve: Callable[..., Server], tmp_path: Path) -> None:
+    data = tmp_path / "fire"
+    (url,) = serve(REMINDERS, data=data).urls
     names = [f"u{i}" for i in range(12)]
     due = {n: remind(url, n, 300, f"for {n}").json()["due"] for n in names}
     shown = wait_delivered(url, names, 1)
     for n, s in shown.items():
         (d,) = s["delivered"]
         assert d["text"] == f"for {n}" and d["at"] >= due[n] and s["alarm"] is None
+    due_later = remind(url, "u0", 3_600_000, "later").json()["due"]
+    shown_cli = run_cli("actors", "inspect", "Inbox", "--data", str(data))
+    assert f'"alarm": {due_later}' in shown_cli.stdout
     assert remind(url, "u0", "soon").status_code == 400
     assert remind(url, "u0", -5).status_code == 400
     assert httpx.get(f"{url}/inboxes/u0").json()["pending"] == 0

@@ -203,6 +203,8 @@ def test_corrupt_bytes_are_a_codec_error() -> None:
         (12, enc(["(", 0])),  # re.Pattern that does not compile
         (3, enc([[1]])),  # a set of a list
         (5, enc([[1], 2])),  # a dict keyed by a list
+        (5, enc([1, 0, 5])),  # a dict of an odd number of items (read past the end before)
+        (5, enc(7)),  # a dict that is not a list
         (99, b""),  # unknown
     ]:
         with pytest.raises(CodecError):

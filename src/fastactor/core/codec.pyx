@@ -120,7 +120,10 @@ cdef object _ext_hook(int code, object data):
         return frozenset(_decode(data))
     if code == EXT_DICT:
         flat = _decode(data)
-        return {flat[j]: flat[j + 1] for j in range(0, len(flat), 2)}
+        # Checked before indexing: this module indexes without bounds checks.
+        if type(flat) is not list or len(<list>flat) % 2:
+            raise CodecError("a dict extension value must be a flat list of pairs")
+        return {flat[j]: flat[j + 1] for j in range(0, len(<list>flat), 2)}
     if code == EXT_DATETIME:
         return _datetime.fromisoformat(bytes(data).decode())
     if code == EXT_DATE:

@@ -16,6 +16,7 @@ cdef Py_ssize_t MAX_LIST_LIMIT = 1000
 # The instance's alarm: a reserved key of its own storage, so setting, deleting and keeping
 # it through delete_all are writes of the turn like any other (one record, one output gate).
 cdef str ALARM_KEY = "__fastactor_alarm"
+STORAGE_ALARM_KEY = ALARM_KEY                        # for readers of the files
 cdef int64_t MAX_ALARM_MS = 253402300799999         # 9999-12-31T23:59:59.999Z
 cdef object _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 cdef object _ONE_MS = datetime.timedelta(milliseconds=1)
