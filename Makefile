@@ -45,6 +45,7 @@ fuzz:
 		mkdir -p build/fuzz/$$t && \
 		$(PYTHON) tests/fuzz/fuzz_$$t.py build/fuzz/$$t tests/fuzz/corpus/$$t \
 			-max_total_time=$(FUZZ_SECONDS) -runs=$(FUZZ_RUNS) -print_final_stats=1 \
+			-artifact_prefix=build/fuzz/$$t- \
 			|| exit 1; \
 	done
 

@@ -21,6 +21,7 @@ def test_fuzzer_runs_clean(target: str, tmp_path: Path) -> None:
             str(tmp_path),  # new inputs go here, not into the repository's seeds
             str(HERE / "corpus" / target),
             "-max_total_time=4",
+            f"-artifact_prefix={tmp_path}/",  # a crashing input is kept here
             "-print_final_stats=1",
         ],
         capture_output=True,

@@ -39,8 +39,10 @@ class Server:
         self.lines = lines
 
     def workers(self) -> list[int]:
+        # pgrep hangs with libasan preloaded (make asan): run it without.
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
         out = subprocess.run(
-            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
+            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, env=env
         ).stdout
         return [int(x) for x in out.split()]
 

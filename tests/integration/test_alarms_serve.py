@@ -38,7 +38,7 @@ def test_reminders_fire_on_every_worker(serve: Callable[..., Server], tmp_path: 
     for n, s in shown.items():
         (d,) = s["delivered"]
         assert d["text"] == f"for {n}" and d["at"] >= due[n] and s["alarm"] is None
-    due_later = remind(url, "u0", 3_600_000, "later").json()["due"]
+    due_later = remind(url, "later", 3_600_000, "in an hour").json()["due"]
     shown_cli = run_cli("actors", "inspect", "Inbox", "--data", str(data))
     assert f'"alarm": {due_later}' in shown_cli.stdout
     assert remind(url, "u0", "soon").status_code == 400
