@@ -20,6 +20,7 @@ from .includes cimport wal as cwal
 
 import asyncio
 import collections
+import collections.abc
 import concurrent.futures
 import datetime
 import decimal
@@ -34,8 +35,10 @@ import secrets
 import sqlite3
 import time
 import types
+import urllib.parse
 import uuid
 
+import httptools
 import msgspec
 
 from .errors import (ActorFetchTimeoutError, ActorMethodError, ActorMethodTimeoutError,
@@ -48,3 +51,5 @@ include "core/wheel.pyx"
 include "core/codec.pyx"
 include "core/storage.pyx"
 include "core/dispatcher.pyx"
+include "core/http.pyx"
+include "core/channel.pyx"

@@ -88,12 +88,6 @@ def test_one_input(data: bytes) -> None:
         assert answered <= p.counters["requests"] + 1
         p.connection_lost(None)
         await asyncio.sleep(0)
-        if p.worker is not None and not p.worker.done():
-            p.worker.cancel()
-            try:
-                await p.worker
-            except asyncio.CancelledError:
-                pass
         if p.idle_handle is not None:
             p.idle_handle.cancel()
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
+import pytest
 import uvloop
 
 from fastactor import Request, Response
@@ -83,3 +85,136 @@ def test_connections_over_the_cap_get_503() -> None:
 
     first, second = uvloop.run(go())
     assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 503")
+
+
+def test_fetch_runs_as_the_current_task_so_asyncio_timeout_works() -> None:
+    seen: list[bool] = []
+
+    async def fetch(req: Request, env: Any) -> Response:
+        seen.append(asyncio.current_task() is not None)  # the eager first step
+        try:
+            async with asyncio.timeout(0.05):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            pass
+        seen.append(asyncio.current_task() is not None)  # after real suspensions
+        await asyncio.sleep(0)  # a bare yield resumes on the next iteration
+        async with asyncio.timeout(5):
+            await asyncio.sleep(0.001)
+        return Response.text("timed")
+
+    payload = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    data = uvloop.run(_serve_once(fetch, Limits(), payload))
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"timed")
+    assert seen == [True, True]
+
+
+def test_pipelined_requests_are_answered_in_order_when_fetches_suspend() -> None:
+    async def fetch(req: Request, env: Any) -> Response:
+        n = int(req.query["n"])
+        await asyncio.sleep(0.02 if n % 2 == 0 else 0)  # even ones suspend longer
+        return Response.text(f"<{n}>")
+
+    payload = b"".join(f"GET /?n={n} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for n in range(6))
+    payload += b"GET /?n=6 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    data = uvloop.run(_serve_once(fetch, Limits(), payload))
+    assert data.count(b"HTTP/1.1 200") == 7
+    bodies = [data.index(f"<{n}>".encode()) for n in range(7)]
+    assert bodies == sorted(bodies)
+
+
+def test_fetch_errors_become_500_and_the_connection_goes_on() -> None:
+    async def fetch(req: Request, env: Any) -> Any:
+        if req.path == "/raise":
+            await asyncio.sleep(0)
+            raise KeyError("nope")
+        if req.path == "/none":
+            return None
+        if req.path == "/cancel":
+            raise asyncio.CancelledError()
+        return Response.text("fine")
+
+    payload = (
+        b"GET /raise HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"GET /none HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"GET /cancel HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    data = uvloop.run(_serve_once(fetch, Limits(), payload))
+    statuses = re.findall(rb"HTTP/1\.1 (\d\d\d) ", data)
+    assert statuses == [b"500", b"500", b"503", b"200"]
+    assert b'"error":"KeyError"' in data and data.endswith(b"fine")
+
+
+def test_request_from_the_wire_matches_request_from_a_url() -> None:
+    targets = [
+        "/",
+        "/a/b",
+        "/a/b?x=1&y=2",
+        "/a?",
+        "/a?x=1#frag",
+        "/a#f?x",
+        "//double/slash",
+        "/%20sp?q=%20",
+        "*",
+        "http://other:9/p?q=1",
+    ]
+    got: list[tuple[str, str, dict[str, str], str]] = []
+
+    async def fetch(req: Request, env: Any) -> Response:
+        got.append((req.url, req.path, req.query, req.method))
+        return Response.text("ok")
+
+    payload = (
+        b"".join(f"OPTIONS {t} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for t in targets)
+        + b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    uvloop.run(_serve_once(fetch, Limits(), payload))
+    assert len(got) == len(targets) + 1
+    for t, (url, path, query, method) in zip(targets, got, strict=False):
+        ref = Request("options", url)
+        assert (url, path, query, method) == (ref.url, ref.path, ref.query, "OPTIONS"), t
+        if not t.startswith("http"):
+            assert url == "http://t" + t
+
+
+def test_headers_and_responses() -> None:
+    from fastactor.http import Headers
+    from fastactor.server.http import encode_response
+
+    h = Headers([("Content-Type", "a"), ("X-A", "1"), ("x-a", "2")])
+    assert h["x-a"] == "1, 2" and h.getall("X-A") == ["1", "2"] and "CONTENT-TYPE" in h
+    assert dict(h) == {"content-type": "a", "x-a": "1, 2"} and len(h) == 2
+    assert h.get("missing", "d") == "d" and h.get(3) is None and 3 not in h
+    assert h == {"content-type": "a", "x-a": "1, 2"} and h != {"content-type": "a"}
+    assert h.raw() == [("Content-Type", "a"), ("X-A", "1"), ("x-a", "2")]
+    with pytest.raises(KeyError):
+        h["nope"]
+    assert Request("get", "http://t/p?a=1&a=2&b").query == {"a": "2", "b": ""}
+
+    r = Response.json({"a": 1}, 201, {"X-Y": "z"})
+    assert r.headers.raw() == [("X-Y", "z"), ("content-type", "application/json")]
+    assert Response.json([], headers={"Content-Type": "x/y"}).headers.raw() == [
+        ("Content-Type", "x/y")
+    ]
+    for bad in (99, 600, "200", 200.0):
+        with pytest.raises(ValueError):
+            Response(b"", bad)
+        with pytest.raises(ValueError):
+            Response.json({}, bad)
+    with pytest.raises(TypeError):
+        Response(123)
+    with pytest.raises(TypeError):
+        Request("GET", "http://t/", body="text")
+
+    wire = encode_response(
+        Response(b"hi", 200, [("Content-Length", "99"), ("X-Bad", "a\r\nInjected: 1")]), True
+    )
+    assert wire == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
+        b"content-length: 2\r\nconnection: keep-alive\r\n\r\nhi"
+    )
+    assert encode_response(Response.text("é", 299), False) == (
+        b"HTTP/1.1 299 Status\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: 2\r\nconnection: close\r\n\r\n\xc3\xa9"
+    )

@@ -296,6 +296,9 @@ cdef class ActorNamespace:
 
     def id_from_name(self, name, *, location_hint=None):
         """The stub of the instance called NAME (any non-empty str)."""
+        return self.stub(name)
+
+    cdef ActorStub stub(self, object name):
         if type(name) is not str:
             raise TypeError(f"instance names are str, not {type(name).__name__}")
         if not name:
@@ -368,6 +371,7 @@ cdef class Shard:
     cdef double checkpoint_interval
     cdef uint64_t checkpoint_bytes
     cdef uint32_t group_delay_us
+    cdef uint32_t group_min_records
     cdef uint64_t bytes_since_checkpoint
     cdef uint64_t tick
     cdef uint64_t idle_ticks
@@ -391,7 +395,7 @@ cdef class Shard:
                   double fetch_timeout=30.0, double block_timeout=30.0,
                   double idle_timeout=60.0, double checkpoint_interval=30.0,
                   uint64_t checkpoint_bytes=64 << 20, uint32_t group_delay_us=0,
-                  double alarm_timeout=900.0):
+                  uint32_t group_min_records=16, double alarm_timeout=900.0):
         self.data_dir = data_dir
         self.env = env
         self.method_timeout = method_timeout
@@ -401,6 +405,7 @@ cdef class Shard:
         self.checkpoint_interval = checkpoint_interval
         self.checkpoint_bytes = checkpoint_bytes
         self.group_delay_us = group_delay_us
+        self.group_min_records = group_min_records
         self.alarm_timeout = alarm_timeout
         self.namespaces = {}
         self.alarm_handles = {}
@@ -431,7 +436,8 @@ cdef class Shard:
             raise OSError(errno.EIO, f"{path}: the snapshot can not be opened ({e})") from None
         try:
             self.wal = WriteAheadLog(os.path.join(self.data_dir, "log"), max_record=256 << 20,
-                                     group_delay_us=self.group_delay_us)
+                                     group_delay_us=self.group_delay_us,
+                                     group_min_records=self.group_min_records)
         except BaseException:
             self.store.close()
             raise

@@ -25,11 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._core import Shard, crc32c, write_file_atomic
+from .._core import PARTITIONS, Shard, crc32c, write_file_atomic
 
 __all__ = ["PARTITIONS", "Layout", "owner_of", "partition_of", "prepare", "read_layout"]
 
-PARTITIONS = 4096
 _COPY_BATCH = 10_000
 
 

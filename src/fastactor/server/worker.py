@@ -110,13 +110,11 @@ async def serve(cfg: dict[str, Any]) -> None:
     for s in servers:
         s.close()
     for _ in range(3000):
-        if not any(c.busy or c.queue for c in conns):
+        if not any(c.pending() for c in conns):
             break
         await asyncio.sleep(0.01)
     for c in list(conns):
-        c.closing = True
-        if c.transport is not None:
-            c.transport.close()
+        c.shut()
     print("drained", flush=True)
     # Keep answering the other workers until the supervisor says all have drained.
     await loop.run_in_executor(None, sys.stdin.read)

@@ -1,0 +1,460 @@
+# Calls between the shard workers of `fastactor serve`. Included by _core.pyx.
+#
+# Every instance belongs to one of PARTITIONS partitions (crc32c of "account\0type\0name"),
+# partition p to worker p % workers. A RoutedNamespace gives the local stub for an instance
+# this worker owns and a RemoteStub for the others; a RemoteStub's call becomes a frame on the
+# Channel to the owner's Unix socket, where a CallServer connection hands it to the shard as
+# a local call and sends the reply (or the error) back when the output gate releases it.
+#
+# Frames are a 4-byte big-endian length and a codec value: a call is
+# (id, "account/type", name, kind, method, args, kwargs), a reply (id, ok, value or error).
+# Frames sent in one event loop iteration leave in one write; a received chunk is parsed in
+# place, and only a frame cut by the chunk's end is kept (and copied once, when whole).
+
+from libc.string cimport memcpy
+
+from . import errors as _errors_mod
+
+PARTITIONS = 4096
+cdef uint32_t _PARTITIONS = 4096
+cdef uint32_t _MAX_FRAME = 1 << 30
+cdef object _ipc_log = logging.getLogger("fastactor.ipc")
+
+
+cdef bytes _frame(object msg):
+    """MSG as one frame; CodecError if it holds a value the codec does not take."""
+    cdef bytes data = encode_value(msg)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n + 4)
+    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+    p[0] = (n >> 24) & 0xFF
+    p[1] = (n >> 16) & 0xFF
+    p[2] = (n >> 8) & 0xFF
+    p[3] = n & 0xFF
+    memcpy(p + 4, PyBytes_AS_STRING(data), n)
+    return out
+
+
+cdef tuple _error_tuple(object e):
+    remote = getattr(e, "remote_type", type(e).__name__)
+    return (type(e).__name__, str(e), remote if type(remote) is str else type(e).__name__)
+
+
+cdef object _error_from(object value):
+    """The exception a reply's error tuple stands for: fastactor's own errors by name,
+    anything else as the ActorMethodError the local call would have raised."""
+    try:
+        name, message, remote = value
+        name = str(name)
+        message = str(message)
+    except (TypeError, ValueError):
+        return ActorMethodError(f"a malformed error reply: {value!r}", "?")
+    cls = getattr(_errors_mod, name, None)
+    if isinstance(cls, type) and issubclass(cls, _errors_mod.FastactorError):
+        if cls is ActorMethodError:
+            return ActorMethodError(message, str(remote))
+        if cls is LogFailedError:
+            return ActorOutputGateError(message)
+        return cls(message)
+    return ActorMethodError(message, str(remote))
+
+
+cdef class _FrameConn:
+    """A Unix socket connection carrying frames both ways (base of both ends)."""
+
+    cdef object loop
+    cdef object transport
+    cdef list out                    # frames waiting for the end of this loop iteration
+    cdef bint scheduled
+    cdef bint lost                   # the connection is gone: frames are dropped
+    cdef bytearray buf               # the start of a frame cut by a chunk's end
+    cdef Py_ssize_t need             # bytes buf must hold before it is parsed again
+
+    def __cinit__(self):
+        self.out = []
+
+    cdef void send(self, bytes frame):
+        if self.lost:
+            return
+        self.out.append(frame)
+        if not self.scheduled and self.transport is not None:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self):
+        self.scheduled = False
+        if not self.out or self.transport is None:
+            return
+        if not self.transport.is_closing():
+            self.transport.write(self.out[0] if len(self.out) == 1 else b"".join(self.out))
+        self.out.clear()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        if self.out and not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def pause_writing(self):
+        pass
+
+    def resume_writing(self):
+        pass
+
+    def eof_received(self):
+        return None
+
+    def data_received(self, data):
+        cdef bytes chunk
+        if self.buf is not None:
+            self.buf += data
+            if len(self.buf) < self.need:
+                return
+            chunk = bytes(self.buf)
+            self.buf = None
+        else:
+            chunk = bytes(data)
+        self._parse(chunk)
+
+    cdef void _parse(self, bytes chunk) except *:
+        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(chunk)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(chunk)
+        cdef Py_ssize_t pos = 0
+        cdef uint32_t n = 0
+        while size - pos >= 4:
+            n = ((<uint32_t>p[pos] << 24) | (<uint32_t>p[pos + 1] << 16)
+                 | (<uint32_t>p[pos + 2] << 8) | <uint32_t>p[pos + 3])
+            if n > _MAX_FRAME:
+                self.broken(f"a frame of {n} bytes")
+                return
+            if size - pos - 4 < <Py_ssize_t>n:
+                break
+            try:
+                msg = decode_value(chunk[pos + 4:pos + 4 + n])
+            except CodecError as e:
+                self.broken(f"an undecodable frame ({e})")
+                return
+            pos += 4 + n
+            self.on_message(msg)
+            if self.transport is None:
+                return
+        if pos < size:
+            self.buf = bytearray(chunk[pos:])
+            self.need = 4 if size - pos < 4 else 4 + <Py_ssize_t>n
+
+    cdef void broken(self, str why) except *:
+        _ipc_log.error("closing a worker channel: %s", why)
+        self.buf = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    cdef void on_message(self, object msg) except *:
+        pass
+
+
+@cython.final
+@cython.freelist(256)
+cdef class _Reply:
+    """Sends the reply of one call when its future (the output gate) resolves."""
+
+    cdef CallServer conn
+    cdef object call_id
+    cdef bint fetch
+
+    def __call__(self, fut):
+        cdef Response r
+        if fut.cancelled():
+            msg = (self.call_id, False, _error_tuple(
+                ActorOutputGateError("the call was cancelled in the owning worker")))
+        elif fut.exception() is not None:
+            msg = (self.call_id, False, _error_tuple(fut.exception()))
+        else:
+            value = fut.result()
+            if self.fetch:
+                if isinstance(value, Response):
+                    r = <Response>value
+                    value = (r.status, _as_headers(r.headers)._items, r.body)
+                    msg = (self.call_id, True, value)
+                else:
+                    msg = (self.call_id, False, _error_tuple(ActorMethodError(
+                        f"fetch returned {type(value).__name__}, not a Response", "TypeError")))
+            else:
+                msg = (self.call_id, True, value)
+        try:
+            frame = _frame(msg)
+        except CodecError as e:
+            frame = _frame((self.call_id, False, _error_tuple(e)))
+        self.conn.send(frame)
+
+
+cdef class CallServer(_FrameConn):
+    """The owner's end of one peer's channel: runs each call on the shard as a local call.
+    NAMESPACES maps "account/type" to this worker's ActorNamespace of that type."""
+
+    cdef dict namespaces
+    cdef object __weakref__
+
+    def __init__(self, dict namespaces):
+        self.namespaces = namespaces
+
+    def close(self):
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc):
+        self.transport = None          # replies still due are dropped: the caller is gone
+        self.lost = True
+        self.out.clear()
+
+    cdef void on_message(self, object msg) except *:
+        cdef ActorNamespace ns
+        cdef _Reply reply
+        try:
+            call_id, key, name, kind, method, args, kwargs = msg
+        except (TypeError, ValueError):
+            self.broken("a malformed call frame")
+            return
+        try:
+            ns = self.namespaces[key]
+            stub = ns.stub(name)
+            if kind == KIND_FETCH:
+                m, url, headers, body = args
+                fut = ns.shard.call(stub, KIND_FETCH, "fetch",
+                                    (Request(m, url, headers, body),), None)
+            else:
+                fut = ns.shard.call(stub, KIND_CALL, method, tuple(args), kwargs or None)
+        except BaseException as e:     # the caller gets it, as the local call would have
+            self.send(_frame((call_id, False, _error_tuple(e))))
+            return
+        reply = _Reply.__new__(_Reply)
+        reply.conn = self
+        reply.call_id = call_id
+        reply.fetch = kind == KIND_FETCH
+        fut.add_done_callback(reply)
+
+
+cdef class _Peer(_FrameConn):
+    """The caller's end of the channel to one owner worker."""
+
+    cdef Channel channel
+    cdef int owner
+    cdef dict waiting                # call id -> future of the reply
+    cdef set fetches                 # ids of fetch calls (their reply becomes a Response)
+
+    def __cinit__(self):
+        self.waiting = {}
+        self.fetches = set()
+
+    cdef void on_message(self, object msg) except *:
+        cdef Response r
+        try:
+            call_id, ok, value = msg
+        except (TypeError, ValueError):
+            self.broken("a malformed reply frame")
+            return
+        fut = self.waiting.pop(call_id, None)
+        if fut is None or fut.done():
+            self.fetches.discard(call_id)
+            return
+        if not ok:
+            self.fetches.discard(call_id)
+            fut.set_exception(_error_from(value))
+        elif self.fetches and call_id in self.fetches:
+            self.fetches.discard(call_id)
+            try:
+                status, headers, body = value
+                r = Response(body, status, headers)
+            except (TypeError, ValueError) as e:
+                fut.set_exception(ActorMethodError(f"a malformed fetch reply: {e}", "?"))
+            else:
+                fut.set_result(r)
+        else:
+            fut.set_result(value)
+
+    def connection_lost(self, exc):
+        self.transport = None
+        self.lost = True
+        self.fail(ActorOutputGateError(
+            f"the worker owning the instance went away (worker {self.owner}); the call may "
+            "or may not have been carried out"))
+
+    cdef void fail(self, object err):
+        self.lost = True
+        if self.channel.peers[self.owner] is self:
+            self.channel.peers[self.owner] = None
+        waiting = self.waiting
+        self.waiting = {}
+        self.fetches.clear()
+        self.out.clear()
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_exception(err)
+
+
+cdef class Channel:
+    """This worker's connections to the others (PATHS: every worker's socket, by index),
+    each opened on first use. Make it inside the worker's running loop."""
+
+    cdef list paths
+    cdef list peers
+    cdef uint64_t next_id
+    cdef object loop
+
+    def __init__(self, list paths):
+        self.paths = paths
+        self.peers = [None] * len(paths)
+        self.loop = asyncio.get_running_loop()
+
+    cpdef object call(self, int owner, str key, str name, int kind, str method, tuple args,
+                      object kwargs):
+        """Sends the call to worker OWNER; the future of its reply. CodecError at once if an
+        argument can not be sent."""
+        cdef _Peer peer
+        self.next_id += 1
+        call_id = self.next_id
+        frame = _frame((call_id, key, name, kind, method, args, kwargs))
+        peer = self.peers[owner]
+        if peer is None:
+            peer = self._open(owner)
+        fut = self.loop.create_future()
+        peer.waiting[call_id] = fut
+        if kind == KIND_FETCH:
+            peer.fetches.add(call_id)
+        peer.send(frame)
+        return fut
+
+    cdef _Peer _open(self, int owner):
+        cdef _Peer peer = _Peer.__new__(_Peer)
+        peer.channel = self
+        peer.owner = owner
+        peer.loop = self.loop
+        self.peers[owner] = peer
+        self.loop.create_task(self._connect(peer))
+        return peer
+
+    async def _connect(self, _Peer peer):
+        path = self.paths[peer.owner]
+        for _ in range(100):
+            try:
+                await self.loop.create_unix_connection(lambda: peer, path)
+                return
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(0.05)  # the peer is (re)starting
+            except OSError as e:
+                peer.fail(ConnectionError(f"worker {peer.owner} does not answer: {e}"))
+                return
+        peer.fail(ConnectionError(f"worker {peer.owner} does not answer"))
+
+    def close(self):
+        for peer in self.peers:
+            if peer is not None:
+                (<_Peer>peer).flush()
+                if (<_Peer>peer).transport is not None:
+                    (<_Peer>peer).transport.close()
+
+
+@cython.final
+@cython.freelist(64)
+cdef class _RemoteMethod:
+    cdef RemoteStub stub
+    cdef str name
+
+    def __call__(self, *args, **kwargs):
+        cdef RoutedNamespace ns = self.stub._ns
+        err = ns.local.check_method(self.name)
+        if err is not None:
+            raise err
+        return ns.channel.call(self.stub._owner, ns.key, self.stub.id, KIND_CALL, self.name,
+                               args, kwargs or None)
+
+    def __repr__(self):
+        return f"<remote method {self.name} of {self.stub!r}>"
+
+
+@cython.final
+cdef class RemoteStub:
+    """A stub for an instance another worker owns; the same surface as ActorStub."""
+
+    cdef readonly str id
+    cdef RoutedNamespace _ns
+    cdef int _owner
+
+    def __getattribute__(self, str name):
+        cdef _RemoteMethod m
+        if name in _STUB_OWN or name.startswith("__"):
+            return PyObject_GenericGetAttr(self, name)
+        m = _RemoteMethod.__new__(_RemoteMethod)
+        m.stub = self
+        m.name = name
+        return m
+
+    def fetch(self, request):
+        if not isinstance(request, Request):
+            raise TypeError(f"fetch takes a Request, not {type(request).__name__}")
+        cdef Request r = <Request>request
+        return self._ns.channel.call(self._owner, self._ns.key, self.id, KIND_FETCH, "fetch",
+                                     (r.method, r.url, r.headers.raw(), r._body), None)
+
+    def __eq__(self, other):
+        return (isinstance(other, RemoteStub) and (<RemoteStub>other).id == self.id
+                and (<RemoteStub>other)._ns is self._ns)
+
+    def __hash__(self):
+        return hash((self._ns.type_name, self.id))
+
+    def __repr__(self):
+        return f"<ActorStub {self._ns.type_name} {self.id!r} (worker {self._owner})>"
+
+
+@cython.final
+cdef class RoutedNamespace:
+    """``env.<BINDING>`` under ``serve``: stubs of instances this worker owns are local ones;
+    the others go through the channel to their owner."""
+
+    cdef readonly ActorNamespace local
+    cdef readonly str account
+    cdef readonly str type_name
+    cdef readonly str key
+    cdef int me
+    cdef int workers
+    cdef Channel channel
+    cdef uint32_t seed               # crc32c of "account\0type\0"
+
+    def __init__(self, ActorNamespace local, str account, str type_name, int me, int workers,
+                 Channel channel):
+        if workers < 1 or not 0 <= me < workers:
+            raise ValueError(f"worker {me} of {workers}")
+        self.local = local
+        self.account = account
+        self.type_name = type_name
+        self.key = f"{account}/{type_name}"
+        self.me = me
+        self.workers = workers
+        self.channel = channel
+        cdef bytes prefix = f"{account}\0{type_name}\0".encode()
+        self.seed = cwal.fa_crc32c(0, PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix))
+
+    cpdef int owner(self, str name) except -1:
+        """The worker that serves instance NAME."""
+        cdef bytes b = name.encode()
+        cdef uint32_t h = cwal.fa_crc32c(self.seed, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+        return <int>((h % _PARTITIONS) % <uint32_t>self.workers)
+
+    def id_from_name(self, name, *, location_hint=None):
+        cdef ActorStub local = self.local.stub(name)        # checks the name
+        cdef RemoteStub r
+        cdef int owner = self.owner(name)
+        if owner == self.me:
+            return local
+        r = RemoteStub.__new__(RemoteStub)
+        r.id = name
+        r._ns = self
+        r._owner = owner
+        return r
+
+    def new_unique_id(self, *, location_hint=None):
+        return self.id_from_name(secrets.token_hex(32))
+
+    def __repr__(self):
+        return f"<ActorNamespace {self.type_name}>"

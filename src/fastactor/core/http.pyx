@@ -1,0 +1,745 @@
+# HTTP as functions see it (Headers, Request, Response, SPEC §6) and the HTTP/1.1 front of
+# `fastactor serve` (HttpConnection). Included by _core.pyx.
+#
+# The front answers the requests of one connection in order (keep-alive and pipelining).
+# httptools parses; when a request is whole the function's fetch is driven eagerly, inside
+# the connection's data_received, the way the dispatcher drives turns: a fetch that never
+# really suspends is answered with no task and no trip through the event loop, and only a
+# fetch that does suspend (it awaits a durable reply, a sleep, a peer) gets an asyncio Task for
+# the rest. Every refusal is a proper status with a short JSON body.
+
+cdef object _urlsplit = urllib.parse.urlsplit
+cdef object _parse_qsl = urllib.parse.parse_qsl
+cdef object _json_encode = msgspec.json.Encoder().encode
+cdef object _json_decode = msgspec.json.Decoder().decode
+cdef object _Mapping = collections.abc.Mapping
+cdef object _http_log = logging.getLogger("fastactor.http")
+
+cdef dict _REASONS = {
+    200: "OK", 201: "Created", 202: "Accepted", 204: "No Content",
+    301: "Moved Permanently", 302: "Found", 303: "See Other", 304: "Not Modified",
+    307: "Temporary Redirect", 308: "Permanent Redirect",
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
+    412: "Precondition Failed", 413: "Content Too Large", 415: "Unsupported Media Type",
+    422: "Unprocessable Content", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout",
+}
+cdef dict _STATUS_LINES = {}         # status -> b"HTTP/1.1 200 OK\r\n", filled on first use
+cdef dict _METHODS = {}              # method bytes from the parser -> str
+
+
+@cython.final
+cdef class Headers:
+    """Case-insensitive, read-only view of HTTP headers; a repeated header's values are
+    joined with ", " (``getall`` gives them one by one)."""
+
+    cdef list _items                 # [(name, value)] as given
+    cdef dict _index                 # lower-case name -> [values], built on first lookup
+
+    def __init__(self, items=None):
+        if items is None:
+            pairs = ()
+        elif isinstance(items, Headers):
+            pairs = (<Headers>items)._items
+        elif isinstance(items, _Mapping):
+            pairs = list(items.items())
+        else:
+            pairs = list(items)
+        self._items = [(str(k), str(v)) for k, v in pairs]
+
+    cdef dict index(self):
+        cdef dict ix = self._index
+        if ix is None:
+            ix = {}
+            for k, v in self._items:
+                lk = (<str>k).lower()
+                vs = ix.get(lk)
+                if vs is None:
+                    ix[lk] = [v]
+                else:
+                    (<list>vs).append(v)
+            self._index = ix
+        return ix
+
+    def __getitem__(self, str key):
+        return ", ".join(self.index()[key.lower()])
+
+    def get(self, key, default=None):
+        if type(key) is not str:
+            return default
+        vs = self.index().get((<str>key).lower())
+        return default if vs is None else ", ".join(vs)
+
+    def __contains__(self, key):
+        return type(key) is str and (<str>key).lower() in self.index()
+
+    def __iter__(self):
+        return iter(self.index())
+
+    def __len__(self):
+        return len(self.index())
+
+    def keys(self):
+        return collections.abc.KeysView(self)
+
+    def items(self):
+        return collections.abc.ItemsView(self)
+
+    def values(self):
+        return collections.abc.ValuesView(self)
+
+    def __eq__(self, other):
+        if not isinstance(other, _Mapping):
+            return NotImplemented
+        return dict(self.items()) == dict(other.items())
+
+    def getall(self, str key):
+        return list(self.index().get(key.lower(), ()))
+
+    def raw(self):
+        """The headers as given: a list of (name, value)."""
+        return list(self._items)
+
+    def __repr__(self):
+        return f"Headers({self._items!r})"
+
+
+collections.abc.Mapping.register(Headers)
+
+
+cdef inline Headers _headers_of(list items):
+    """Headers over ITEMS, a list of (str, str) this module made (not copied)."""
+    cdef Headers h = Headers.__new__(Headers)
+    h._items = items
+    return h
+
+
+cdef Headers _JSON_HEADERS = _headers_of([("content-type", "application/json")])
+cdef Headers _TEXT_HEADERS = _headers_of([("content-type", "text/plain; charset=utf-8")])
+cdef Headers _NO_HEADERS = _headers_of([])
+
+
+cdef Headers _as_headers(object headers):
+    if headers is None:
+        return _NO_HEADERS
+    if type(headers) is Headers:
+        return <Headers>headers
+    return Headers(headers)
+
+
+cdef Headers _with_type(object headers, Headers default):
+    """HEADERS plus the content type of DEFAULT unless HEADERS names one."""
+    if headers is None:
+        return default
+    cdef Headers h = Headers(headers)
+    if "content-type" in h.index():
+        return h
+    return _headers_of(h._items + default._items)
+
+
+cdef class Request:
+    """An HTTP request: ``method``, ``url``, ``path``, ``query`` (last value wins),
+    ``headers`` (case-insensitive) and the body through ``await body()/text()/json()``."""
+
+    cdef readonly str method
+    cdef readonly str url
+    cdef readonly str path
+    cdef str _qs
+    cdef dict _query
+    cdef object _headers             # Headers, or the parser's list until first asked for
+    cdef bytes _body
+
+    def __init__(self, str method, str url, headers=None, body=b""):
+        if not isinstance(body, bytes):
+            raise TypeError("body must be bytes")
+        self.method = method.upper()
+        self.url = url
+        parts = _urlsplit(url)
+        self.path = parts.path or "/"
+        self._qs = parts.query
+        self._headers = headers if type(headers) is Headers else Headers(headers)
+        self._body = body
+
+    @property
+    def headers(self):
+        if type(self._headers) is list:
+            self._headers = _headers_of(<list>self._headers)
+        return self._headers
+
+    @property
+    def query(self):
+        """The query string as a dict (last value wins), parsed on first use."""
+        if self._query is None:
+            self._query = dict(_parse_qsl(self._qs, keep_blank_values=True))
+        return self._query
+
+    async def body(self):
+        return self._body
+
+    async def text(self):
+        return self._body.decode("utf-8")
+
+    async def json(self):
+        """The body parsed as JSON; a ValueError if it is not JSON."""
+        return _json_decode(self._body)
+
+    def __repr__(self):
+        return f"<Request {self.method} {self.url}>"
+
+
+cdef Request _wire_request(str method, str base, str target, list headers, bytes body):
+    """A request as the parser saw it. TARGET is the decoded request target; the origin form
+    ("/path?query") is split here, anything else goes through urlsplit."""
+    cdef Request r
+    cdef Py_ssize_t q, h
+    if not target.startswith("/"):
+        url = target if target.startswith(("http://", "https://")) else base + target
+        r = Request(method, url, None, body)
+        r._headers = headers
+        return r
+    r = Request.__new__(Request)
+    r.method = method
+    r.url = base + target
+    h = target.find("#")
+    if h >= 0:
+        target = target[:h]
+    q = target.find("?")
+    if q >= 0:
+        r.path = target[:q]
+        r._qs = target[q + 1:]
+    else:
+        r.path = target
+        r._qs = ""
+    r._headers = headers
+    r._body = body
+    return r
+
+
+cdef inline void _check_status(object status) except *:
+    if not isinstance(status, int) or not 100 <= status <= 599:
+        raise ValueError(f"bad HTTP status {status!r}")
+
+
+cdef class Response:
+    """An HTTP response. ``Response.json(obj)`` and ``Response.text(s)`` set the body and
+    its content type."""
+
+    cdef public bytes body
+    cdef public int status
+    cdef public object headers
+
+    def __init__(self, body=b"", status=200, headers=None):
+        if isinstance(body, str):
+            body = (<str>body).encode("utf-8")
+        if not isinstance(body, bytes):
+            raise TypeError("Response body must be bytes or str")
+        _check_status(status)
+        self.body = body
+        self.status = status
+        self.headers = _as_headers(headers)
+
+    @staticmethod
+    def json(obj, status=200, headers=None):
+        _check_status(status)
+        cdef Response r = Response.__new__(Response)
+        r.body = _json_encode(obj)
+        r.status = status
+        r.headers = _with_type(headers, _JSON_HEADERS)
+        return r
+
+    @staticmethod
+    def text(str s, status=200, headers=None):
+        _check_status(status)
+        cdef Response r = Response.__new__(Response)
+        r.body = s.encode("utf-8")
+        r.status = status
+        r.headers = _with_type(headers, _TEXT_HEADERS)
+        return r
+
+    def __repr__(self):
+        return f"<Response {self.status} {len(self.body)} bytes>"
+
+
+cdef Response _error_response(int status, str message):
+    return Response.json({"error": _REASONS.get(status, "Error"), "message": message}, status)
+
+
+cdef bytes _status_line(int status):
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n".encode("latin-1")
+        if 100 <= status <= 599:
+            _STATUS_LINES[status] = line
+    return line
+
+
+cdef bytes _JSON_HEAD = b"content-type: application/json\r\ncontent-length: "
+cdef bytes _TEXT_HEAD = b"content-type: text/plain; charset=utf-8\r\ncontent-length: "
+cdef bytes _KEEP = b"\r\nconnection: keep-alive\r\n\r\n"
+cdef bytes _CLOSE = b"\r\nconnection: close\r\n\r\n"
+
+
+cdef bytes _wire_response(Response r, bint keep_alive):
+    """R as HTTP/1.1 bytes. The body's length and the connection header are ours; the
+    response's own content-length, connection and transfer-encoding are left out, and so is
+    any header with a line break in it."""
+    cdef Headers h = _as_headers(r.headers)
+    cdef bytes body = r.body
+    cdef list head
+    if h is _JSON_HEADERS:
+        head = [_status_line(r.status), _JSON_HEAD]
+    elif h is _TEXT_HEADERS:
+        head = [_status_line(r.status), _TEXT_HEAD]
+    else:
+        head = [_status_line(r.status)]
+        has_type = False
+        for k, v in h._items:
+            lk = (<str>k).lower()
+            if lk == "content-length" or lk == "connection" or lk == "transfer-encoding":
+                continue
+            if "\r" in k or "\n" in k or "\r" in v or "\n" in v:
+                continue
+            if lk == "content-type":
+                has_type = True
+            head.append(f"{k}: {v}\r\n".encode("latin-1"))
+        if not has_type and body:
+            head.append(b"content-type: application/octet-stream\r\n")
+        head.append(b"content-length: ")
+    head.append(str(len(body)).encode("ascii"))
+    head.append(_KEEP if keep_alive else _CLOSE)
+    head.append(body)
+    return b"".join(head)
+
+
+def encode_response(Response r, bint keep_alive):
+    """R as the bytes the front sends (for tests and tools)."""
+    return _wire_response(r, keep_alive)
+
+
+cdef object _enter_task = asyncio.tasks._enter_task
+cdef object _leave_task = asyncio.tasks._leave_task
+cdef object _current_task = asyncio.current_task
+cdef object _CancelledError = asyncio.CancelledError
+
+
+@cython.final
+@cython.freelist(64)
+cdef class _FetchTask:
+    """Carries a fetch that suspended, in place of an asyncio Task: it waits on the futures
+    the coroutine yields and resumes it from their done callbacks, with no task object, no
+    first step through the loop and no done callback of its own. While a step runs it is
+    asyncio's current task, with the cancel/cancelling/uncancel a Task has, so
+    ``asyncio.timeout`` and friends work inside fetch."""
+
+    cdef HttpConnection conn
+    cdef object coro
+    cdef object loop
+    cdef object waiting              # the future the coroutine waits on
+    cdef int cancel_requests
+    cdef bint must_cancel            # a cancel came while no future was waited on
+    cdef bint finished
+
+    cdef void step(self, object value, object exc):
+        cdef bint entered = False
+        if _current_task(self.loop) is None:
+            _enter_task(self.loop, self)
+            entered = True
+        try:
+            if self.must_cancel:
+                self.must_cancel = False
+                if exc is None or not isinstance(exc, _CancelledError):
+                    exc = _CancelledError()
+            try:
+                if exc is None:
+                    y = self.coro.send(value)
+                else:
+                    y = self.coro.throw(exc)
+            except StopIteration as s:
+                self.finished = True
+                self.conn._fetched(s.value, None)
+                return
+            except BaseException as e:
+                self.finished = True
+                self.conn._fetched(None, e)
+                return
+            self.wait_on(y)
+        finally:
+            if entered:
+                _leave_task(self.loop, self)
+
+    cdef void wait_on(self, object y):
+        if y is None:                  # a bare yield (asyncio.sleep(0)): next iteration
+            self.loop.call_soon(self._resume, None)
+            return
+        if getattr(y, "_asyncio_future_blocking", None) is not True:
+            self.loop.call_soon(self._throw, RuntimeError(
+                f"fetch awaited {y!r}, which is not an asyncio future"))
+            return
+        y._asyncio_future_blocking = False
+        self.waiting = y
+        y.add_done_callback(self._wakeup)
+        if self.must_cancel and y.cancel():
+            self.must_cancel = False
+
+    def _wakeup(self, fut):
+        self.waiting = None
+        try:
+            value = fut.result()
+        except BaseException as e:
+            self.step(None, e)
+        else:
+            self.step(value, None)
+
+    def _resume(self, value):
+        self.step(value, None)
+
+    def _throw(self, exc):
+        self.step(None, exc)
+
+    # -- what asyncio asks of the current task -------------------------------------------------
+
+    def cancel(self, msg=None):
+        if self.finished:
+            return False
+        self.cancel_requests += 1
+        if self.waiting is not None and self.waiting.cancel(msg):
+            return True
+        self.must_cancel = True
+        return True
+
+    def cancelling(self):
+        return self.cancel_requests
+
+    def uncancel(self):
+        if self.cancel_requests > 0:
+            self.cancel_requests -= 1
+        return self.cancel_requests
+
+    def done(self):
+        return self.finished
+
+    def cancelled(self):
+        return False
+
+    def get_loop(self):
+        return self.loop
+
+    def get_coro(self):
+        return self.coro
+
+    def get_name(self):
+        return f"fetch of {self.conn.base_url}"
+
+    def __repr__(self):
+        return f"<fetch task {'done' if self.finished else 'pending'}>"
+
+
+cdef class HttpConnection:
+    """One HTTP/1.1 connection: an asyncio protocol. FETCH is ``fetch(request, env)`` of the
+    function served here; LIMITS a fastactor.server.http.Limits; CONNS the set of open
+    connections (for the connection cap and draining); COUNTERS["requests"] counts."""
+
+    cdef object fetch
+    cdef object env
+    cdef object loop
+    cdef readonly object transport
+    cdef object parser
+    cdef readonly str base_url
+    cdef set conns
+    cdef readonly dict counters
+    cdef Py_ssize_t max_body
+    cdef Py_ssize_t max_headers
+    cdef Py_ssize_t max_pipeline
+    cdef Py_ssize_t max_conns
+    cdef double fetch_timeout
+    cdef double idle_timeout
+    # the request being parsed
+    cdef list url
+    cdef list headers
+    cdef Py_ssize_t header_bytes
+    cdef list body
+    cdef Py_ssize_t body_bytes
+    cdef object refused
+    # answering
+    cdef readonly object queue       # (Request or None, Response or None, keep-alive)
+    cdef readonly bint busy          # a fetch is running
+    cdef public bint closing
+    cdef bint keep                   # keep-alive of the request being answered
+    cdef Request current
+    cdef readonly _FetchTask task    # carries a fetch that suspended
+    cdef double started              # loop time the running fetch started
+    cdef bint in_start               # the fetch's first step is running
+    cdef object budget               # the fetch_timeout timer, armed while fetches run
+    cdef bint timed_out
+    cdef readonly object idle_handle
+    cdef double last_active
+
+    def __init__(self, fetch, env, limits, str base_url, set conns, dict counters):
+        self.fetch = fetch
+        self.env = env
+        self.base_url = base_url
+        self.conns = conns
+        self.counters = counters
+        self.max_body = limits.body
+        self.max_headers = limits.headers
+        self.max_pipeline = limits.max_pipeline
+        self.max_conns = limits.connections
+        self.fetch_timeout = limits.fetch_timeout
+        self.idle_timeout = limits.idle_timeout
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue = collections.deque()
+        self._reset()
+
+    cdef void _reset(self):
+        self.url = []
+        self.headers = []
+        self.header_bytes = 0
+        self.body = []
+        self.body_bytes = 0
+        self.refused = None
+
+    def pending(self):
+        """True while a request is running or waiting to."""
+        return self.busy or len(self.queue) > 0
+
+    def shut(self):
+        """Closes the connection now (a drained server's idle connections)."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        if len(self.conns) >= self.max_conns:
+            # Over the cap: a short answer and goodbye, before any request is read.
+            self.closing = True
+            transport.write(_wire_response(_error_response(503, "too many connections"), False))
+            transport.close()
+            return
+        self.conns.add(self)
+        self.last_active = self.loop.time()
+        self.idle_handle = self.loop.call_later(self.idle_timeout, self._idle)
+
+    def connection_lost(self, exc):
+        self.conns.discard(self)
+        self.closing = True
+        self.queue.clear()
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+
+    def eof_received(self):
+        # Half-closed by the client: answer what came in, then close (the default).
+        return None
+
+    def pause_writing(self):
+        pass
+
+    def resume_writing(self):
+        pass
+
+    def data_received(self, data):
+        if self.closing:
+            return
+        self.last_active = -1.0  # activity: _idle looks again one period later
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(_error_response(400, "protocol upgrades are not supported"))
+        except httptools.HttpParserError as e:
+            if self.refused is None:
+                self._refuse(_error_response(400, f"malformed request: {e}"))
+            else:
+                self._refuse(self.refused)
+        if not self.busy:
+            self._next()
+
+    def _idle(self):
+        """Runs every idle_timeout: closes the connection if nothing came in since the last
+        run and no request is pending (one timer per connection, not one per request)."""
+        if self.last_active >= 0 and not self.busy and not self.queue:
+            if self.transport is not None:
+                self.closing = True
+                self.transport.close()
+            return
+        self.last_active = self.loop.time()
+        self.idle_handle = self.loop.call_later(self.idle_timeout, self._idle)
+
+    cdef void _refuse(self, Response response):
+        """Answers after the requests already queued, then closes: the stream is not
+        trustworthy past a refused request."""
+        self.closing = True
+        self.queue.append((None, response, False))
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_url(self, bytes url):
+        self.url.append(url)
+        self._count(len(url))
+
+    def on_header(self, bytes name, bytes value):
+        self._count(len(name) + len(value) + 4)
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    cdef void _count(self, Py_ssize_t n) except *:
+        self.header_bytes += n
+        if self.header_bytes > self.max_headers and self.refused is None:
+            self.refused = _error_response(
+                431, f"request headers are larger than {self.max_headers} bytes")
+            raise httptools.HttpParserError("headers too large")
+
+    def on_headers_complete(self):
+        for k, v in self.headers:
+            if (len(<str>k) == 14 and (<str>k).lower() == "content-length"
+                    and (<str>v).isdigit() and int(v) > self.max_body):
+                self.refused = _error_response(
+                    413, f"request body is larger than {self.max_body} bytes")
+                raise httptools.HttpParserError("body too large")
+
+    def on_body(self, bytes body):
+        self.body_bytes += len(body)
+        if self.body_bytes > self.max_body:
+            self.refused = _error_response(
+                413, f"request body is larger than {self.max_body} bytes")
+            raise httptools.HttpParserError("body too large")
+        self.body.append(body)
+
+    def on_message_complete(self):
+        cdef Request req = None
+        cdef Response resp = None
+        mb = self.parser.get_method()
+        method = _METHODS.get(mb)
+        if method is None:
+            method = (<bytes>mb).decode("latin-1")
+            if len(_METHODS) < 64:
+                _METHODS[mb] = method
+        keep = self.parser.should_keep_alive()
+        raw = self.url[0] if len(self.url) == 1 else b"".join(self.url)
+        body = (b"" if not self.body else self.body[0] if len(self.body) == 1
+                else b"".join(self.body))
+        try:
+            req = _wire_request(method, self.base_url, (<bytes>raw).decode("utf-8"),
+                                self.headers, body)
+        except (UnicodeDecodeError, ValueError) as e:
+            resp = _error_response(400, f"bad request target: {e}")
+        self._reset()
+        if self.closing:
+            return                     # past a refusal: nothing more is answered
+        self.counters["requests"] += 1
+        if len(self.queue) >= self.max_pipeline:
+            self._refuse(_error_response(429, "too many pipelined requests"))
+            return
+        self.queue.append((req, resp, keep))
+
+    # -- answering -----------------------------------------------------------------------------
+
+    cdef void _next(self):
+        """Answers queued requests in order until one suspends or the queue is empty."""
+        cdef Request req
+        while self.queue and not self.busy:
+            req_, resp, keep = self.queue.popleft()
+            if req_ is None:
+                self._send(resp, False)
+                return
+            req = <Request>req_
+            self.busy = True
+            self.keep = keep
+            self.current = req
+            self._start(req)
+
+    cdef void _start(self, Request req):
+        cdef _FetchTask task
+        try:
+            r = self.fetch(req, self.env)
+        except BaseException as e:
+            self._done(None, e)
+            return
+        if not PyCoro_CheckExact(r) and not (hasattr(r, "send") and hasattr(r, "throw")):
+            if not hasattr(r, "__await__"):
+                self._done(r, None)
+                return
+            r = _await_it(r)
+        task = _FetchTask.__new__(_FetchTask)
+        task.conn = self
+        task.coro = r
+        task.loop = self.loop
+        self.task = task
+        self.timed_out = False
+        self.started = self.loop.time()
+        self.in_start = True
+        try:
+            task.step(None, None)
+        finally:
+            self.in_start = False
+        if not task.finished and self.budget is None:
+            # One timer per connection, re-armed for what is left of the running fetch's
+            # budget, not one per request.
+            self.budget = self.loop.call_later(self.fetch_timeout, self._budget_check)
+
+    def _budget_check(self):
+        self.budget = None
+        if self.task is None:
+            return
+        left = self.started + self.fetch_timeout - self.loop.time()
+        if left > 0.001:
+            self.budget = self.loop.call_later(left, self._budget_check)
+            return
+        self.timed_out = True
+        self.task.cancel()
+
+    cdef void _fetched(self, object value, object exc):
+        """The end of a fetch that went through a _FetchTask."""
+        self.task = None
+        if exc is not None and isinstance(exc, _CancelledError):
+            if self.timed_out:
+                _http_log.warning("%s %s: fetch ran past %g s", self.current.method,
+                                  self.current.path, self.fetch_timeout)
+                self._answer(_error_response(504, f"fetch ran past {self.fetch_timeout:g} s"))
+            else:
+                self._answer(_error_response(503, "the request was cancelled"))
+        else:
+            self._done(value, exc)
+        if not self.in_start:
+            self._next()               # else _next, which started this fetch, goes on
+
+    cdef void _done(self, object value, object exc):
+        cdef Request req = self.current
+        if exc is not None:
+            _http_log.error("%s %s: fetch raised", req.method, req.path, exc_info=exc)
+            self._answer(Response(
+                _json_encode({"error": type(exc).__name__, "message": str(exc)}), 500,
+                _JSON_HEADERS))
+        elif not isinstance(value, Response):
+            _http_log.error("%s %s: fetch returned %r, not a Response", req.method, req.path,
+                            value)
+            self._answer(_error_response(500, "fetch did not return a Response"))
+        else:
+            self._answer(<Response>value)
+
+    cdef void _answer(self, Response resp):
+        self.busy = False
+        self.current = None
+        self._send(resp, self.keep)
+
+    cdef void _send(self, Response resp, bint keep):
+        cdef bint last = not keep or (self.closing and not self.queue)
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            data = _wire_response(resp, not last)
+        except Exception as e:         # headers a user set that are not text, say
+            _http_log.error("bad response: %s", e)
+            data = _wire_response(_error_response(500, "fetch returned a bad response"),
+                                  not last)
+        self.transport.write(data)
+        if last:
+            self.closing = True
+            self.queue.clear()
+            self.transport.close()
+        else:
+            self.last_active = -1.0

@@ -1,0 +1,231 @@
+"""Calls between shard workers, in one process: two shards, each with its call server on a
+Unix socket, and each worker's env routing stubs to the owner (server/ipc.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from fastactor import (
+    ActorMethodError,
+    ActorOutputGateError,
+    ActorPrivateMethodError,
+    ActorUnknownMethodError,
+    CodecError,
+    Request,
+    Response,
+    StatefulActor,
+)
+from fastactor._core import Shard
+from fastactor.runtime import Env
+from fastactor.server.ipc import Channel, RemoteStub, RoutedNamespace, serve_calls
+from fastactor.server.layout import owner_of
+
+
+class Account(StatefulActor):
+    async def debit(self, amount: int) -> dict[str, Any]:
+        balance = await self.ctx.storage.get("balance") or 0
+        if balance < amount:
+            return {"ok": False, "balance": balance}
+        await asyncio.sleep(0)  # a real suspension inside the turn
+        await self.ctx.storage.put("balance", balance - amount)
+        return {"ok": True, "balance": balance - amount}
+
+    async def deposit(self, amount: int) -> int:
+        b: int = (await self.ctx.storage.get("balance") or 0) + amount
+        await self.ctx.storage.put("balance", b)
+        return b
+
+    async def echo(self, *args: Any, **kwargs: Any) -> Any:
+        return [list(args), kwargs]
+
+    async def nap(self, t: float) -> None:
+        await asyncio.sleep(t)
+
+    async def boom(self) -> None:
+        raise KeyError("no such thing")
+
+    async def unsendable(self) -> Any:
+        return object()
+
+    async def fetch(self, request: Request) -> Response:
+        body = await request.body()
+        return Response.json(
+            {"m": request.method, "p": request.path, "q": request.query, "n": len(body)},
+            202,
+            {"X-Owner": self.ctx.id, "X-Got": request.headers.get("x-test", "")},
+        )
+
+
+class Worker:
+    def __init__(self, base: Path, me: int, workers: int) -> None:
+        self.me = me
+        self.dir = base / f"shard-{me}"
+        self.sock = str(base / f"w{me}.sock")
+        self.paths = [str(base / f"w{i}.sock") for i in range(workers)]
+        self.workers = workers
+
+    async def start(self) -> None:
+        self.shard = Shard(str(self.dir), Env({}))
+        self.shard.open()
+        self.local = self.shard.namespace("Account", Account)
+        self.channel = Channel(self.paths)
+        self.ns = RoutedNamespace(
+            self.local, "default", "Account", self.me, self.workers, self.channel
+        )
+        self.server = await serve_calls(self.sock, {"default/Account": self.local})
+
+    async def stop(self) -> None:
+        self.server.close()
+        self.channel.close()
+        await self.shard.close()
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+
+
+@asynccontextmanager
+async def two_workers(tmp: Path) -> AsyncIterator[list[Worker]]:
+    ws = [Worker(tmp, i, 2) for i in range(2)]
+    for w in ws:
+        await w.start()
+    try:
+        yield ws
+    finally:
+        for w in ws:
+            await w.stop()
+
+
+def names_of(owner: int, n: int) -> list[str]:
+    return [
+        f"acct-{i}" for i in range(400) if owner_of("default", "Account", f"acct-{i}", 2) == owner
+    ][:n]
+
+
+def run(tmp: Path, body: Callable[[list[Worker]], Awaitable[None]]) -> None:
+    async def go() -> None:
+        async with two_workers(tmp) as ws:
+            await body(ws)
+
+    uvloop.run(go())
+
+
+def test_routing_follows_the_partition_layout(tmp_path: Path) -> None:
+    async def body(ws: list[Worker]) -> None:
+        for i in range(2000):
+            name = f"n{i}é"
+            owner = owner_of("default", "Account", name, 2)
+            for w in ws:
+                assert w.ns.owner(name) == owner
+                stub = w.ns.id_from_name(name)
+                assert isinstance(stub, RemoteStub) == (owner != w.me)
+                assert stub.id == name
+        with pytest.raises(TypeError):
+            ws[0].ns.id_from_name(3)
+        with pytest.raises(ValueError):
+            ws[0].ns.id_from_name("")
+        assert len(ws[0].ns.new_unique_id().id) == 64
+
+    run(tmp_path, body)
+
+
+def test_remote_calls_reach_the_owners_one_instance(tmp_path: Path) -> None:
+    async def body(ws: list[Worker]) -> None:
+        name = names_of(1, 1)[0]
+        remote = ws[0].ns.id_from_name(name)
+        local = ws[1].ns.id_from_name(name)
+        assert isinstance(remote, RemoteStub) and not isinstance(local, RemoteStub)
+        assert await remote.deposit(100) == 100
+        # The state is the owner's: debits from both workers share the one balance and,
+        # one turn at a time, never overdraw it.
+        results = await asyncio.gather(*[(remote if i % 2 else local).debit(7) for i in range(40)])
+        assert sum(r["ok"] for r in results) == 14
+        assert await local.deposit(0) == 100 - 14 * 7
+        assert ws[1].shard.is_resident("Account", name)
+        assert not ws[0].shard.is_resident("Account", name)
+        assert await remote.echo(1, "two", [3], k={"v": None}) == [
+            [1, "two", [3]],
+            {"k": {"v": None}},
+        ]
+
+    run(tmp_path, body)
+
+
+def test_remote_errors_are_the_local_ones(tmp_path: Path) -> None:
+    async def body(ws: list[Worker]) -> None:
+        remote = ws[0].ns.id_from_name(names_of(1, 1)[0])
+        with pytest.raises(ActorUnknownMethodError):
+            remote.nope()
+        with pytest.raises(ActorPrivateMethodError):
+            remote._secret()
+        with pytest.raises(CodecError):
+            remote.echo(object())
+        with pytest.raises(ActorMethodError) as e:
+            await remote.boom()
+        assert e.value.remote_type == "KeyError" and "no such thing" in str(e.value)
+        with pytest.raises(CodecError):
+            await remote.unsendable()
+        assert await remote.deposit(1) == 1  # the channel goes on after errors
+
+    run(tmp_path, body)
+
+
+def test_remote_fetch(tmp_path: Path) -> None:
+    async def body(ws: list[Worker]) -> None:
+        name = names_of(1, 1)[0]
+        remote = ws[0].ns.id_from_name(name)
+        big = b"x" * (3 << 20)  # crosses many socket reads
+        req = Request("POST", "http://h/p/q?a=1", [("X-Test", "yes")], big)
+        r = await remote.fetch(req)
+        assert isinstance(r, Response) and r.status == 202
+        assert r.headers["x-owner"] == name and r.headers["x-got"] == "yes"
+        assert r.body == b'{"m":"POST","p":"/p/q","q":{"a":"1"},"n":3145728}'
+        with pytest.raises(TypeError):
+            remote.fetch("not a request")
+
+    run(tmp_path, body)
+
+
+def test_a_peer_going_away_fails_its_calls_and_the_next_call_reconnects(
+    tmp_path: Path,
+) -> None:
+    async def body(ws: list[Worker]) -> None:
+        name = names_of(1, 1)[0]
+        remote = ws[0].ns.id_from_name(name)
+        assert await remote.deposit(5) == 5
+        in_flight = asyncio.ensure_future(remote.nap(0.5))
+        await asyncio.sleep(0.1)
+        await ws[1].stop()
+        with pytest.raises(ActorOutputGateError):
+            await in_flight  # it may or may not have run: the caller is told so
+        # A call made while the owner is down waits for it to come back (same data).
+        later = asyncio.ensure_future(remote.deposit(1))
+        await asyncio.sleep(0.2)
+        assert not later.done()
+        await ws[1].start()
+        assert await later == 6
+
+    run(tmp_path, body)
+
+
+def test_garbage_on_the_call_socket_closes_that_connection_only(tmp_path: Path) -> None:
+    async def body(ws: list[Worker]) -> None:
+        loop = asyncio.get_running_loop()
+        for junk in (b"\xff\xff\xff\xff", b"\x00\x00\x00\x03abc", b"\x00\x00\x00\x01\x05"):
+            s = socket.socket(socket.AF_UNIX)
+            s.setblocking(False)
+            await loop.sock_connect(s, ws[1].sock)
+            await loop.sock_sendall(s, junk)
+            assert await asyncio.wait_for(loop.sock_recv(s, 100), 5) == b""  # closed
+            s.close()
+        remote = ws[0].ns.id_from_name(names_of(1, 1)[0])
+        assert await remote.deposit(3) == 3
+
+    run(tmp_path, body)
