@@ -625,6 +625,8 @@ fa_wal_options_init(fa_wal_options *opts)
     opts->group_delay_us = FA_WAL_DEFAULT_GROUP_DELAY_US;
     opts->group_min_records = FA_WAL_DEFAULT_GROUP_MIN_RECORDS;
     opts->group_bytes = FA_WAL_DEFAULT_GROUP_BYTES;
+    opts->group_window_us = 0;
+    opts->group_window_records = 64;
 }
 
 static int
@@ -791,6 +793,32 @@ gather(fa_wal *w, uint64_t last_batch)
     }
 }
 
+/*
+ * The commit window (see group_window_us): records are waiting; holds the batch open until
+ * group_window_records records or group_bytes wait, or the window ends. Appenders do not
+ * signal a busy flusher, so it looks every 50 µs. Called with mu held.
+ */
+static void
+hold_window(fa_wal *w)
+{
+    struct timespec now, deadline, slice;
+    if (w->opts.group_window_us == 0 || w->fill.len == 0)
+        return;
+    if (clock_gettime(CLOCK_MONOTONIC, &deadline) != 0)
+        return;
+    add_us(&deadline, (long)w->opts.group_window_us);
+    while (!w->closing && w->fill.len < w->opts.group_bytes &&
+           w->next_lsn - w->fill_first < w->opts.group_window_records) {
+        if (clock_gettime(CLOCK_MONOTONIC, &now) != 0 || !before(&now, &deadline))
+            break;
+        slice = now;
+        add_us(&slice, 50);
+        if (before(&deadline, &slice))
+            slice = deadline;
+        (void)pthread_cond_timedwait(&w->work_cv, &w->mu, &slice);
+    }
+}
+
 const uint32_t fa_wal_latency_bounds_us[FA_WAL_LATENCY_BUCKETS - 1] = {
     50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000,
 };
@@ -844,6 +872,7 @@ flusher_main(void *arg)
         }
         if (w->fill.len == 0)
             break;                                    /* closing, all written */
+        hold_window(w);
         tmp = w->flush;
         w->flush = w->fill;
         w->fill = tmp;
@@ -1031,7 +1060,8 @@ fa_wal_open(const char *dir, const fa_wal_options *opts, fa_wal **out, fa_wal_re
     }
     pthread_cond_init(&w->done_cv, NULL);
     if (w->opts.max_record > FA_WAL_RECORD_LIMIT || w->opts.segment_size == 0 ||
-        w->opts.max_pending == 0 || w->opts.group_delay_us > 1000000) {
+        w->opts.max_pending == 0 || w->opts.group_delay_us > 1000000 ||
+        w->opts.group_window_us > 1000000) {
         rc = -EINVAL;
         set_err(err, errlen, "invalid log options (max_record above %u, or a zero size)",
                 FA_WAL_RECORD_LIMIT);

@@ -20,6 +20,7 @@ typedef struct fa_wal_reader fa_wal_reader;
 typedef struct {
     uint64_t segment_size; uint32_t max_record; uint64_t max_pending;
     uint32_t group_delay_us; uint32_t group_min_records; uint64_t group_bytes;
+    uint32_t group_window_us; uint32_t group_window_records;
 } fa_wal_options;
 typedef struct {
     uint64_t first_lsn; uint64_t next_lsn; uint32_t segments; uint32_t tmp_removed;

@@ -23,6 +23,8 @@ class WriteAheadLog:
         group_delay_us: int = ...,
         group_min_records: int = ...,
         group_bytes: int = ...,
+        group_window_us: int = ...,
+        group_window_records: int = ...,
     ) -> None: ...
     def append(self, data: Buffer, type: int = 0) -> int: ...
     def wait_durable(self, lsn: int) -> Awaitable[None]: ...
@@ -156,6 +158,8 @@ class Shard:
         checkpoint_interval: float = ...,
         checkpoint_bytes: int = ...,
         group_delay_us: int = ...,
+        group_min_records: int = ...,
+        group_window_us: int = ...,
         alarm_timeout: float = ...,
     ) -> None: ...
     def open(self) -> None: ...

@@ -15,6 +15,9 @@ from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 cdef extern from "Python.h":
     bint PyCoro_CheckExact(object o)
 
+cdef extern from "pysend.h":
+    object fa_coro_send(object coro, object arg, int *returned)
+
 from .includes cimport timerwheel as ctw
 from .includes cimport wal as cwal
 

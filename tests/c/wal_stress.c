@@ -76,6 +76,8 @@ main(int argc, char **argv)
     o.segment_size = 16 * 1024;
     o.group_delay_us = 200;        /* exercise gather() too */
     o.group_min_records = 2;
+    o.group_window_us = 100;       /* and the commit window */
+    o.group_window_records = 16;
     rc = fa_wal_open(argv[1], &o, &wal, NULL, err, sizeof(err));
     if (rc != 0) {
         fprintf(stderr, "open: %s\n", err);

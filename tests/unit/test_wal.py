@@ -429,3 +429,38 @@ def test_crc32c_known_answer() -> None:
     assert crc32c(b"123456789") == 0xE3069283
     assert crc32c(b"") == 0
     assert crc32c(b"6789", crc32c(b"12345")) == 0xE3069283
+
+
+def test_commit_window_gathers_batches_and_bounds_the_wait(tmp_path: Path) -> None:
+    async def go() -> tuple[int, float, int]:
+        loop = asyncio.get_running_loop()
+        with WriteAheadLog(tmp_path / "a", group_window_us=200_000, group_window_records=8) as w:
+            # Eight records trickling in, 10 ms apart, inside one 200 ms window: one batch,
+            # written when the eighth arrives (the record count ends the window early).
+            t0 = loop.time()
+            lsns = []
+            for i in range(8):
+                lsns.append(w.append(b"r%d" % i))
+                await asyncio.sleep(0.01)
+            await w.wait_durable(lsns[-1])
+            gathered = w.batches
+            # A lone record waits out the window, no longer.
+            t1 = loop.time()
+            await w.wait_durable(w.append(b"lone"))
+            lone = loop.time() - t1
+            assert t1 - t0 < 0.2 + 0.1
+        w2 = WriteAheadLog(tmp_path / "b", group_window_us=1_000_000)
+        w2.append(b"closing")
+        await asyncio.sleep(0.05)  # the flusher is inside the window now
+        t2 = loop.time()
+        w2.close()  # does not sit out the window, and the record is written
+        closing = loop.time() - t2
+        assert [r[2] for r in LogReader(tmp_path / "b")] == [b"closing"]
+        return gathered, lone, closing
+
+    gathered, lone, closing = run(go)
+    assert gathered == 1
+    assert 0.15 <= lone < 1.0
+    assert closing < 0.5
+    with pytest.raises(ValueError):
+        WriteAheadLog(tmp_path / "c", group_window_us=2_000_000)

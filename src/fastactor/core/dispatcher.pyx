@@ -372,6 +372,7 @@ cdef class Shard:
     cdef uint64_t checkpoint_bytes
     cdef uint32_t group_delay_us
     cdef uint32_t group_min_records
+    cdef uint32_t group_window_us
     cdef uint64_t bytes_since_checkpoint
     cdef uint64_t tick
     cdef uint64_t idle_ticks
@@ -395,7 +396,8 @@ cdef class Shard:
                   double fetch_timeout=30.0, double block_timeout=30.0,
                   double idle_timeout=60.0, double checkpoint_interval=30.0,
                   uint64_t checkpoint_bytes=64 << 20, uint32_t group_delay_us=0,
-                  uint32_t group_min_records=16, double alarm_timeout=900.0):
+                  uint32_t group_min_records=16, uint32_t group_window_us=0,
+                  double alarm_timeout=900.0):
         self.data_dir = data_dir
         self.env = env
         self.method_timeout = method_timeout
@@ -406,6 +408,7 @@ cdef class Shard:
         self.checkpoint_bytes = checkpoint_bytes
         self.group_delay_us = group_delay_us
         self.group_min_records = group_min_records
+        self.group_window_us = group_window_us
         self.alarm_timeout = alarm_timeout
         self.namespaces = {}
         self.alarm_handles = {}
@@ -437,7 +440,8 @@ cdef class Shard:
         try:
             self.wal = WriteAheadLog(os.path.join(self.data_dir, "log"), max_record=256 << 20,
                                      group_delay_us=self.group_delay_us,
-                                     group_min_records=self.group_min_records)
+                                     group_min_records=self.group_min_records,
+                                     group_window_us=self.group_window_us)
         except BaseException:
             self.store.close()
             raise
@@ -608,6 +612,7 @@ cdef class Shard:
         """Starts C on INST; True if the turn also ended (no real suspension)."""
         cdef _Turn t = _Turn.__new__(_Turn)
         cdef _WriteSet ws = _WriteSet.__new__(_WriteSet)
+        cdef int returned = 0
         ws.puts = {}
         t.inst = inst
         t.call = c
@@ -639,12 +644,12 @@ cdef class Shard:
                 return True
             r = _await_it(r)
         try:
-            y = r.send(None)
-        except StopIteration as s:
-            self.end(t, s.value, None)
-            return True
+            y = fa_coro_send(r, None, &returned)
         except BaseException as e:
             self.end(t, None, e)
+            return True
+        if returned:
+            self.end(t, y, None)
             return True
         # Suspended for real: a Task carries the rest, under the turn's budget.
         t.task = self.loop.create_task(_continue(r, y))

@@ -344,6 +344,7 @@ cdef class _FetchTask:
 
     cdef void step(self, object value, object exc):
         cdef bint entered = False
+        cdef int returned = 0
         if _current_task(self.loop) is None:
             _enter_task(self.loop, self)
             entered = True
@@ -354,16 +355,19 @@ cdef class _FetchTask:
                     exc = _CancelledError()
             try:
                 if exc is None:
-                    y = self.coro.send(value)
+                    y = fa_coro_send(self.coro, value, &returned)
                 else:
                     y = self.coro.throw(exc)
-            except StopIteration as s:
-                self.finished = True
-                self.conn._fetched(s.value, None)
-                return
+            except StopIteration as s:     # from throw()
+                returned = 1
+                y = s.value
             except BaseException as e:
                 self.finished = True
                 self.conn._fetched(None, e)
+                return
+            if returned:
+                self.finished = True
+                self.conn._fetched(y, None)
                 return
             self.wait_on(y)
         finally:
@@ -584,6 +588,12 @@ cdef class HttpConnection:
 
     def on_header(self, bytes name, bytes value):
         self._count(len(name) + len(value) + 4)
+        if (len(name) == 14 and name.lower() == b"content-length" and value.isdigit()
+                and int(value) > self.max_body):
+            # Refused before the body is read.
+            self.refused = _error_response(
+                413, f"request body is larger than {self.max_body} bytes")
+            raise httptools.HttpParserError("body too large")
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     cdef void _count(self, Py_ssize_t n) except *:
@@ -592,14 +602,6 @@ cdef class HttpConnection:
             self.refused = _error_response(
                 431, f"request headers are larger than {self.max_headers} bytes")
             raise httptools.HttpParserError("headers too large")
-
-    def on_headers_complete(self):
-        for k, v in self.headers:
-            if (len(<str>k) == 14 and (<str>k).lower() == "content-length"
-                    and (<str>v).isdigit() and int(v) > self.max_body):
-                self.refused = _error_response(
-                    413, f"request body is larger than {self.max_body} bytes")
-                raise httptools.HttpParserError("body too large")
 
     def on_body(self, bytes body):
         self.body_bytes += len(body)

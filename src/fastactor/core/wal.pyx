@@ -45,7 +45,8 @@ cdef class WriteAheadLog:
     def __cinit__(self, path, *, uint64_t segment_size=64 << 20,
                   uint32_t max_record=32 << 20, uint64_t max_pending=1 << 30,
                   uint32_t group_delay_us=0, uint32_t group_min_records=16,
-                  uint64_t group_bytes=256 << 10):
+                  uint64_t group_bytes=256 << 10, uint32_t group_window_us=0,
+                  uint32_t group_window_records=64):
         cdef cwal.fa_wal_options opts
         cdef cwal.fa_wal_recovery rec
         cdef char err[1024]
@@ -62,6 +63,8 @@ cdef class WriteAheadLog:
         opts.group_delay_us = group_delay_us
         opts.group_min_records = group_min_records
         opts.group_bytes = group_bytes
+        opts.group_window_us = group_window_us
+        opts.group_window_records = group_window_records
         err[0] = 0
         with nogil:
             rc = cwal.fa_wal_open(cpath, &opts, &self._w, &rec, err, sizeof(err))

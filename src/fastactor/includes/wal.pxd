@@ -16,6 +16,8 @@ cdef extern from "wal.h" nogil:
         uint32_t group_delay_us
         uint32_t group_min_records
         uint64_t group_bytes
+        uint32_t group_window_us
+        uint32_t group_window_records
 
     ctypedef struct fa_wal_recovery:
         uint64_t first_lsn

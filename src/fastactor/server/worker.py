@@ -37,7 +37,7 @@ async def serve(cfg: dict[str, Any]) -> None:
     functions = [load_function(d) for d in cfg["dirs"]]
     owners = resolve(functions)
     loop = asyncio.get_running_loop()
-    shard = Shard(cfg["shards"][me], Env({}))
+    shard = Shard(cfg["shards"][me], Env({}), group_window_us=cfg.get("commit_window_us", 0))
     shard.open()
     channel = Channel([socket_path(data, i) for i in range(workers)])
     local = {
