@@ -762,6 +762,25 @@ before(const struct timespec *a, const struct timespec *b)
 }
 
 /*
+ * Sleeps on work_cv for one slice of US µs, or up to DEADLINE if that comes first. Appenders
+ * do not signal a busy flusher, so the wait ends at the slice's end. Returns 0, without
+ * waiting, once DEADLINE has passed. Called with mu held.
+ */
+static int
+wait_slice(fa_wal *w, const struct timespec *deadline, long us)
+{
+    struct timespec now, slice;
+    if (clock_gettime(CLOCK_MONOTONIC, &now) != 0 || !before(&now, deadline))
+        return 0;
+    slice = now;
+    add_us(&slice, us);
+    if (before(deadline, &slice))
+        slice = *deadline;
+    (void)pthread_cond_timedwait(&w->work_cv, &w->mu, &slice);
+    return 1;
+}
+
+/*
  * Lets the next batch gather after a large one (see group_delay_us): waits in slices of 25
  * µs for as long as records keep arriving, up to the delay or group_bytes. A burst that has
  * stopped (every writer is already waiting on this batch) ends the wait at once, so only
@@ -770,7 +789,7 @@ before(const struct timespec *a, const struct timespec *b)
 static void
 gather(fa_wal *w, uint64_t last_batch)
 {
-    struct timespec now, deadline, slice;
+    struct timespec deadline;
     size_t seen;
     if (w->opts.group_delay_us == 0 || last_batch < w->opts.group_min_records)
         return;
@@ -778,15 +797,7 @@ gather(fa_wal *w, uint64_t last_batch)
         return;
     add_us(&deadline, (long)w->opts.group_delay_us);
     seen = w->fill.len;
-    while (!w->closing && w->fill.len < w->opts.group_bytes) {
-        if (clock_gettime(CLOCK_MONOTONIC, &now) != 0 || !before(&now, &deadline))
-            break;
-        slice = now;
-        add_us(&slice, 25);
-        if (before(&deadline, &slice))
-            slice = deadline;
-        /* Appenders do not signal a busy flusher: this wakes at the slice's end. */
-        (void)pthread_cond_timedwait(&w->work_cv, &w->mu, &slice);
+    while (!w->closing && w->fill.len < w->opts.group_bytes && wait_slice(w, &deadline, 25)) {
         if (w->fill.len == seen)
             break;
         seen = w->fill.len;
@@ -795,28 +806,22 @@ gather(fa_wal *w, uint64_t last_batch)
 
 /*
  * The commit window (see group_window_us): records are waiting; holds the batch open until
- * group_window_records records or group_bytes wait, or the window ends. Appenders do not
- * signal a busy flusher, so it looks every 50 µs. Called with mu held.
+ * group_window_records records or group_bytes wait, or the window ends, looking every 50
+ * µs. Called with mu held.
  */
 static void
 hold_window(fa_wal *w)
 {
-    struct timespec now, deadline, slice;
+    struct timespec deadline;
     if (w->opts.group_window_us == 0 || w->fill.len == 0)
         return;
     if (clock_gettime(CLOCK_MONOTONIC, &deadline) != 0)
         return;
     add_us(&deadline, (long)w->opts.group_window_us);
     while (!w->closing && w->fill.len < w->opts.group_bytes &&
-           w->next_lsn - w->fill_first < w->opts.group_window_records) {
-        if (clock_gettime(CLOCK_MONOTONIC, &now) != 0 || !before(&now, &deadline))
-            break;
-        slice = now;
-        add_us(&slice, 50);
-        if (before(&deadline, &slice))
-            slice = deadline;
-        (void)pthread_cond_timedwait(&w->work_cv, &w->mu, &slice);
-    }
+           w->next_lsn - w->fill_first < w->opts.group_window_records &&
+           wait_slice(w, &deadline, 50))
+        ;
 }
 
 const uint32_t fa_wal_latency_bounds_us[FA_WAL_LATENCY_BUCKETS - 1] = {
