@@ -806,22 +806,33 @@ gather(fa_wal *w, uint64_t last_batch)
 
 /*
  * The commit window (see group_window_us): records are waiting; holds the batch open until
- * group_window_records records or group_bytes wait, or the window ends, looking every 50
- * µs. Called with mu held.
+ * group_window_records records or group_bytes wait, the window ends, or no record has come
+ * for a quarter of the window (the writers are all waiting on this batch: a light load pays
+ * a short wait, not the whole window). Looks every 50 µs. Called with mu held.
  */
 static void
 hold_window(fa_wal *w)
 {
     struct timespec deadline;
+    uint64_t seen;
+    uint32_t quiet = 0, quiet_max;
     if (w->opts.group_window_us == 0 || w->fill.len == 0)
         return;
     if (clock_gettime(CLOCK_MONOTONIC, &deadline) != 0)
         return;
     add_us(&deadline, (long)w->opts.group_window_us);
+    quiet_max = w->opts.group_window_us / 4 / 50;
+    seen = w->next_lsn;
     while (!w->closing && w->fill.len < w->opts.group_bytes &&
            w->next_lsn - w->fill_first < w->opts.group_window_records &&
-           wait_slice(w, &deadline, 50))
-        ;
+           wait_slice(w, &deadline, 50)) {
+        if (w->next_lsn != seen) {
+            seen = w->next_lsn;
+            quiet = 0;
+        } else if (++quiet > quiet_max) {
+            break;
+        }
+    }
 }
 
 const uint32_t fa_wal_latency_bounds_us[FA_WAL_LATENCY_BUCKETS - 1] = {

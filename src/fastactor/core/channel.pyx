@@ -7,7 +7,7 @@
 # a local call and sends the reply (or the error) back when the output gate releases it.
 #
 # Frames are a 4-byte big-endian length and a codec value: a call is
-# (id, "account/type", name, kind, method, args, kwargs), a reply (id, ok, value or error).
+# [id, "account/type", name, kind, method, args, kwargs], a reply [id, ok, value or error].
 # Frames sent in one event loop iteration leave in one write; a received chunk is parsed in
 # place, and only a frame cut by the chunk's end is kept (and copied once, when whole).
 
@@ -35,9 +35,9 @@ cdef bytes _frame(object msg):
     return out
 
 
-cdef tuple _error_tuple(object e):
+cdef list _error_tuple(object e):
     remote = getattr(e, "remote_type", type(e).__name__)
-    return (type(e).__name__, str(e), remote if type(remote) is str else type(e).__name__)
+    return [type(e).__name__, str(e), remote if type(remote) is str else type(e).__name__]
 
 
 cdef object _error_from(object value):
@@ -165,26 +165,27 @@ cdef class _Reply:
     def __call__(self, fut):
         cdef Response r
         if fut.cancelled():
-            msg = (self.call_id, False, _error_tuple(
-                ActorOutputGateError("the call was cancelled in the owning worker")))
+            msg = [self.call_id, False, _error_tuple(
+                ActorOutputGateError("the call was cancelled in the owning worker"))]
         elif fut.exception() is not None:
-            msg = (self.call_id, False, _error_tuple(fut.exception()))
+            msg = [self.call_id, False, _error_tuple(fut.exception())]
         else:
             value = fut.result()
             if self.fetch:
                 if isinstance(value, Response):
                     r = <Response>value
-                    value = (r.status, _as_headers(r.headers)._items, r.body)
-                    msg = (self.call_id, True, value)
+                    value = [r.status, [[k, v] for k, v in _as_headers(r.headers)._items],
+                             r.body]
+                    msg = [self.call_id, True, value]
                 else:
-                    msg = (self.call_id, False, _error_tuple(ActorMethodError(
-                        f"fetch returned {type(value).__name__}, not a Response", "TypeError")))
+                    msg = [self.call_id, False, _error_tuple(ActorMethodError(
+                        f"fetch returned {type(value).__name__}, not a Response", "TypeError"))]
             else:
-                msg = (self.call_id, True, value)
+                msg = [self.call_id, True, value]
         try:
             frame = _frame(msg)
         except CodecError as e:
-            frame = _frame((self.call_id, False, _error_tuple(e)))
+            frame = _frame([self.call_id, False, _error_tuple(e)])
         self.conn.send(frame)
 
 
@@ -225,7 +226,7 @@ cdef class CallServer(_FrameConn):
             else:
                 fut = ns.shard.call(stub, KIND_CALL, method, tuple(args), kwargs or None)
         except BaseException as e:     # the caller gets it, as the local call would have
-            self.send(_frame((call_id, False, _error_tuple(e))))
+            self.send(_frame([call_id, False, _error_tuple(e)]))
             return
         reply = _Reply.__new__(_Reply)
         reply.conn = self
@@ -313,7 +314,9 @@ cdef class Channel:
         cdef _Peer peer
         self.next_id += 1
         call_id = self.next_id
-        frame = _frame((call_id, key, name, kind, method, args, kwargs))
+        # Lists, not tuples: plain values take the codec's fast path (args' own items keep
+        # their types; the owner makes the list a tuple again).
+        frame = _frame([call_id, key, name, kind, method, list(args), kwargs])
         peer = self.peers[owner]
         if peer is None:
             peer = self._open(owner)
@@ -393,8 +396,9 @@ cdef class RemoteStub:
         if not isinstance(request, Request):
             raise TypeError(f"fetch takes a Request, not {type(request).__name__}")
         cdef Request r = <Request>request
+        headers = [[k, v] for k, v in (<Headers>r.headers)._items]
         return self._ns.channel.call(self._owner, self._ns.key, self.id, KIND_FETCH, "fetch",
-                                     (r.method, r.url, r.headers.raw(), r._body), None)
+                                     (r.method, r.url, headers, r._body), None)
 
     def __eq__(self, other):
         return (isinstance(other, RemoteStub) and (<RemoteStub>other).id == self.id
