@@ -151,7 +151,7 @@ def run(seconds: int = 10, rounds: int = 3) -> str:
             [sys.executable, "-c", TRIVIAL, str(port + 1)],
             stdout=subprocess.PIPE,
             text=True,
-            start_new_session=True,
+            process_group=0,  # not a new session: one autogroup with wrk (see BENCHMARKS.md)
         )
         procs.append(triv)
         _wait_port(port + 1)
@@ -160,7 +160,7 @@ def run(seconds: int = 10, rounds: int = 3) -> str:
             + ["--data", str(data)],
             stdout=subprocess.PIPE,
             text=True,
-            start_new_session=True,
+            process_group=0,  # not a new session: one autogroup with wrk (see BENCHMARKS.md)
         )
         procs.append(srv)
         assert srv.stdout is not None
