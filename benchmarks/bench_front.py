@@ -14,6 +14,7 @@ request a whole HTTP/1.1 message, the log on the disk under .bench-data (real fd
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import random
 import shutil
@@ -25,13 +26,16 @@ from typing import Any
 
 import uvloop
 
+from fastactor import Runtime
+from fastactor.server.http import HttpProtocol, Limits
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "examples" / "account"))
-
-import app  # noqa: E402
-
-from fastactor import Runtime  # noqa: E402
-from fastactor.server.http import HttpProtocol, Limits  # noqa: E402
+_spec = importlib.util.spec_from_file_location(
+    "bench_front_account", ROOT / "examples" / "account" / "app.py"
+)
+assert _spec is not None and _spec.loader is not None
+app = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(app)
 
 CONNECTIONS = 64
 
@@ -116,8 +120,8 @@ async def direct_run(env: Any, total: int) -> float:
 
 
 async def main(total: int) -> str:
-    base = ROOT / ".bench-data"
-    base.mkdir(exist_ok=True)
+    base = Path(os.environ.get("FASTACTOR_BENCH_DIR", ROOT / ".bench-data"))
+    base.mkdir(parents=True, exist_ok=True)
     d = tempfile.mkdtemp(prefix="bench-front-", dir=base)
     try:
         async with Runtime(d, actors={"ACCOUNT": app.Account}) as rt:
@@ -141,6 +145,11 @@ async def main(total: int) -> str:
     ]
     lines += [f"| {name} | {us * 1e6:.1f} µs |" for name, us in rows]
     return "\n".join(lines)
+
+
+def test_front(benchmark: Any) -> None:
+    table = benchmark.pedantic(lambda: uvloop.run(main(2000)), rounds=1, iterations=1)
+    assert "debit called on the stub" in table
 
 
 if __name__ == "__main__":
