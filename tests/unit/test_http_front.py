@@ -218,3 +218,44 @@ def test_headers_and_responses() -> None:
         b"HTTP/1.1 299 Status\r\ncontent-type: text/plain; charset=utf-8\r\n"
         b"content-length: 2\r\nconnection: close\r\n\r\n\xc3\xa9"
     )
+
+
+def test_a_client_that_does_not_read_is_not_read_either() -> None:
+    """A pipelining client that never reads its answers: once the socket's buffers fill,
+    the front stops reading its requests; memory stays bounded, and other connections go on."""
+
+    async def fetch(req: Request, env: Any) -> Response:
+        return Response(b"x" * 65536)
+
+    async def go() -> tuple[int, bytes]:
+        loop = asyncio.get_running_loop()
+        conns: set[HttpProtocol] = set()
+        counters = {"requests": 0}
+        server = await loop.create_server(
+            lambda: HttpProtocol(fetch, None, Limits(), "http://t", conns, counters),
+            "127.0.0.1",
+            0,
+        )
+        port = server.sockets[0].getsockname()[1]
+        _, w1 = await asyncio.open_connection("127.0.0.1", port)
+        # Requests keep coming; answers are never read.
+        for _ in range(4000):
+            w1.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            if w1.transport.get_write_buffer_size() > 1 << 20:
+                break
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.3)
+        served = counters["requests"]
+        r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+        w2.write(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        other = await asyncio.wait_for(r2.read(), 10)
+        w1.transport.abort()
+        w2.close()
+        server.close()
+        return served, other
+
+    served, other = uvloop.run(go())
+    # 64 KiB answers: the front stopped after the kernel's buffers and one high-water mark
+    # filled (a few MiB), not after all the requests the client sent.
+    assert served < 400, served
+    assert other.startswith(b"HTTP/1.1 200") and other.endswith(b"x" * 100)

@@ -536,16 +536,23 @@ cdef class HttpConnection:
         self.queue.clear()
         if self.idle_handle is not None:
             self.idle_handle.cancel()
+        if self.budget is not None and self.task is None:
+            self.budget.cancel()       # else it keeps a closed connection for up to 30 s
+            self.budget = None
 
     def eof_received(self):
         # Half-closed by the client: answer what came in, then close (the default).
         return None
 
     def pause_writing(self):
-        pass
+        # The client is not reading its answers: stop reading its requests until it does,
+        # so a pipelining client that never reads cannot grow the write buffer for ever.
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
 
     def resume_writing(self):
-        pass
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def data_received(self, data):
         if self.closing:
