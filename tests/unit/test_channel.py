@@ -229,3 +229,35 @@ def test_garbage_on_the_call_socket_closes_that_connection_only(tmp_path: Path) 
         assert await remote.deposit(3) == 3
 
     run(tmp_path, body)
+
+
+def test_a_peer_that_does_not_read_its_replies_is_not_read_either(tmp_path: Path) -> None:
+    async def body(ws: list[Worker]) -> None:
+        from fastactor._core import encode_value
+
+        loop = asyncio.get_running_loop()
+        name = names_of(1, 1)[0]
+        s = socket.socket(socket.AF_UNIX)
+        s.setblocking(False)
+        await loop.sock_connect(s, ws[1].sock)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        before = ws[1].shard.stats["turns"]
+        big = b"y" * 65536
+        sent = 0
+        for i in range(1, 3000):  # calls whose replies (64 KiB each) are never read
+            data = encode_value([i, "default/Account", name, 0, "echo", [big], None])
+            try:
+                s.send(len(data).to_bytes(4, "big") + data)
+            except BlockingIOError:
+                break
+            sent += 1
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.3)
+        ran = ws[1].shard.stats["turns"] - before
+        s.close()
+        # The owner stopped taking calls once its replies backed up (a few MiB), long
+        # before all the calls were sent; and it still serves the other worker.
+        assert ran < 300 and sent > ran, (ran, sent)
+        assert await ws[0].ns.id_from_name(name).deposit(2) == 2
+
+    run(tmp_path, body)

@@ -203,6 +203,16 @@ cdef class CallServer(_FrameConn):
         if self.transport is not None:
             self.transport.close()
 
+    def pause_writing(self):
+        # The peer is not reading its replies: take no more of its calls until it does, so
+        # the replies waiting here stay bounded.
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_writing(self):
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
     def connection_lost(self, exc):
         self.transport = None          # replies still due are dropped: the caller is gone
         self.lost = True
