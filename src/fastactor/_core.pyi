@@ -158,7 +158,6 @@ class Shard:
         checkpoint_interval: float = ...,
         checkpoint_bytes: int = ...,
         group_delay_us: int = ...,
-        group_min_records: int = ...,
         group_window_us: int = ...,
         alarm_timeout: float = ...,
     ) -> None: ...

@@ -206,12 +206,10 @@ cdef class CallServer(_FrameConn):
     def pause_writing(self):
         # The peer is not reading its replies: take no more of its calls until it does, so
         # the replies waiting here stay bounded.
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
+        _reading(self.transport, False)
 
     def resume_writing(self):
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        _reading(self.transport, True)
 
     def connection_lost(self, exc):
         self.transport = None          # replies still due are dropped: the caller is gone

@@ -371,7 +371,6 @@ cdef class Shard:
     cdef double checkpoint_interval
     cdef uint64_t checkpoint_bytes
     cdef uint32_t group_delay_us
-    cdef uint32_t group_min_records
     cdef uint32_t group_window_us
     cdef uint64_t bytes_since_checkpoint
     cdef uint64_t tick
@@ -396,7 +395,7 @@ cdef class Shard:
                   double fetch_timeout=30.0, double block_timeout=30.0,
                   double idle_timeout=60.0, double checkpoint_interval=30.0,
                   uint64_t checkpoint_bytes=64 << 20, uint32_t group_delay_us=0,
-                  uint32_t group_min_records=16, uint32_t group_window_us=0,
+                  uint32_t group_window_us=0,
                   double alarm_timeout=900.0):
         self.data_dir = data_dir
         self.env = env
@@ -407,7 +406,6 @@ cdef class Shard:
         self.checkpoint_interval = checkpoint_interval
         self.checkpoint_bytes = checkpoint_bytes
         self.group_delay_us = group_delay_us
-        self.group_min_records = group_min_records
         self.group_window_us = group_window_us
         self.alarm_timeout = alarm_timeout
         self.namespaces = {}
@@ -440,7 +438,6 @@ cdef class Shard:
         try:
             self.wal = WriteAheadLog(os.path.join(self.data_dir, "log"), max_record=256 << 20,
                                      group_delay_us=self.group_delay_us,
-                                     group_min_records=self.group_min_records,
                                      group_window_us=self.group_window_us)
         except BaseException:
             self.store.close()

@@ -441,6 +441,16 @@ cdef class _FetchTask:
         return f"<fetch task {'done' if self.finished else 'pending'}>"
 
 
+cdef void _reading(object transport, bint on) except *:
+    """Flow control of a protocol whose peer stopped reading (pause_writing): stop reading
+    from it until it reads again (resume_writing)."""
+    if transport is not None and not transport.is_closing():
+        if on:
+            transport.resume_reading()
+        else:
+            transport.pause_reading()
+
+
 cdef class HttpConnection:
     """One HTTP/1.1 connection: an asyncio protocol. FETCH is ``fetch(request, env)`` of the
     function served here; LIMITS a fastactor.server.http.Limits; CONNS the set of open
@@ -547,12 +557,10 @@ cdef class HttpConnection:
     def pause_writing(self):
         # The client is not reading its answers: stop reading its requests until it does,
         # so a pipelining client that never reads cannot grow the write buffer for ever.
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
+        _reading(self.transport, False)
 
     def resume_writing(self):
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        _reading(self.transport, True)
 
     def data_received(self, data):
         if self.closing:
