@@ -343,6 +343,18 @@ damage_is_torn_tail(const uint8_t *base, uint64_t size, uint64_t off, uint64_t e
     return !found || expect >= last_batch_start;
 }
 
+/* 1 if the bytes of BASE from OFF to SIZE are all zero: the space a log writes ahead of its
+ * records (see write_ahead), not damage. */
+static int
+zero_tail(const uint8_t *base, uint64_t size, uint64_t off)
+{
+    for (uint64_t p = off; p < size; p++) {
+        if (base[p] != 0)
+            return 0;
+    }
+    return 1;
+}
+
 /* ------------------------------------------------------------------------------------------
  * The directory: listing and validating segments
  * ---------------------------------------------------------------------------------------- */
@@ -598,6 +610,7 @@ struct fa_wal {
     _Atomic uint64_t durable_lsn;
     _Atomic int error;
     _Atomic int idle;            /* the flusher waits on work_cv */
+    int holding;                 /* the flusher holds the commit window open (under mu) */
     _Atomic int fault_armed;
     _Atomic uint64_t batches;
     fa_wal_stats stats;          /* under mu */
@@ -607,6 +620,7 @@ struct fa_wal {
     fa_buf flush;
     int segfd;
     uint64_t seg_off;            /* bytes in the segment being written */
+    uint64_t seg_alloc;          /* its file size: seg_off plus the zeros written ahead */
 
     int dirfd;
     int lockfd;
@@ -699,6 +713,13 @@ rotate(fa_wal *w, uint64_t first)
 {
     uint64_t seqno;
     int fd, rc;
+    /* A segment that another follows ends exactly at its last record: drop the zeros
+     * written ahead, durably, before the next segment exists. */
+    if (w->seg_alloc > w->seg_off) {
+        if (ftruncate(w->segfd, (off_t)w->seg_off) < 0 || fa_fdatasync(w->segfd) < 0)
+            return -errno;
+        w->seg_alloc = w->seg_off;
+    }
     pthread_mutex_lock(&w->mu);
     seqno = w->segs.v[w->segs.n - 1].seqno + 1;
     pthread_mutex_unlock(&w->mu);
@@ -714,7 +735,29 @@ rotate(fa_wal *w, uint64_t first)
     /* The old segment was fdatasync'ed with its last batch; a failing close loses nothing. */
     (void)close(w->segfd);
     w->segfd = fd;
-    w->seg_off = FA_WAL_SEG_HEADER;
+    w->seg_off = w->seg_alloc = FA_WAL_SEG_HEADER;
+    return 0;
+}
+
+/*
+ * Writes zeros from the segment's end to past NEED, a FA_WAL_WRITE_AHEAD step at a time
+ * (flusher thread). The batches then written over them leave the file's size alone, so their
+ * fdatasync flushes data only: the size change (a metadata write on ext4, a journal commit
+ * where there is one) is paid once per step instead of once per batch. Zeros are never
+ * mistaken for a record (a record's LSN is at least 1, and its CRC is checked).
+ */
+static int
+write_ahead(fa_wal *w, uint64_t need)
+{
+    static const uint8_t zeros[64 * 1024];
+    uint64_t end = (need / FA_WAL_WRITE_AHEAD + 1) * FA_WAL_WRITE_AHEAD;
+    int rc;
+    while (w->seg_alloc < end) {
+        uint64_t n = end - w->seg_alloc < sizeof(zeros) ? end - w->seg_alloc : sizeof(zeros);
+        if ((rc = pwrite_all(w->segfd, zeros, (size_t)n, w->seg_alloc)) < 0)
+            return rc;
+        w->seg_alloc += n;
+    }
     return 0;
 }
 
@@ -736,6 +779,8 @@ write_batch(fa_wal *w, fa_buf *b, uint64_t first)
             return rc;
     }
     if ((rc = fault_hit(w, FA_FAULT_WRITE)) < 0)
+        return rc;
+    if (w->seg_off + b->len > w->seg_alloc && (rc = write_ahead(w, w->seg_off + b->len)) < 0)
         return rc;
     if ((rc = pwrite_all(w->segfd, b->data, b->len, w->seg_off)) < 0)
         return rc;
@@ -807,33 +852,34 @@ gather(fa_wal *w, uint64_t last_batch)
 
 /*
  * The commit window (see group_window_us): records are waiting; holds the batch open until
- * group_window_records records or group_bytes wait, the window ends, or no record has come
- * for a quarter of the window (the writers are all waiting on this batch: a light load pays
- * a short wait, not the whole window). Looks every 50 µs. Called with mu held.
+ * group_window_records records or group_bytes wait, the window ends, or a quarter of the
+ * window passes with no new record (the writers are all waiting on this batch: a light load
+ * pays a short wait, not the whole window). The flusher sleeps a quarter-window at a time and
+ * the appender that fills the batch wakes it, so a window costs at most a few wake-ups.
+ * Called with mu held.
  */
 static void
 hold_window(fa_wal *w)
 {
     struct timespec deadline;
     uint64_t seen;
-    uint32_t quiet = 0, quiet_max;
+    long slice;
     if (w->opts.group_window_us == 0 || w->fill.len == 0)
         return;
     if (clock_gettime(CLOCK_MONOTONIC, &deadline) != 0)
         return;
     add_us(&deadline, (long)w->opts.group_window_us);
-    quiet_max = w->opts.group_window_us / 4 / 50;
+    slice = w->opts.group_window_us / 4 < 25 ? 25 : (long)w->opts.group_window_us / 4;
     seen = w->next_lsn;
+    w->holding = 1;
     while (!w->closing && w->fill.len < w->opts.group_bytes &&
            w->next_lsn - w->fill_first < w->opts.group_window_records &&
-           wait_slice(w, &deadline, 50)) {
-        if (w->next_lsn != seen) {
-            seen = w->next_lsn;
-            quiet = 0;
-        } else if (++quiet > quiet_max) {
+           wait_slice(w, &deadline, slice)) {
+        if (w->next_lsn == seen)
             break;
-        }
+        seen = w->next_lsn;
     }
+    w->holding = 0;
 }
 
 const uint32_t fa_wal_latency_bounds_us[FA_WAL_LATENCY_BUCKETS - 1] = {
@@ -945,7 +991,7 @@ recover_tail(fa_wal *w, fa_wal_recovery *rec, char *err, size_t errlen)
     uint8_t *map = NULL;
     uint64_t size = 0, off = FA_WAL_SEG_HEADER, expect = last->first_lsn;
     enum rec_status st = REC_OK;
-    int rc;
+    int rc, ahead;
 
     (void)snprintf(name, sizeof(name), SEG_NAME_FMT, last->seqno);
     w->segfd = openat(w->dirfd, name, O_RDWR | O_CLOEXEC);
@@ -966,7 +1012,9 @@ recover_tail(fa_wal *w, fa_wal_recovery *rec, char *err, size_t errlen)
         off += FA_WAL_REC_HEADER + len;
         expect++;
     }
-    if (st != REC_OK && !damage_is_torn_tail(map, size, off, expect, last->first_lsn)) {
+    /* Zeros written ahead are not damage: the records end at OFF and the zeros stay. */
+    ahead = st != REC_OK && zero_tail(map, size, off);
+    if (st != REC_OK && !ahead && !damage_is_torn_tail(map, size, off, expect, last->first_lsn)) {
         rc = -EBADMSG;
         set_err(err, errlen, "%s/%s: byte offset %" PRIu64 ": %s (LSN %" PRIu64
                 ") followed by later durable records", w->dir, name, off,
@@ -980,7 +1028,9 @@ recover_tail(fa_wal *w, fa_wal_recovery *rec, char *err, size_t errlen)
         goto done;
     }
     map = NULL;
-    if (off < size) {
+    w->seg_alloc = size;
+    if (off < size && !ahead) {
+        w->seg_alloc = off;
         if (ftruncate(w->segfd, (off_t)off) < 0 || fa_fdatasync(w->segfd) < 0) {
             rc = -errno;
             set_err(err, errlen, "%s/%s: cannot cut the torn tail at byte offset %" PRIu64,
@@ -1129,7 +1179,7 @@ fa_wal_open(const char *dir, const fa_wal_options *opts, fa_wal **out, fa_wal_re
             set_err(err, errlen, "out of memory");
             goto fail;
         }
-        w->seg_off = FA_WAL_SEG_HEADER;
+        w->seg_off = w->seg_alloc = FA_WAL_SEG_HEADER;
         w->next_lsn = 1;
     } else if ((rc = recover_tail(w, rec, err, errlen)) < 0) {
         goto fail;
@@ -1198,6 +1248,10 @@ fa_wal_append(fa_wal *w, uint16_t type, const void *data, size_t len, uint64_t *
         memcpy(h + FA_WAL_REC_HEADER, data, len);
     w->fill.len += FA_WAL_REC_HEADER + len;
     *lsn = w->next_lsn++;
+    /* A flusher holding the commit window is woken once, by the record that fills it. */
+    if (w->holding && (w->next_lsn - w->fill_first == w->opts.group_window_records ||
+                       w->fill.len >= w->opts.group_bytes))
+        pthread_cond_signal(&w->work_cv);
 out:
     pthread_mutex_unlock(&w->mu);
     return rc;
@@ -1333,6 +1387,11 @@ fa_wal_close(fa_wal *w, uint64_t *durable)
     rc = atomic_load(&w->error);
     if (durable != NULL)
         *durable = atomic_load(&w->durable_lsn);
+    /* A closed log's last segment ends at its last record, like every other segment. Left
+     * undone (the log failed, or ftruncate does), the zeros are read as the end on open. */
+    if (w->segfd >= 0 && rc == 0 && w->seg_alloc > w->seg_off &&
+        (ftruncate(w->segfd, (off_t)w->seg_off) < 0 || fa_fdatasync(w->segfd) < 0))
+        rc = -errno;
     if (w->segfd >= 0 && close(w->segfd) < 0 && rc == 0)
         rc = -errno;
     w->segfd = -1;
@@ -1476,8 +1535,9 @@ fa_wal_reader_next(fa_wal_reader *r, fa_wal_record *rec, char *err, size_t errle
         }
         st = check_record(r->map, r->map_size, r->off, r->expect, seg->first_lsn, &len);
         if (st != REC_OK) {
-            if (last && damage_is_torn_tail(r->map, r->map_size, r->off, r->expect,
-                                            seg->first_lsn)) {
+            if (last && (zero_tail(r->map, r->map_size, r->off) ||
+                         damage_is_torn_tail(r->map, r->map_size, r->off, r->expect,
+                                             seg->first_lsn))) {
                 r->done = 1;
                 return 0;
             }

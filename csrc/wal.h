@@ -56,8 +56,12 @@
  *        spans two segments).
  *   A segment header is valid iff its magic, version, size and CRC match and its sequence
  *   number equals the one in the file name. Within a segment the records form an unbroken
- *   run of valid records from offset 32 to the end of the file. The first record of segment
- *   N+1 has the LSN after the last record of segment N.
+ *   run of valid records from offset 32 to the end of the file, with one exception: the
+ *   segment being written may end in zero bytes after its last record. The flusher writes
+ *   zeros FA_WAL_WRITE_AHEAD bytes at a time ahead of the records, so that the fdatasync of a
+ *   batch written over them does not also have to record a new file size. A segment that
+ *   another follows, and the last one of a log closed cleanly, end exactly at their last
+ *   record. The first record of segment N+1 has the LSN after the last record of segment N.
  *
  * THE CHECKSUM
  *
@@ -75,7 +79,9 @@
  *
  *   1. Take the lock; remove *.tmp files; refuse foreign files; list segments by sequence
  *      number; refuse a gap in sequence numbers; check every segment header.
- *   2. Scan the last segment record by record. At the first invalid record at OFF:
+ *   2. Scan the last segment record by record. At the first invalid record at OFF: if every
+ *      byte from OFF to the end of the file is zero, the records end at OFF (the zeros stay
+ *      and later batches are written over them); otherwise
  *      a. look past OFF for valid records (a header whose CRC verifies, with an LSN that
  *         could follow); take the batch start (LSN - batch offset) of the last one;
  *      b. if there is none, or if the damaged record's expected LSN E is at or above that
@@ -121,6 +127,7 @@ extern "C" {
 #define FA_WAL_RECORD_LIMIT   (1u << 30)     /* format limit on one payload: 1 GiB */
 
 #define FA_WAL_DEFAULT_SEGMENT_SIZE  (64ull << 20)
+#define FA_WAL_WRITE_AHEAD           (1ull << 20)   /* zeros written ahead of the records */
 #define FA_WAL_DEFAULT_MAX_RECORD    (32u << 20)
 #define FA_WAL_DEFAULT_MAX_PENDING   (1ull << 30)
 #define FA_WAL_DEFAULT_GROUP_DELAY_US     0

@@ -79,8 +79,8 @@ def model(buf: bytes) -> tuple[str, list[bytes], int]:
         payloads.append(buf[off + REC : off + n])
         off += n
         expect += 1
-    if off == len(buf):
-        return "ok", payloads, -1
+    if off == len(buf) or not buf[off:].strip(b"\0"):
+        return "ok", payloads, -1  # the end of the file, or only zeros written ahead
     if torn(buf, off, expect, first):
         return "ok", payloads, off
     return "error", [], off

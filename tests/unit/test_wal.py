@@ -9,6 +9,8 @@ import logging
 import os
 import shutil
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -72,6 +74,15 @@ def record_offsets(seg: Path) -> list[int]:
         out.append(off)
         off += REC_HEADER + struct.unpack_from("<I", data, off + 4)[0]
     return out
+
+
+def records_end(seg: Path) -> int:
+    """Where the records of SEG end (a zero header is not a record)."""
+    data = seg.read_bytes()
+    off = SEG_HEADER
+    while len(data) - off >= REC_HEADER and any(data[off : off + REC_HEADER]):
+        off += REC_HEADER + struct.unpack_from("<I", data, off + 4)[0]
+    return off
 
 
 def flip_bit(path: Path, offset: int) -> None:
@@ -184,6 +195,36 @@ def test_segment_rotation_and_replay_across_segments(tmp_path: Path) -> None:
     assert [p.name for p in segs][:2] == ["wal-0000000000000001.log", "wal-0000000000000002.log"]
     assert [p for _, _, p in read_all(tmp_path)] == recs
     assert [lsn for lsn, _, _ in read_all(tmp_path, 17)] == list(range(17, 41))
+    # Zeros written ahead are dropped at rotation and at close: every segment ends exactly.
+    assert all(p.stat().st_size == records_end(p) for p in segs)
+
+
+def test_zeros_written_ahead_end_the_records_after_a_kill(tmp_path: Path) -> None:
+    # A process killed with its log open leaves zeros after its last record (written ahead
+    # so that an fdatasync need not also record a new file size). They are the end, not a
+    # torn tail; later batches are written over them.
+    script = (
+        "import os, sys\n"
+        "from fastactor import WriteAheadLog\n"
+        "w = WriteAheadLog(sys.argv[1])\n"
+        "for i in range(20):\n"
+        "    w.sync(w.append(b'rec%d' % i))\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path)], timeout=60)
+    assert r.returncode == -9
+    [seg] = segments(tmp_path)
+    end = records_end(seg)
+    data = seg.read_bytes()
+    assert len(data) >= 1 << 20 and end < len(data) and not data[end:].strip(b"\0")
+    # A reader stops at the zeros, and so does recovery, keeping them.
+    assert [p for _, _, p in read_all(tmp_path)] == [b"rec%d" % i for i in range(20)]
+    with WriteAheadLog(tmp_path) as w:
+        assert w.recovery["torn_bytes"] == 0 and w.last_lsn == 20
+        assert seg.stat().st_size == len(data)
+        w.sync(w.append(b"after"))
+    assert seg.stat().st_size == records_end(seg) > end
+    assert [p for _, _, p in read_all(tmp_path)][-2:] == [b"rec19", b"after"]
 
 
 def test_checkpoint_removes_covered_segments_only(tmp_path: Path) -> None:
