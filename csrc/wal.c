@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -927,6 +928,17 @@ flusher_main(void *arg)
      * slack (50 µs) would double them. */
     if (prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL) != 0) {
         /* Best effort: without it the slices only run long. */
+    }
+    /* SCHED_BATCH: a woken flusher does not preempt the thread running on its CPU (the
+     * event loop, most of the time); it runs when a CPU is free or at the next tick. Its
+     * work is a few µs between long sleeps, and preempting the loop cost the loop a pair of
+     * context switches per batch: under serve's spread debits on 2 cores, involuntary
+     * switches fell from 0.44 to 0.11 a request. */
+    {
+        struct sched_param sp = {0};
+        if (pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp) != 0) {
+            /* Best effort: the flusher stays SCHED_OTHER. */
+        }
     }
 #endif
     pthread_mutex_lock(&w->mu);
