@@ -30,6 +30,7 @@ ROWS = {
     "health": "fetch only (GET /health, no actor)",
     "spread": "durable POST debit, 1000 accounts",
     "hot": "durable POST debit, one hot account",
+    "one": "durable POST debit, 1000 accounts, --workers 1 (context)",
 }
 
 TRIVIAL = r"""
@@ -163,10 +164,22 @@ def run(seconds: int = 10, rounds: int = 3) -> str:
             process_group=0,  # not a new session: one autogroup with wrk (see BENCHMARKS.md)
         )
         procs.append(srv)
-        assert srv.stdout is not None
-        while "→" not in srv.stdout.readline():
-            pass
+        # The same example with one worker: no call crosses processes (context for the
+        # table; the targets are for two workers).
+        one = subprocess.Popen(
+            ["fastactor", "serve", str(EXAMPLE), "--port", str(port + 2), "--workers", "1"]
+            + ["--data", str(data / "one")],
+            stdout=subprocess.PIPE,
+            text=True,
+            process_group=0,
+        )
+        procs.append(one)
+        for p in (srv, one):
+            assert p.stdout is not None
+            while "→" not in p.stdout.readline():
+                pass
         wrk(f"http://127.0.0.1:{port}/", DEPOSIT_LUA, 2, threads=1)  # fund accounts
+        wrk(f"http://127.0.0.1:{port + 2}/", DEPOSIT_LUA, 2, threads=1)
         # Rounds interleave the reference and the workloads, so drift on this shared machine
         # touches them alike; the table gives medians.
         for _ in range(rounds):
@@ -174,6 +187,7 @@ def run(seconds: int = 10, rounds: int = 3) -> str:
             runs["health"].append(wrk(f"http://127.0.0.1:{port}/", HEALTH_LUA, seconds))
             runs["spread"].append(wrk(f"http://127.0.0.1:{port}/", SPREAD_LUA, seconds))
             runs["hot"].append(wrk(f"http://127.0.0.1:{port}/", HOT_LUA, seconds))
+            runs["one"].append(wrk(f"http://127.0.0.1:{port + 2}/", SPREAD_LUA, seconds))
         rss = []
         for pid in subprocess.run(
             ["pgrep", "-P", str(srv.pid)], capture_output=True, text=True
