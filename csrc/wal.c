@@ -855,9 +855,11 @@ gather(fa_wal *w, uint64_t last_batch)
  * The commit window (see group_window_us): records are waiting; holds the batch open until
  * group_window_records records or group_bytes wait, the window ends, or a quarter of the
  * window passes with no new record (the writers are all waiting on this batch: a light load
- * pays a short wait, not the whole window). The flusher sleeps a quarter-window at a time and
- * the appender that fills the batch wakes it, so a window costs at most a few wake-ups.
- * Called with mu held.
+ * pays a short wait, not the whole window). The flusher sleeps that first quarter, then, if
+ * records came, to the window's end; the appender that fills the batch wakes it. So a window
+ * costs the flusher two wake-ups at most, and each costs the event loop too: under serve's
+ * spread debits, 4 wake-ups a window against 2 was 52 against 36 to 40 µs of loop CPU a
+ * request. Called with mu held.
  */
 static void
 hold_window(fa_wal *w)
@@ -879,6 +881,7 @@ hold_window(fa_wal *w)
         if (w->next_lsn == seen)
             break;
         seen = w->next_lsn;
+        slice = (long)w->opts.group_window_us;   /* records keep coming: to the end */
     }
     w->holding = 0;
 }

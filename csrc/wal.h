@@ -154,7 +154,7 @@ typedef struct fa_wal_options {
     uint64_t group_bytes;
     /* A commit window: once records wait, the flusher holds the batch open for up to
      * group_window_us, until group_window_records records (or group_bytes) wait, or until
-     * no record has come for a quarter of the window. For servers whose CPU is the limit:
+     * no record has come in the window's first quarter. For servers whose CPU is the limit:
      * each fdatasync costs CPU, and one per few records is a large share of a cheap request;
      * a short window makes batches larger at a bounded cost in latency. 0 turns it off (the
      * default). */
