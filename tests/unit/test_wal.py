@@ -11,6 +11,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -505,3 +506,20 @@ def test_commit_window_gathers_batches_and_bounds_the_wait(tmp_path: Path) -> No
     assert closing < 0.5
     with pytest.raises(ValueError):
         WriteAheadLog(tmp_path / "c", group_window_us=2_000_000)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+def test_flusher_thread_runs_sched_batch(tmp_path: Path) -> None:
+    # A woken flusher must not preempt the event loop's thread (see flusher_main).
+    def batch_threads() -> set[int]:
+        return {
+            int(t)
+            for t in os.listdir("/proc/self/task")
+            if os.sched_getscheduler(int(t)) == os.SCHED_BATCH
+        }
+
+    before = batch_threads()
+    with WriteAheadLog(tmp_path) as w:
+        w.sync(w.append(b"x"))  # the flusher has started and run
+        added = batch_threads() - before
+        assert len(added) == 1 and threading.get_native_id() not in added
