@@ -621,7 +621,7 @@ struct fa_wal {
     fa_buf flush;
     int segfd;
     uint64_t seg_off;            /* bytes in the segment being written */
-    uint64_t seg_alloc;          /* its file size: seg_off plus the zeros written ahead */
+    uint64_t seg_alloc;          /* bytes of it known written, zeros ahead included; >= seg_off */
 
     int dirfd;
     int lockfd;
@@ -708,19 +708,28 @@ fa_wal_drain_event(fa_wal *w)
     }
 }
 
+/* Cuts the zeros written ahead off the segment being written, durably: it then ends exactly
+ * at its last record. */
+static int
+cut_zeros_ahead(fa_wal *w)
+{
+    if (w->seg_alloc > w->seg_off) {
+        if (ftruncate(w->segfd, (off_t)w->seg_off) < 0 || fa_fdatasync(w->segfd) < 0)
+            return -errno;
+        w->seg_alloc = w->seg_off;
+    }
+    return 0;
+}
+
 /* Starts segment seqno+1 for a batch whose first record is FIRST (flusher thread). */
 static int
 rotate(fa_wal *w, uint64_t first)
 {
     uint64_t seqno;
     int fd, rc;
-    /* A segment that another follows ends exactly at its last record: drop the zeros
-     * written ahead, durably, before the next segment exists. */
-    if (w->seg_alloc > w->seg_off) {
-        if (ftruncate(w->segfd, (off_t)w->seg_off) < 0 || fa_fdatasync(w->segfd) < 0)
-            return -errno;
-        w->seg_alloc = w->seg_off;
-    }
+    /* A segment that another follows ends exactly at its last record. */
+    if ((rc = cut_zeros_ahead(w)) < 0)
+        return rc;
     pthread_mutex_lock(&w->mu);
     seqno = w->segs.v[w->segs.n - 1].seqno + 1;
     pthread_mutex_unlock(&w->mu);
@@ -747,15 +756,14 @@ rotate(fa_wal *w, uint64_t first)
  * commit where there is one) is paid once per step instead of once per batch. Zeros are never
  * mistaken for a record (a record's LSN is at least 1, and its CRC is checked). Best effort:
  * if a write fails (a disk nearly full), the batch is written without zeros ahead of it and
- * the log stops only if that write fails too. Never writes below seg_off, where records are.
+ * the log stops only if that write fails too. It starts at seg_alloc, which write_batch keeps
+ * at or past seg_off, so zeros never land on a record.
  */
 static void
 write_ahead(fa_wal *w, uint64_t need)
 {
     static const uint8_t zeros[64 * 1024];
     uint64_t end = (need / FA_WAL_WRITE_AHEAD + 1) * FA_WAL_WRITE_AHEAD;
-    if (w->seg_alloc < w->seg_off)
-        w->seg_alloc = w->seg_off;
     while (w->seg_alloc < end) {
         uint64_t n = end - w->seg_alloc < sizeof(zeros) ? end - w->seg_alloc : sizeof(zeros);
         if (pwrite_all(w->segfd, zeros, (size_t)n, w->seg_alloc) < 0)
@@ -789,7 +797,7 @@ write_batch(fa_wal *w, fa_buf *b, uint64_t first)
         return rc;
     w->seg_off += b->len;
     if (w->seg_alloc < w->seg_off)
-        w->seg_alloc = w->seg_off;             /* written without zeros ahead */
+        w->seg_alloc = w->seg_off;             /* written past the zeros ahead (see above) */
     if ((rc = fault_hit(w, FA_FAULT_FDATASYNC)) < 0)
         return rc;
     if (fa_fdatasync(w->segfd) < 0)
@@ -814,8 +822,9 @@ before(const struct timespec *a, const struct timespec *b)
 
 /*
  * Sleeps on work_cv for one slice of US µs, or up to DEADLINE if that comes first. Appenders
- * do not signal a busy flusher, so the wait ends at the slice's end. Returns 0, without
- * waiting, once DEADLINE has passed. Called with mu held.
+ * do not signal a busy flusher (except the record that fills a held commit window), so the
+ * wait mostly ends at the slice's end. Returns 0, without waiting, once DEADLINE has passed.
+ * Called with mu held.
  */
 static int
 wait_slice(fa_wal *w, const struct timespec *deadline, long us)
@@ -1407,11 +1416,10 @@ fa_wal_close(fa_wal *w, uint64_t *durable)
     if (durable != NULL)
         *durable = atomic_load(&w->durable_lsn);
     /* A closed log's last segment ends at its last record, like every other segment. Best
-     * effort: left undone (the log failed, or ftruncate or its fdatasync does), the zeros
-     * are read as the end of the records on open, and every record is already durable. */
-    if (w->segfd >= 0 && rc == 0 && w->seg_alloc > w->seg_off &&
-        ftruncate(w->segfd, (off_t)w->seg_off) == 0 && fa_fdatasync(w->segfd) != 0) {
-        /* The cut may not be durable: the zeros may come back after a crash, harmlessly. */
+     * effort: left undone (the log failed, or the cut does), the zeros are read as the end of
+     * the records on open, and every record is already durable. */
+    if (w->segfd >= 0 && rc == 0 && cut_zeros_ahead(w) < 0) {
+        /* The zeros stay, harmlessly. */
     }
     if (w->segfd >= 0 && close(w->segfd) < 0 && rc == 0)
         rc = -errno;
