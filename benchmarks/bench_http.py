@@ -135,6 +135,47 @@ def wrk(url: str, script: str, seconds: int, threads: int = 2) -> dict[str, floa
     }
 
 
+def start_trivial(port: int) -> subprocess.Popen[str]:
+    """The reference server on PORT, answering once this returns."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", TRIVIAL, str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        process_group=0,  # not a new session: one autogroup with wrk (see BENCHMARKS.md)
+    )
+    _wait_port(port)
+    return p
+
+
+def start_serve(port: int, workers: int, data: Path, *extra: str) -> subprocess.Popen[str]:
+    """`fastactor serve examples/account` on PORT, not yet waited for (see wait_serving)."""
+    return subprocess.Popen(
+        ["fastactor", "serve", str(EXAMPLE), "--port", str(port), "--workers", str(workers)]
+        + ["--data", str(data), *extra],
+        stdout=subprocess.PIPE,
+        text=True,
+        process_group=0,  # as start_trivial
+    )
+
+
+def wait_serving(p: subprocess.Popen[str]) -> None:
+    """Returns once serve printed its address (it accepts requests)."""
+    assert p.stdout is not None
+    while "→" not in p.stdout.readline():
+        if p.poll() is not None:
+            raise RuntimeError(f"fastactor serve exited with {p.returncode}")
+
+
+def stop(procs: list[subprocess.Popen[str]]) -> None:
+    """Kills each process group and closes the pipes."""
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        if p.stdout is not None:
+            p.stdout.close()
+
+
 def run(seconds: int = 10, rounds: int = 3) -> str:
     if shutil.which("wrk") is None:
         raise SystemExit("bench_http: wrk is not installed (apt-get install wrk)")
@@ -148,36 +189,14 @@ def run(seconds: int = 10, rounds: int = 3) -> str:
     procs: list[subprocess.Popen[str]] = []
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in ROWS}
     try:
-        triv = subprocess.Popen(
-            [sys.executable, "-c", TRIVIAL, str(port + 1)],
-            stdout=subprocess.PIPE,
-            text=True,
-            process_group=0,  # not a new session: one autogroup with wrk (see BENCHMARKS.md)
-        )
-        procs.append(triv)
-        _wait_port(port + 1)
-        srv = subprocess.Popen(
-            ["fastactor", "serve", str(EXAMPLE), "--port", str(port), "--workers", "2"]
-            + ["--data", str(data)],
-            stdout=subprocess.PIPE,
-            text=True,
-            process_group=0,  # not a new session: one autogroup with wrk (see BENCHMARKS.md)
-        )
+        procs.append(start_trivial(port + 1))
+        srv = start_serve(port, 2, data)
         procs.append(srv)
         # The same example with one worker: no call crosses processes (context for the
         # table; the targets are for two workers).
-        one = subprocess.Popen(
-            ["fastactor", "serve", str(EXAMPLE), "--port", str(port + 2), "--workers", "1"]
-            + ["--data", str(data / "one")],
-            stdout=subprocess.PIPE,
-            text=True,
-            process_group=0,
-        )
-        procs.append(one)
-        for p in (srv, one):
-            assert p.stdout is not None
-            while "→" not in p.stdout.readline():
-                pass
+        procs.append(start_serve(port + 2, 1, data / "one"))
+        for p in procs[1:]:
+            wait_serving(p)
         wrk(f"http://127.0.0.1:{port}/", DEPOSIT_LUA, 2, threads=1)  # fund accounts
         wrk(f"http://127.0.0.1:{port + 2}/", DEPOSIT_LUA, 2, threads=1)
         # Rounds interleave the reference and the workloads, so drift on this shared machine
@@ -195,10 +214,7 @@ def run(seconds: int = 10, rounds: int = 3) -> str:
             with open(f"/proc/{pid}/status") as f:
                 rss += [int(x.split()[1]) / 1024 for x in f if x.startswith("VmRSS")]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+        stop(procs)
         shutil.rmtree(data, ignore_errors=True)
 
     def med(name: str, key: str) -> float:
@@ -207,7 +223,7 @@ def run(seconds: int = 10, rounds: int = 3) -> str:
     def row(name: str) -> str:
         rps = med(name, "rps")
         spread = ", ".join(f"{r['rps'] / 1000:.1f}k" for r in runs[name])
-        # The ratio is taken within each round (the reference ran seconds before), then the
+        # The ratio is taken within each round (the reference ran tens of seconds before), then the
         # median: this VM's speed drifts by tens of percent from minute to minute.
         ratios = [
             r["rps"] / t["rps"]

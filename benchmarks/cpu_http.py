@@ -17,7 +17,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -158,28 +157,19 @@ def main(argv: list[str]) -> str:
         prefix="fastactor-cpu-http-",
         dir=root / ".bench-data" if (root / ".bench-data").is_dir() else None,
     )
-    triv = subprocess.Popen(
-        [sys.executable, "-c", bench_http.TRIVIAL, str(port + 1)],
-        stdout=subprocess.DEVNULL,
-        process_group=0,  # wrk's autogroup, as in bench_http
-    )
-    srv = subprocess.Popen(
-        ["fastactor", "serve", str(bench_http.EXAMPLE), "--port", str(port)]
-        + ["--workers", workers, "--data", data, "--admin-port", str(port + 2)]
-        + extra,
-        stdout=subprocess.PIPE,
-        text=True,
-        process_group=0,
-    )
     out = [
         f"host: nproc={os.cpu_count()}, wrk -t2 -c{bench_http.CONNECTIONS} -d{seconds}s, "
         f"fastactor serve examples/account --workers {workers} {' '.join(extra)}".rstrip()
     ]
+    procs: list[subprocess.Popen[str]] = []
     try:
-        bench_http._wait_port(port + 1)
-        assert srv.stdout is not None
-        while "→" not in srv.stdout.readline():
-            pass
+        triv = bench_http.start_trivial(port + 1)
+        procs.append(triv)
+        srv = bench_http.start_serve(
+            port, int(workers), Path(data), "--admin-port", str(port + 2), *extra
+        )
+        procs.append(srv)
+        bench_http.wait_serving(srv)
         bench_http.wrk(f"http://127.0.0.1:{port}/", bench_http.DEPOSIT_LUA, 2, threads=1)
         for w in names:
             if w == "trivial":
@@ -191,12 +181,7 @@ def main(argv: list[str]) -> str:
                     measure(w, f"http://127.0.0.1:{port}/", tree(srv.pid), seconds, port + 2)
                 )
     finally:
-        for p in (triv, srv):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-        if srv.stdout is not None:
-            srv.stdout.close()
+        bench_http.stop(procs)
         shutil.rmtree(data, ignore_errors=True)
     return "\n\n".join(out)
 
