@@ -220,6 +220,112 @@ def test_headers_and_responses() -> None:
     )
 
 
+def test_head_204_and_304_answers_carry_no_body_and_the_stream_stays_in_step() -> None:
+    """A HEAD answer is a GET's head without its body; 204 and 304 have neither body nor
+    content-length, whatever fetch put in them. Were a body sent, the pipelined request after
+    it would be answered out of step (its bytes read as the end of the previous answer)."""
+
+    async def fetch(req: Request, env: Any) -> Response:
+        if req.path == "/empty":
+            return Response(b"dropped", 204, {"X-A": "1"})
+        if req.path == "/same":
+            return Response.json({"dropped": True}, 304)
+        return Response.text("hello")
+
+    payload = (
+        b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"GET /empty HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"GET /same HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    data = uvloop.run(_serve_once(fetch, Limits(), payload))
+    text = b"content-type: text/plain; charset=utf-8\r\ncontent-length: 5\r\n"
+    assert data == (
+        b"HTTP/1.1 200 OK\r\n" + text + b"connection: keep-alive\r\n\r\n"
+        b"HTTP/1.1 204 No Content\r\nX-A: 1\r\nconnection: keep-alive\r\n\r\n"
+        b"HTTP/1.1 304 Not Modified\r\ncontent-type: application/json\r\n"
+        b"connection: keep-alive\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\n" + text + b"connection: close\r\n\r\nhello"
+    )
+
+
+def test_an_interim_status_from_fetch_becomes_500() -> None:
+    async def fetch(req: Request, env: Any) -> Response:
+        return Response(b"", 101 if req.path == "/up" else 200)
+
+    payload = (
+        b"GET /up HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    data = uvloop.run(_serve_once(fetch, Limits(), payload))
+    assert re.findall(rb"HTTP/1\.1 (\d\d\d) ", data) == [b"500", b"200"]
+    assert b"interim" in data
+
+
+def test_expect_100_continue() -> None:
+    """A client that sends "Expect: 100-continue" gets "100 Continue" before it sends its
+    body, after the answers to its earlier requests; an HTTP/1.0 client never gets one."""
+    ran: list[str] = []
+
+    async def fetch(req: Request, env: Any) -> Response:
+        ran.append(req.path)
+        if req.path == "/slow":
+            await asyncio.sleep(0.05)
+        return Response(await req.body())
+
+    head = b"POST /up HTTP/1.1\r\nHost: t\r\nExpect: 100-Continue\r\nContent-Length: 5\r\n"
+
+    async def go() -> tuple[bytes, bytes, bytes]:
+        loop = asyncio.get_running_loop()
+        conns: set[HttpProtocol] = set()
+        server = await loop.create_server(
+            lambda: HttpProtocol(fetch, None, Limits(), "http://t", conns, {"requests": 0}),
+            "127.0.0.1",
+            0,
+        )
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(head + b"\r\n")  # the head alone: no body until told to go on
+        first = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+        w.write(b"hello")
+        first += await asyncio.wait_for(r.readuntil(b"hello"), 10)
+        # Behind a running request, the 100 waits for that request's answer.
+        w.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n" + head + b"Connection: close\r\n\r\n")
+        second = await asyncio.wait_for(r.readuntil(b"Continue\r\n\r\n"), 10)
+        w.write(b"world")
+        second += await asyncio.wait_for(r.read(), 10)
+        w.close()
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"POST /old HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi")
+        third = await asyncio.wait_for(r.read(), 10)
+        w.close()
+        server.close()
+        return first, second, third
+
+    first, second, third = uvloop.run(go())
+    assert first == (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
+        b"content-type: application/octet-stream\r\ncontent-length: 5\r\n"
+        b"connection: keep-alive\r\n\r\nhello"
+    )
+    assert re.findall(rb"HTTP/1\.1 (\d\d\d) ", second) == [b"200", b"100", b"200"]
+    assert second.endswith(b"world")
+    # HTTP/1.0: no interim answer, only the final one (and the connection closes after it).
+    assert re.findall(rb"HTTP/1\.1 (\d\d\d) ", third) == [b"200"]
+    assert third.endswith(b"hi")
+    assert ran == ["/up", "/slow", "/up", "/old"]
+
+
+def test_an_unknown_expectation_gets_417_and_runs_nothing() -> None:
+    async def fetch(req: Request, env: Any) -> Response:
+        raise AssertionError("fetch ran")
+
+    payload = b"POST / HTTP/1.1\r\nHost: t\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\nhi"
+    data = uvloop.run(_serve_once(fetch, Limits(), payload))
+    assert data.startswith(b"HTTP/1.1 417 Expectation Failed\r\n")
+    assert b"connection: close" in data
+
+
 def test_a_client_that_does_not_read_is_not_read_either() -> None:
     """A pipelining client that never reads its answers: once the socket's buffers fill,
     the front stops reading its requests; memory stays bounded, and other connections go on."""

@@ -22,6 +22,7 @@ cdef dict _REASONS = {
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 410: "Gone",
     412: "Precondition Failed", 413: "Content Too Large", 415: "Unsupported Media Type",
+    417: "Expectation Failed",
     422: "Unprocessable Content", 429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
@@ -276,25 +277,34 @@ cdef bytes _status_line(int status):
     return line
 
 
-cdef bytes _JSON_HEAD = b"content-type: application/json\r\ncontent-length: "
-cdef bytes _TEXT_HEAD = b"content-type: text/plain; charset=utf-8\r\ncontent-length: "
-cdef bytes _KEEP = b"\r\nconnection: keep-alive\r\n\r\n"
+cdef bytes _JSON_TYPE = b"content-type: application/json\r\n"
+cdef bytes _TEXT_TYPE = b"content-type: text/plain; charset=utf-8\r\n"
+cdef bytes _LENGTH = b"content-length: "
+cdef bytes _KEEP = b"\r\nconnection: keep-alive\r\n\r\n"     # after the length's digits
 cdef bytes _CLOSE = b"\r\nconnection: close\r\n\r\n"
+cdef bytes _BARE_KEEP = _KEEP[2:]                             # no length before it
+cdef bytes _BARE_CLOSE = _CLOSE[2:]
+cdef bytes _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-cdef bytes _wire_response(Response r, bint keep_alive):
+cdef bytes _wire_response(Response r, bint keep_alive, bint head=False):
     """R as HTTP/1.1 bytes. The body's length and the connection header are ours; the
     response's own content-length, connection and transfer-encoding are left out, and so is
-    any header with a line break in it."""
+    any header with a line break in it. HEAD (the answer to a HEAD request) has the head of
+    the answer to a GET, content-length included, and no body. 204 and 304 have neither body
+    nor content-length (RFC 9110 8.6)."""
     cdef Headers h = _as_headers(r.headers)
     cdef bytes body = r.body
-    cdef list head
+    cdef list out
+    cdef bint bare = r.status == 204 or r.status == 304
+    if bare:
+        body = b""
     if h is _JSON_HEADERS:
-        head = [_status_line(r.status), _JSON_HEAD]
+        out = [_status_line(r.status), _JSON_TYPE]
     elif h is _TEXT_HEADERS:
-        head = [_status_line(r.status), _TEXT_HEAD]
+        out = [_status_line(r.status), _TEXT_TYPE]
     else:
-        head = [_status_line(r.status)]
+        out = [_status_line(r.status)]
         has_type = False
         for k, v in h._items:
             lk = (<str>k).lower()
@@ -304,19 +314,24 @@ cdef bytes _wire_response(Response r, bint keep_alive):
                 continue
             if lk == "content-type":
                 has_type = True
-            head.append(f"{k}: {v}\r\n".encode("latin-1"))
+            out.append(f"{k}: {v}\r\n".encode("latin-1"))
         if not has_type and body:
-            head.append(b"content-type: application/octet-stream\r\n")
-        head.append(b"content-length: ")
-    head.append(str(len(body)).encode("ascii"))
-    head.append(_KEEP if keep_alive else _CLOSE)
-    head.append(body)
-    return b"".join(head)
+            out.append(b"content-type: application/octet-stream\r\n")
+    if bare:
+        out.append(_BARE_KEEP if keep_alive else _BARE_CLOSE)
+        return b"".join(out)
+    out.append(_LENGTH)
+    out.append(str(len(body)).encode("ascii"))
+    out.append(_KEEP if keep_alive else _CLOSE)
+    if not head:
+        out.append(body)
+    return b"".join(out)
 
 
-def encode_response(Response r, bint keep_alive):
-    """R as the bytes the front sends (for tests and tools)."""
-    return _wire_response(r, keep_alive)
+def encode_response(Response r, bint keep_alive, bint head=False):
+    """R as the bytes the front sends (for tests and tools); HEAD for the answer to a HEAD
+    request."""
+    return _wire_response(r, keep_alive, head)
 
 
 cdef object _enter_task = asyncio.tasks._enter_task
@@ -477,6 +492,7 @@ cdef class HttpConnection:
     cdef list body
     cdef Py_ssize_t body_bytes
     cdef object refused
+    cdef int expect                  # 1: "Expect: 100-continue" seen; 2: and the head is whole
     # answering
     cdef readonly object queue       # (Request or None, Response or None, keep-alive)
     cdef readonly bint busy          # a fetch is running
@@ -514,6 +530,7 @@ cdef class HttpConnection:
         self.body = []
         self.body_bytes = 0
         self.refused = None
+        self.expect = 0
 
     def pending(self):
         """True while a request is running or waiting to."""
@@ -609,6 +626,12 @@ cdef class HttpConnection:
             self.refused = _error_response(
                 413, f"request body is larger than {self.max_body} bytes")
             raise httptools.HttpParserError("body too large")
+        if len(name) == 6 and name.lower() == b"expect":
+            if value.strip().lower() != b"100-continue":
+                self.refused = _error_response(
+                    417, f"unsupported expectation {value.decode('latin-1')!r}")
+                raise httptools.HttpParserError("unsupported expectation")
+            self.expect = 1
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     cdef void _count(self, Py_ssize_t n) except *:
@@ -617,6 +640,22 @@ cdef class HttpConnection:
             self.refused = _error_response(
                 431, f"request headers are larger than {self.max_headers} bytes")
             raise httptools.HttpParserError("headers too large")
+
+    def on_headers_complete(self):
+        if self.expect and self.parser.get_http_version() == "1.1":
+            self.expect = 2
+            self._continue()
+
+    cdef void _continue(self) except *:
+        """Sends the "100 Continue" a client that sent "Expect: 100-continue" waits for before
+        its body, once every earlier request of the connection is answered (an interim
+        response goes after them, RFC 9110 15.2.1). Until then the client waits; curl sends
+        its body after 1 s anyway."""
+        if self.busy or self.queue or self.closing:
+            return
+        self.expect = 0
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_CONTINUE)
 
     def on_body(self, bytes body):
         self.body_bytes += len(body)
@@ -668,6 +707,8 @@ cdef class HttpConnection:
             self.keep = keep
             self.current = req
             self._start(req)
+        if self.expect == 2:
+            self._continue()
 
     cdef void _start(self, Request req):
         cdef _FetchTask task
@@ -735,24 +776,29 @@ cdef class HttpConnection:
             _http_log.error("%s %s: fetch returned %r, not a Response", req.method, req.path,
                             value)
             self._answer(_error_response(500, "fetch did not return a Response"))
+        elif (<Response>value).status < 200:
+            _http_log.error("%s %s: fetch returned status %d, an interim status", req.method,
+                            req.path, (<Response>value).status)
+            self._answer(_error_response(500, "fetch returned an interim (1xx) status"))
         else:
             self._answer(<Response>value)
 
     cdef void _answer(self, Response resp):
+        cdef bint head = self.current.method == "HEAD"
         self.busy = False
         self.current = None
-        self._send(resp, self.keep)
+        self._send(resp, self.keep, head)
 
-    cdef void _send(self, Response resp, bint keep):
+    cdef void _send(self, Response resp, bint keep, bint head=False):
         cdef bint last = not keep or (self.closing and not self.queue)
         if self.transport is None or self.transport.is_closing():
             return
         try:
-            data = _wire_response(resp, not last)
+            data = _wire_response(resp, not last, head)
         except Exception as e:         # headers a user set that are not text, say
             _http_log.error("bad response: %s", e)
             data = _wire_response(_error_response(500, "fetch returned a bad response"),
-                                  not last)
+                                  not last, head)
         self.transport.write(data)
         if last:
             self.closing = True
