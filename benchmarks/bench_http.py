@@ -5,8 +5,11 @@
 Question answered: how many durable POST debits per second does `fastactor serve
 examples/account --workers 2` answer with 64 connections, spread over 1000 accounts and on
 one hot account, with p50/p99 latency; the reference, measured in the same run with the same
-generator, is a trivial uvloop + httptools server answering a constant JSON body. The load
-generator is wrk (Debian's package); the script says so and stops if it is missing.
+generator, is a trivial uvloop + httptools server answering a constant JSON body. A second
+reference, the durable floor, is that server made durable with fastactor's own log: one
+record per request, the answer held until the record is on disk (the commit window serve uses),
+no fetch, no actor; it is what the disk and the log cost a server that does nothing else. The
+load generator is wrk (Debian's package); the script says so and stops if it is missing.
 """
 
 from __future__ import annotations
@@ -28,16 +31,22 @@ CONNECTIONS = 64
 ROWS = {
     "trivial": "trivial uvloop+httptools, constant JSON",
     "health": "fetch only (GET /health, no actor)",
+    "floor": "durable floor: the trivial server + fastactor's log, no fetch, no actor",
     "spread": "durable POST debit, 1000 accounts",
     "hot": "durable POST debit, one hot account",
     "one": "durable POST debit, 1000 accounts, --workers 1 (context)",
 }
 
+# With a second argument, the durable floor: each answer held until a record the size of a
+# debit's in serve's log (34 bytes and the 24-byte record header) is durable in fastactor's log
+# in that directory, with serve's default commit window.
 TRIVIAL = r"""
 import asyncio, sys, httptools, uvloop
 BODY = b'{"ok":true,"balance":1}'
 RESP = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
         + str(len(BODY)).encode() + b"\r\nconnection: keep-alive\r\n\r\n" + BODY)
+RECORD = b"r" * 34
+LOG = None
 class P(asyncio.Protocol):
     def connection_made(self, t):
         self.t = t
@@ -45,13 +54,24 @@ class P(asyncio.Protocol):
     def data_received(self, d):
         self.p.feed_data(d)
     def on_message_complete(self):
-        self.t.write(RESP)
-async def main(port):
+        if LOG is None:
+            self.t.write(RESP)
+        else:
+            LOG.wait_durable(LOG.append(RECORD)).add_done_callback(self.durable)
+    def durable(self, f):
+        if not self.t.is_closing():
+            self.t.write(RESP)
+async def main(port, log):
+    global LOG
     loop = asyncio.get_running_loop()
+    if log:
+        from fastactor._core import WriteAheadLog
+        LOG = WriteAheadLog(log, group_window_us=750)
+        LOG.bind_loop(loop)
     s = await loop.create_server(P, "127.0.0.1", port, reuse_port=True, backlog=1024)
     print("ready", flush=True)
     await asyncio.Event().wait()
-uvloop.run(main(int(sys.argv[1])))
+uvloop.run(main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None))
 """
 
 SPREAD_LUA = r"""
@@ -135,10 +155,11 @@ def wrk(url: str, script: str, seconds: int, threads: int = 2) -> dict[str, floa
     }
 
 
-def start_trivial(port: int) -> subprocess.Popen[str]:
-    """The reference server on PORT, answering once this returns."""
+def start_trivial(port: int, log: Path | None = None) -> subprocess.Popen[str]:
+    """The reference server on PORT, answering once this returns; with LOG, the durable floor
+    (its log in that directory)."""
     p = subprocess.Popen(
-        [sys.executable, "-c", TRIVIAL, str(port)],
+        [sys.executable, "-c", TRIVIAL, str(port)] + ([] if log is None else [str(log)]),
         stdout=subprocess.PIPE,
         text=True,
         process_group=0,  # not a new session: one autogroup with wrk (see BENCHMARKS.md)
@@ -190,12 +211,13 @@ def run(seconds: int = 10, rounds: int = 3) -> str:
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in ROWS}
     try:
         procs.append(start_trivial(port + 1))
+        procs.append(start_trivial(port + 3, data / "floor"))
         srv = start_serve(port, 2, data)
         procs.append(srv)
         # The same example with one worker: no call crosses processes (context for the
         # table; the targets are for two workers).
         procs.append(start_serve(port + 2, 1, data / "one"))
-        for p in procs[1:]:
+        for p in procs[2:]:
             wait_serving(p)
         wrk(f"http://127.0.0.1:{port}/", DEPOSIT_LUA, 2, threads=1)  # fund accounts
         wrk(f"http://127.0.0.1:{port + 2}/", DEPOSIT_LUA, 2, threads=1)
@@ -204,6 +226,7 @@ def run(seconds: int = 10, rounds: int = 3) -> str:
         for _ in range(rounds):
             runs["trivial"].append(wrk(f"http://127.0.0.1:{port + 1}/", HOT_LUA, seconds))
             runs["health"].append(wrk(f"http://127.0.0.1:{port}/", HEALTH_LUA, seconds))
+            runs["floor"].append(wrk(f"http://127.0.0.1:{port + 3}/", HOT_LUA, seconds))
             runs["spread"].append(wrk(f"http://127.0.0.1:{port}/", SPREAD_LUA, seconds))
             runs["hot"].append(wrk(f"http://127.0.0.1:{port}/", HOT_LUA, seconds))
             runs["one"].append(wrk(f"http://127.0.0.1:{port + 2}/", SPREAD_LUA, seconds))

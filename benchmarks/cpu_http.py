@@ -7,8 +7,9 @@ Question answered: how many µs of CPU does one request cost the workers' event 
 log flushers, and the load generator, how many context switches does it cause, and how many
 records share an fdatasync? The reference is the trivial uvloop + httptools server of
 bench_http, measured the same way in the same run (workload "trivial"). Workloads: trivial,
-health, spread, hot (bench_http's). Counters come from /proc (utime + stime per thread,
-context switches) and the server's /metrics; the figures are per request answered.
+floor (bench_http's durable floor), health, spread, hot (bench_http's). Counters come from
+/proc (utime + stime per thread, context switches) and the server's /metrics; the figures are
+per request answered.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import bench_http  # noqa: E402
 TCK = os.sysconf("SC_CLK_TCK")
 LUA = {
     "trivial": bench_http.HOT_LUA,
+    "floor": bench_http.HOT_LUA,
     "health": bench_http.HEALTH_LUA,
     "spread": bench_http.SPREAD_LUA,
     "hot": bench_http.HOT_LUA,
@@ -165,6 +167,8 @@ def main(argv: list[str]) -> str:
     try:
         triv = bench_http.start_trivial(port + 1)
         procs.append(triv)
+        floor = bench_http.start_trivial(port + 3, Path(data) / "floor")
+        procs.append(floor)
         srv = bench_http.start_serve(
             port, int(workers), Path(data), "--admin-port", str(port + 2), *extra
         )
@@ -172,10 +176,9 @@ def main(argv: list[str]) -> str:
         bench_http.wait_serving(srv)
         bench_http.wrk(f"http://127.0.0.1:{port}/", bench_http.DEPOSIT_LUA, 2, threads=1)
         for w in names:
-            if w == "trivial":
-                out.append(
-                    measure(w, f"http://127.0.0.1:{port + 1}/", tree(triv.pid), seconds, None)
-                )
+            if w in ("trivial", "floor"):
+                p, ref = (port + 1, triv) if w == "trivial" else (port + 3, floor)
+                out.append(measure(w, f"http://127.0.0.1:{p}/", tree(ref.pid), seconds, None))
             else:
                 out.append(
                     measure(w, f"http://127.0.0.1:{port}/", tree(srv.pid), seconds, port + 2)
