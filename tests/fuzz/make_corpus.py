@@ -66,6 +66,9 @@ def http_seeds() -> dict[str, bytes]:
         "chunked": b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"3\r\nabc\r\n0\r\n\r\n",
         "close": b"GET / HTTP/1.0\r\n\r\n",
+        "head": b"HEAD /h HTTP/1.1\r\nHost: t\r\n\r\nGET /g HTTP/1.1\r\nHost: t\r\n\r\n",
+        "expect": b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\nPOST /json HTTP/1.1\r\nHost: t\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n{}",
     }
 
 
