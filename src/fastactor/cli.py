@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -203,6 +205,36 @@ class Supervisor:
                 p.wait()
 
 
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why nothing can listen on HOST:PORT, or None. The workers share their ports
+    (SO_REUSEPORT), which would let a second server on the same port join them unnoticed and
+    take half the requests; a bind without SO_REUSEPORT fails while anything listens."""
+    try:
+        addrs = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        return e.strerror
+    for family, kind, proto, _, addr in addrs:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(addr)
+            except OSError as e:
+                return e.strerror
+    return None
+
+
+def _lock_data(data: str) -> int | None:
+    """Holds DATA for this server (an flock on DATA/serve.lock, for the process's life): one
+    server per data directory. None if another server holds it."""
+    fd = os.open(os.path.join(data, "serve.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("fastactor: --workers must be at least 1", file=sys.stderr)
@@ -217,8 +249,35 @@ def serve(args: argparse.Namespace) -> int:
     except ManifestError as e:
         print(f"fastactor: {e}", file=sys.stderr)
         return 2
+    ports: dict[int, Any] = {}
+    for i, fn in enumerate(functions):
+        port = fn.port or args.port + i
+        if port in ports:
+            print(
+                f"fastactor: {fn.path}: function {fn.name!r} would listen on port {port}, "
+                f"as {ports[port].name!r} ({ports[port].path}) does",
+                file=sys.stderr,
+            )
+            return 2
+        ports[port] = fn
+        why = None if port <= 65535 else "not a TCP port"
+        why = why or _cannot_listen(args.host, port)
+        if why is not None:
+            print(
+                f"fastactor: {fn.name}: cannot listen on {args.host}:{port}: {why}",
+                file=sys.stderr,
+            )
+            return 1
     data = str(Path(args.data).resolve())
-    os.makedirs(os.path.join(data, "run"), exist_ok=True)
+    try:
+        os.makedirs(os.path.join(data, "run"), exist_ok=True)
+        lock = _lock_data(data)
+    except OSError as e:
+        print(f"fastactor: --data {data}: {e.strerror}", file=sys.stderr)
+        return 2
+    if lock is None:
+        print(f"fastactor: {data} is in use by another fastactor serve", file=sys.stderr)
+        return 1
 
     def moving(old: Layout, new: Layout) -> None:
         print(

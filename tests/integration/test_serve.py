@@ -90,6 +90,39 @@ def test_startup_failures_exit_2_and_name_the_culprit(tmp_path: Path) -> None:
     assert p.returncode == 2 and "fastactor.toml" in p.stderr and "'name'" in p.stderr
 
 
+def test_a_port_or_data_directory_in_use_stops_start_up(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    srv = serve(ACCOUNT, workers=1)
+    port = srv.urls[0].rsplit(":", 1)[1]
+    # A second server on the port would share it with the first (SO_REUSEPORT) and answer
+    # half its requests from other data.
+    r = run_cli("serve", str(ACCOUNT), "--port", port, "--data", str(tmp_path / "other"))
+    assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
+    assert not (tmp_path / "other").exists()
+    # A second server on the data directory would share its logs.
+    r = run_cli(
+        "serve", str(ACCOUNT), "--port", str(free_ports(1)), "--data", str(tmp_path / "data")
+    )
+    assert r.returncode == 1 and "in use by another fastactor serve" in r.stderr, r.stderr
+    # The first serves on, alone: every deposit lands on its one account.
+    for _ in range(10):
+        httpx.post(f"{srv.urls[0]}/accounts/solo/deposit", json={"amount": 1})
+    assert httpx.get(f"{srv.urls[0]}/accounts/solo").json()["balance"] == 10
+    # Two functions of one server on one port.
+    fixed = tmp_path / "fixed"
+    fixed.mkdir()
+    (fixed / "app.py").write_text((READONLY / "app.py").read_text())
+    base = free_ports(2)
+    (fixed / "fastactor.toml").write_text(
+        (READONLY / "fastactor.toml")
+        .read_text()
+        .replace('main = "app.py"', f'main = "app.py"\nport = {base}')
+    )
+    r = run_cli("serve", str(ACCOUNT), str(fixed), "--port", str(base), "--data", str(fixed))
+    assert r.returncode == 2 and f"port {base}" in r.stderr and "fastactor.toml" in r.stderr
+
+
 def raw(url: str, data: bytes) -> bytes:
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:

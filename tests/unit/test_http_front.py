@@ -13,14 +13,20 @@ from fastactor import Request, Response
 from fastactor.server.http import HttpProtocol, Limits
 
 
-async def _serve_once(fetch: Any, limits: Limits, payload: bytes) -> bytes:
-    loop = asyncio.get_running_loop()
+async def _listen(
+    fetch: Any, limits: Limits, counters: dict[str, int] | None = None
+) -> tuple[asyncio.Server, int]:
+    """The front serving FETCH on a free port of 127.0.0.1: (server, port)."""
     conns: set[HttpProtocol] = set()
-    counters = {"requests": 0}
-    server = await loop.create_server(
-        lambda: HttpProtocol(fetch, None, limits, "http://t", conns, counters), "127.0.0.1", 0
+    counts = {"requests": 0} if counters is None else counters
+    server = await asyncio.get_running_loop().create_server(
+        lambda: HttpProtocol(fetch, None, limits, "http://t", conns, counts), "127.0.0.1", 0
     )
-    port = server.sockets[0].getsockname()[1]
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def _serve_once(fetch: Any, limits: Limits, payload: bytes) -> bytes:
+    server, port = await _listen(fetch, limits)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(payload)
     data = await asyncio.wait_for(reader.read(), 10)
@@ -64,15 +70,7 @@ def test_connections_over_the_cap_get_503() -> None:
         return Response.text("ok")
 
     async def go() -> tuple[bytes, bytes]:
-        loop = asyncio.get_running_loop()
-        conns: set[HttpProtocol] = set()
-        limits = Limits(connections=1)
-        server = await loop.create_server(
-            lambda: HttpProtocol(fetch, None, limits, "http://t", conns, {"requests": 0}),
-            "127.0.0.1",
-            0,
-        )
-        port = server.sockets[0].getsockname()[1]
+        server, port = await _listen(fetch, Limits(connections=1))
         r1, w1 = await asyncio.open_connection("127.0.0.1", port)
         w1.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         first = await r1.readuntil(b"ok")
@@ -276,14 +274,7 @@ def test_expect_100_continue() -> None:
     head = b"POST /up HTTP/1.1\r\nHost: t\r\nExpect: 100-Continue\r\nContent-Length: 5\r\n"
 
     async def go() -> tuple[bytes, bytes, bytes]:
-        loop = asyncio.get_running_loop()
-        conns: set[HttpProtocol] = set()
-        server = await loop.create_server(
-            lambda: HttpProtocol(fetch, None, Limits(), "http://t", conns, {"requests": 0}),
-            "127.0.0.1",
-            0,
-        )
-        port = server.sockets[0].getsockname()[1]
+        server, port = await _listen(fetch, Limits())
         r, w = await asyncio.open_connection("127.0.0.1", port)
         w.write(head + b"\r\n")  # the head alone: no body until told to go on
         first = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
@@ -334,15 +325,8 @@ def test_a_client_that_does_not_read_is_not_read_either() -> None:
         return Response(b"x" * 65536)
 
     async def go() -> tuple[int, bytes]:
-        loop = asyncio.get_running_loop()
-        conns: set[HttpProtocol] = set()
         counters = {"requests": 0}
-        server = await loop.create_server(
-            lambda: HttpProtocol(fetch, None, Limits(), "http://t", conns, counters),
-            "127.0.0.1",
-            0,
-        )
-        port = server.sockets[0].getsockname()[1]
+        server, port = await _listen(fetch, Limits(), counters)
         _, w1 = await asyncio.open_connection("127.0.0.1", port)
         # Requests keep coming; answers are never read.
         for _ in range(4000):

@@ -20,6 +20,7 @@ from typing import Any
 import uvloop
 
 from .._core import Shard
+from ..errors import FastactorError
 from ..manifest import load_function, resolve
 from ..runtime import Env
 from .http import HttpProtocol, Limits
@@ -38,7 +39,10 @@ async def serve(cfg: dict[str, Any]) -> None:
     owners = resolve(functions)
     loop = asyncio.get_running_loop()
     shard = Shard(cfg["shards"][me], Env({}), group_window_us=cfg.get("commit_window_us", 0))
-    shard.open()
+    try:
+        shard.open()
+    except (OSError, FastactorError) as e:  # in use, unreadable, damaged (it says where)
+        raise SystemExit(f"fastactor: worker {me}: {e}") from None
     channel = Channel([socket_path(data, i) for i in range(workers)])
     local = {
         f"{acct}/{t}": shard.namespace(t if acct == "default" else f"{acct}/{t}", cls)
@@ -75,9 +79,14 @@ async def serve(cfg: dict[str, Any]) -> None:
         def factory(fn: Any = fn, env: Any = env, base: str = base) -> HttpProtocol:
             return HttpProtocol(fn.fetch, env, limits, base, conns, counters)
 
-        servers.append(
-            await loop.create_server(factory, cfg["host"], port, reuse_port=True, backlog=1024)
-        )
+        try:
+            servers.append(
+                await loop.create_server(factory, cfg["host"], port, reuse_port=True, backlog=1024)
+            )
+        except OSError as e:
+            raise SystemExit(
+                f"fastactor: {fn.name}: cannot listen on {cfg['host']}:{port}: {e.strerror}"
+            ) from None
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
