@@ -11,6 +11,7 @@ from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromS
 from cpython.object cimport PyObject, PyObject_GenericGetAttr
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
+from libc.time cimport time as c_time, time_t
 
 cdef extern from "Python.h":
     bint PyCoro_CheckExact(object o)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import re
+import time
 from typing import Any
 
 import pytest
@@ -11,6 +13,14 @@ import uvloop
 
 from fastactor import Request, Response
 from fastactor.server.http import HttpProtocol, Limits
+
+DATE = re.compile(rb"date: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT\r\n")
+
+
+def _undated(data: bytes, answers: int) -> bytes:
+    """DATA without its Date lines, which must be ANSWERS."""
+    assert len(DATE.findall(data)) == answers, data
+    return DATE.sub(b"", data)
 
 
 async def _listen(
@@ -208,11 +218,11 @@ def test_headers_and_responses() -> None:
     wire = encode_response(
         Response(b"hi", 200, [("Content-Length", "99"), ("X-Bad", "a\r\nInjected: 1")]), True
     )
-    assert wire == (
+    assert _undated(wire, 1) == (
         b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
         b"content-length: 2\r\nconnection: keep-alive\r\n\r\nhi"
     )
-    assert encode_response(Response.text("é", 299), False) == (
+    assert _undated(encode_response(Response.text("é", 299), False), 1) == (
         b"HTTP/1.1 299 Status\r\ncontent-type: text/plain; charset=utf-8\r\n"
         b"content-length: 2\r\nconnection: close\r\n\r\n\xc3\xa9"
     )
@@ -238,13 +248,24 @@ def test_head_204_and_304_answers_carry_no_body_and_the_stream_stays_in_step() -
     )
     data = uvloop.run(_serve_once(fetch, Limits(), payload))
     text = b"content-type: text/plain; charset=utf-8\r\ncontent-length: 5\r\n"
-    assert data == (
+    assert _undated(data, 4) == (
         b"HTTP/1.1 200 OK\r\n" + text + b"connection: keep-alive\r\n\r\n"
         b"HTTP/1.1 204 No Content\r\nX-A: 1\r\nconnection: keep-alive\r\n\r\n"
         b"HTTP/1.1 304 Not Modified\r\ncontent-type: application/json\r\n"
         b"connection: keep-alive\r\n\r\n"
         b"HTTP/1.1 200 OK\r\n" + text + b"connection: close\r\n\r\nhello"
     )
+
+
+def test_every_answer_has_a_date_unless_fetch_gave_one() -> None:
+    from fastactor.server.http import encode_response
+
+    for r in (Response.json({}), Response.text("t", 404), Response(b"", 204), Response(b"x")):
+        (line,) = DATE.findall(encode_response(r, True))
+        sent = email.utils.parsedate_to_datetime(line[6:-2].decode()).timestamp()
+        assert abs(sent - time.time()) < 60 and line.endswith(b" GMT\r\n")
+    own = encode_response(Response(b"x", 200, {"Date": "Tue, 01 Dec 2026 00:00:00 GMT"}), True)
+    assert not DATE.search(own) and own.count(b"ate: ") == 1
 
 
 def test_an_interim_status_from_fetch_becomes_500() -> None:
@@ -294,7 +315,7 @@ def test_expect_100_continue() -> None:
         return first, second, third
 
     first, second, third = uvloop.run(go())
-    assert first == (
+    assert _undated(first, 1) == (
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
         b"content-type: application/octet-stream\r\ncontent-length: 5\r\n"
         b"connection: keep-alive\r\n\r\nhello"

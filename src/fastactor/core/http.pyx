@@ -277,6 +277,28 @@ cdef bytes _status_line(int status):
     return line
 
 
+cdef tuple _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+cdef tuple _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
+                      "Nov", "Dec")
+cdef object _gmtime = time.gmtime
+cdef time_t _date_at = -1
+cdef bytes _date_line = b""
+
+
+cdef bytes _date_header():
+    """The Date header line (RFC 9110 6.6.1: an origin server with a clock sends it), made
+    once a second."""
+    global _date_at, _date_line
+    cdef time_t now = c_time(NULL)
+    if now != _date_at:
+        t = _gmtime(now)
+        _date_line = (
+            f"date: {_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT\r\n").encode("ascii")
+        _date_at = now
+    return _date_line
+
+
 cdef bytes _JSON_TYPE = b"content-type: application/json\r\n"
 cdef bytes _TEXT_TYPE = b"content-type: text/plain; charset=utf-8\r\n"
 cdef bytes _LENGTH = b"content-length: "
@@ -290,7 +312,7 @@ cdef bytes _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 cdef bytes _wire_response(Response r, bint keep_alive, bint head=False):
     """R as HTTP/1.1 bytes. The body's length and the connection header are ours; the
     response's own content-length, connection and transfer-encoding are left out, and so is
-    any header with a line break in it. HEAD (the answer to a HEAD request) has the head of
+    any header with a line break in it. A Date is added unless the response has one. HEAD (the answer to a HEAD request) has the head of
     the answer to a GET, content-length included, and no body. 204 and 304 have neither body
     nor content-length (RFC 9110 8.6)."""
     cdef Headers h = _as_headers(r.headers)
@@ -300,12 +322,12 @@ cdef bytes _wire_response(Response r, bint keep_alive, bint head=False):
     if bare:
         body = b""
     if h is _JSON_HEADERS:
-        out = [_status_line(r.status), _JSON_TYPE]
+        out = [_status_line(r.status), _date_header(), _JSON_TYPE]
     elif h is _TEXT_HEADERS:
-        out = [_status_line(r.status), _TEXT_TYPE]
+        out = [_status_line(r.status), _date_header(), _TEXT_TYPE]
     else:
-        out = [_status_line(r.status)]
-        has_type = False
+        out = [_status_line(r.status), None]
+        has_type = has_date = False
         for k, v in h._items:
             lk = (<str>k).lower()
             if lk == "content-length" or lk == "connection" or lk == "transfer-encoding":
@@ -314,7 +336,10 @@ cdef bytes _wire_response(Response r, bint keep_alive, bint head=False):
                 continue
             if lk == "content-type":
                 has_type = True
+            elif lk == "date":
+                has_date = True
             out.append(f"{k}: {v}\r\n".encode("latin-1"))
+        out[1] = b"" if has_date else _date_header()
         if not has_type and body:
             out.append(b"content-type: application/octet-stream\r\n")
     if bare:
