@@ -123,6 +123,34 @@ def test_a_port_or_data_directory_in_use_stops_start_up(
     assert r.returncode == 2 and f"port {base}" in r.stderr and "fastactor.toml" in r.stderr
 
 
+def test_workers_of_a_killed_supervisor_drain_and_exit(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Workers do not serve on unsupervised (no restarts, holding the port) once their
+    supervisor is gone: they drain and exit, and a new server starts on the same port and data."""
+
+    def running(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    srv = serve(ACCOUNT, workers=2)
+    httpx.post(f"{srv.urls[0]}/accounts/orphan/deposit", json={"amount": 5})
+    workers = srv.workers()
+    assert len(workers) == 2
+    os.kill(srv.proc.pid, signal.SIGKILL)
+    deadline = time.time() + 30
+    while any(running(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(running(w) for w in workers)
+    port = int(srv.urls[0].rsplit(":", 1)[1])
+    again = serve(ACCOUNT, workers=2, extra=("--port", str(port)))
+    assert again.urls[0].endswith(f":{port}")
+    assert httpx.get(f"{again.urls[0]}/accounts/orphan").json()["balance"] == 5
+
+
 def raw(url: str, data: bytes) -> bytes:
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:

@@ -5,7 +5,8 @@ and snapshot) holding its hash partition of the instances, an HTTP listener per 
 Talks to the supervisor over stdin/stdout: prints "ready" once it accepts requests and
 "drained" once SIGTERM has stopped it accepting and its requests have finished; exits when
 the supervisor closes its stdin (so every worker keeps answering calls from the others until
-all have drained)."""
+all have drained). A supervisor that dies without a word (kill -9) closes the stdin too: the
+worker then drains and exits on its own, rather than serve on unsupervised."""
 
 from __future__ import annotations
 
@@ -27,6 +28,14 @@ from .http import HttpProtocol, Limits
 from .ipc import Channel, RoutedNamespace, serve_calls
 
 log = logging.getLogger("fastactor.worker")
+
+
+def tell(line: str) -> None:
+    """LINE to the supervisor, which may be gone (its end of the pipe closed)."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def socket_path(data: str, i: int) -> str:
@@ -90,6 +99,16 @@ async def serve(cfg: dict[str, Any]) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # The supervisor writes nothing on stdin: it closes it, after the drain or by dying.
+    closed = asyncio.Event()
+
+    def supervisor_closed() -> None:
+        if not os.read(sys.stdin.fileno(), 4096):
+            loop.remove_reader(sys.stdin.fileno())
+            closed.set()
+            stop.set()
+
+    loop.add_reader(sys.stdin.fileno(), supervisor_closed)
     stats_path = os.path.join(data, "run", f"worker-{me}.json")
 
     async def publish_stats() -> None:
@@ -111,7 +130,7 @@ async def serve(cfg: dict[str, Any]) -> None:
             await asyncio.sleep(1.0)
 
     stats_task = loop.create_task(publish_stats()) if cfg.get("admin") else None
-    print("ready", flush=True)
+    tell("ready")
     await stop.wait()
     if stats_task is not None:
         stats_task.cancel()
@@ -124,9 +143,9 @@ async def serve(cfg: dict[str, Any]) -> None:
         await asyncio.sleep(0.01)
     for c in list(conns):
         c.shut()
-    print("drained", flush=True)
+    tell("drained")
     # Keep answering the other workers until the supervisor says all have drained.
-    await loop.run_in_executor(None, sys.stdin.read)
+    await closed.wait()
     ipc_server.close()
     channel.close()
     await shard.close()
