@@ -370,3 +370,78 @@ def test_a_client_that_does_not_read_is_not_read_either() -> None:
     # filled (a few MiB), not after all the requests the client sent.
     assert served < 400, served
     assert other.startswith(b"HTTP/1.1 200") and other.endswith(b"x" * 100)
+
+
+async def _trickle(port: int, chunks: list[bytes], every: float) -> tuple[bytes, float]:
+    """Sends CHUNKS one at a time, EVERY seconds apart, until the server closes; what it
+    answered and after how many seconds."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    t0 = time.monotonic()
+    got = asyncio.ensure_future(reader.read())
+    for chunk in chunks:
+        if got.done():
+            break
+        writer.write(chunk)
+        await asyncio.wait([got], timeout=every)
+    data = await asyncio.wait_for(got, 10)
+    writer.close()
+    return data, time.monotonic() - t0
+
+
+def test_a_client_trickling_a_request_gets_408_and_is_closed() -> None:
+    called: list[str] = []
+
+    async def fetch(req: Request, env: Any) -> Response:
+        called.append(req.path)
+        return Response.text("ok")
+
+    async def go(limits: Limits, chunks: list[bytes]) -> tuple[bytes, float]:
+        server, port = await _listen(fetch, limits)
+        try:
+            return await _trickle(port, chunks, 0.05)
+        finally:
+            server.close()
+
+    # The head, a byte at a time: each byte is activity, yet the head is late.
+    head = [bytes([b]) for b in b"GET /never HTTP/1.1\r\nHost: t\r\nX-Long: " + b"y" * 400]
+    data, took = uvloop.run(go(Limits(head_timeout=0.4, idle_timeout=30), head))
+    assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and b"head" in data, data
+    assert 0.4 <= took < 3
+    # A whole head, then a body that never completes.
+    body = [b"POST /never HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n"] + [b"x"] * 400
+    data, took = uvloop.run(go(Limits(request_timeout=0.4, idle_timeout=30), body))
+    assert data.startswith(b"HTTP/1.1 408 ") and b"did not arrive" in data, data
+    assert 0.4 <= took < 3
+    # A request that stops coming: idle_timeout applies to it too.
+    data, took = uvloop.run(go(Limits(idle_timeout=0.3), [b"GET /never HT"]))
+    assert data.startswith(b"HTTP/1.1 408 ") and b"stalled" in data, data
+    assert called == []
+
+
+def test_an_idle_connection_closes_and_a_slow_fetch_is_not_idle() -> None:
+    async def fetch(req: Request, env: Any) -> Response:
+        if req.path == "/slow":
+            await asyncio.sleep(0.8)
+        return Response.text("ok")
+
+    async def go() -> tuple[bytes, float, bytes]:
+        limits = Limits(idle_timeout=0.2, head_timeout=0.2, request_timeout=0.2)
+        server, port = await _listen(fetch, limits)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # A fetch longer than every timeout of the front, pipelined with a second request.
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nGET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
+        t0 = time.monotonic()
+        answers = await asyncio.wait_for(reader.read(), 10)  # then closed for idleness
+        took = time.monotonic() - t0
+        writer.close()
+        # Sending nothing at all: closed, nothing answered.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        silent = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        server.close()
+        return answers, took, silent
+
+    answers, took, silent = uvloop.run(go())
+    assert answers.count(b"HTTP/1.1 200 OK") == 2 and b"408" not in answers, answers
+    assert 1.0 <= took < 3, took  # 0.8 s of fetch, then 0.2 s idle at least
+    assert silent == b""

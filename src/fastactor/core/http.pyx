@@ -510,7 +510,13 @@ cdef class HttpConnection:
     cdef Py_ssize_t max_conns
     cdef double fetch_timeout
     cdef double idle_timeout
+    cdef double head_timeout
+    cdef double request_timeout
+    cdef double tick                 # the period of the connection's timer
     # the request being parsed
+    cdef bint reading                # a request has begun and is not whole yet
+    cdef bint head_read              # and its head is whole
+    cdef double read_since           # loop time the timer first saw it reading; -1: not yet
     cdef list url
     cdef list headers
     cdef Py_ssize_t header_bytes
@@ -544,6 +550,9 @@ cdef class HttpConnection:
         self.max_conns = limits.connections
         self.fetch_timeout = limits.fetch_timeout
         self.idle_timeout = limits.idle_timeout
+        self.head_timeout = limits.head_timeout
+        self.request_timeout = limits.request_timeout
+        self.tick = min(self.idle_timeout, self.head_timeout, self.request_timeout) / 2
         self.parser = httptools.HttpRequestParser(self)
         self.queue = collections.deque()
         self._reset()
@@ -556,6 +565,9 @@ cdef class HttpConnection:
         self.body_bytes = 0
         self.refused = None
         self.expect = 0
+        self.reading = False
+        self.head_read = False
+        self.read_since = -1.0
 
     def pending(self):
         """True while a request is running or waiting to."""
@@ -580,7 +592,7 @@ cdef class HttpConnection:
             return
         self.conns.add(self)
         self.last_active = self.loop.time()
-        self.idle_handle = self.loop.call_later(self.idle_timeout, self._idle)
+        self.idle_handle = self.loop.call_later(self.tick, self._idle)
 
     def connection_lost(self, exc):
         self.conns.discard(self)
@@ -621,15 +633,42 @@ cdef class HttpConnection:
             self._next()
 
     def _idle(self):
-        """Runs every idle_timeout: closes the connection if nothing came in since the last
-        run and no request is pending (one timer per connection, not one per request)."""
-        if self.last_active >= 0 and not self.busy and not self.queue:
-            if self.transport is not None:
+        """Runs every `tick` seconds: one timer per connection, not one per request, and no
+        clock read per request (activity and a request's start are stamped here, late by up
+        to one tick). Closes a connection with nothing pending after idle_timeout without a
+        byte. Answers 408 and closes when a request's head is not whole head_timeout after
+        its first byte, the whole request request_timeout after it, or it stalls for
+        idle_timeout: a client that trickles bytes holds no connection for ever."""
+        cdef double now = self.loop.time()
+        self.idle_handle = None
+        if self.transport is None or self.closing:
+            return
+        if self.last_active < 0:
+            self.last_active = now
+        elif now - self.last_active >= self.idle_timeout and not self.busy and not self.queue:
+            if self.reading:
+                self._late("the request stalled")
+            else:
                 self.closing = True
                 self.transport.close()
             return
-        self.last_active = self.loop.time()
-        self.idle_handle = self.loop.call_later(self.idle_timeout, self._idle)
+        if self.reading:
+            if self.read_since < 0:
+                self.read_since = now
+            elif not self.head_read and now - self.read_since >= self.head_timeout:
+                self._late("the request head did not arrive in time")
+                return
+            elif now - self.read_since >= self.request_timeout:
+                self._late("the request did not arrive in time")
+                return
+        self.idle_handle = self.loop.call_later(self.tick, self._idle)
+
+    cdef void _late(self, str why) except *:
+        """Answers 408 to the request being read (after those already queued), then closes."""
+        self._reset()
+        self._refuse(_error_response(408, why))
+        if not self.busy:
+            self._next()
 
     cdef void _refuse(self, Response response):
         """Answers after the requests already queued, then closes: the stream is not
@@ -638,6 +677,9 @@ cdef class HttpConnection:
         self.queue.append((None, response, False))
 
     # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self):
+        self.reading = True
 
     def on_url(self, bytes url):
         self.url.append(url)
@@ -667,6 +709,7 @@ cdef class HttpConnection:
             raise httptools.HttpParserError("headers too large")
 
     def on_headers_complete(self):
+        self.head_read = True
         if self.expect and self.parser.get_http_version() == "1.1":
             self.expect = 2
             self._continue()
