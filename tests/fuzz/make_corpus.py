@@ -69,6 +69,11 @@ def http_seeds() -> dict[str, bytes]:
         "head": b"HEAD /h HTTP/1.1\r\nHost: t\r\n\r\nGET /g HTTP/1.1\r\nHost: t\r\n\r\n",
         "expect": b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\nPOST /json HTTP/1.1\r\nHost: t\r\n"
         b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n{}",
+        "upgrade": b"POST /json HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: h2c\r\n"
+        b"Content-Length: 2\r\n\r\n{}GET /g HTTP/1.1\r\nHost: t\r\n\r\n",
+        "unknown-method": b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"BREW /pot HTTP/1.1\r\nHost: t\r\n\r\n",
+        "no-host": b"GET /1 HTTP/1.1\r\n\r\n",
     }
 
 

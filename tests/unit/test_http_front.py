@@ -445,3 +445,85 @@ def test_an_idle_connection_closes_and_a_slow_fetch_is_not_idle() -> None:
     assert answers.count(b"HTTP/1.1 200 OK") == 2 and b"408" not in answers, answers
     assert 1.0 <= took < 3, took  # 0.8 s of fetch, then 0.2 s idle at least
     assert silent == b""
+
+
+def test_host_headers_and_unknown_methods_are_refused() -> None:
+    seen: list[str] = []
+
+    async def fetch(req: Request, env: Any) -> Response:
+        seen.append(req.path)
+        return Response.text("ok")
+
+    def serve(payload: bytes) -> bytes:
+        return uvloop.run(_serve_once(fetch, Limits(), payload))
+
+    # RFC 9112 3.2: an HTTP/1.1 request without Host, or any request with two, is a 400.
+    assert serve(b"GET /a HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    data = serve(b"GET /b HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 400 ") and b"more than one Host" in data
+    assert serve(b"GET /c HTTP/1.0\r\n\r\n").endswith(b"ok")  # HTTP/1.0 needs none
+    # A method the parser does not know is a 501 naming it, after the answers before it.
+    data = serve(b"GET /d HTTP/1.1\r\nHost: t\r\n\r\nBREW /pot HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 501 Not Implemented\r\n" in data
+    assert b"method BREW is not supported" in data
+    assert serve(b"\x00\x01 / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400 ")  # not a token
+    assert seen == ["/c", "/d"]
+
+
+def test_an_upgrade_is_ignored_and_the_stream_stays_in_step() -> None:
+    async def fetch(req: Request, env: Any) -> Response:
+        return Response(f"{req.method} {req.path} {await req.text()}".encode())
+
+    def serve(parts: list[bytes]) -> bytes:
+        async def go() -> bytes:
+            server, port = await _listen(fetch, Limits())
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for part in parts:
+                writer.write(part)
+                await asyncio.sleep(0.02)
+            data = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            server.close()
+            return _undated(data, data.count(b"HTTP/1.1 "))
+
+        return uvloop.run(go())
+
+    # The body of a request asking to upgrade (curl --http2 on http:// sends these) is read
+    # by the front, not the parser, which stops at its head: it must reach fetch whole, in
+    # one chunk or cut anywhere, and the request after it must be parsed as one.
+    wire = (
+        b"POST /up HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nContent-Length: 5\r\n\r\n"
+        b"hello"
+        b"GET /next HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    octets = b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
+    expect = (
+        octets
+        + b"content-length: 14\r\nconnection: keep-alive\r\n\r\nPOST /up hello"
+        + octets
+        + b"content-length: 10\r\nconnection: close\r\n\r\nGET /next "
+    )
+    head = wire.index(b"hello")
+    assert serve([wire]) == expect
+    cuts = [wire[:head], wire[head : head + 2], wire[head + 2 : head + 9], wire[head + 9 :]]
+    assert serve(cuts) == expect
+    assert serve([wire[: head + 2], wire[head + 2 :]]) == expect
+    # A websocket handshake is answered as a plain GET.
+    ws = b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    assert (
+        serve([ws + b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"]).count(
+            b"HTTP/1.1 200 OK"
+        )
+        == 2
+    )
+    # Chunked: refused, as the parser will not read it.
+    chunked = (
+        b"POST /up HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: h2c\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    assert serve([chunked]).startswith(b"HTTP/1.1 400 ")
+    # CONNECT: answered by fetch, and the bytes after it (a tunnel's) are never parsed.
+    data = serve([b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n\x16\x03\x01 not http"])
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.count(b"HTTP/1.1 ") == 1
+    assert b"connection: close" in data

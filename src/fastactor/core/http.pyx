@@ -28,6 +28,9 @@ cdef dict _REASONS = {
     500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
     503: "Service Unavailable", 504: "Gateway Timeout",
 }
+# A request line whose method is a token llhttp does not know (RFC 9110 9.1: 501).
+cdef object _UNKNOWN_METHOD = re.compile(
+    rb"(?:^|\n)([!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}) [\x21-\x7e]+ HTTP/1\.[01]\r?\n")
 cdef dict _STATUS_LINES = {}         # status -> b"HTTP/1.1 200 OK\r\n", filled on first use
 cdef dict _METHODS = {}              # method bytes from the parser -> str
 
@@ -524,6 +527,10 @@ cdef class HttpConnection:
     cdef Py_ssize_t body_bytes
     cdef object refused
     cdef int expect                  # 1: "Expect: 100-continue" seen; 2: and the head is whole
+    cdef int hosts                   # Host header lines
+    cdef object held                 # (method, keep-alive, target, headers) of a request
+                                     # asking to upgrade, its body still to come
+    cdef Py_ssize_t held_left        # bytes of that body still to come
     # answering
     cdef readonly object queue       # (Request or None, Response or None, keep-alive)
     cdef readonly bint busy          # a fetch is running
@@ -565,6 +572,7 @@ cdef class HttpConnection:
         self.body_bytes = 0
         self.refused = None
         self.expect = 0
+        self.hosts = 0
         self.reading = False
         self.head_read = False
         self.read_since = -1.0
@@ -620,10 +628,25 @@ cdef class HttpConnection:
         if self.closing:
             return
         self.last_active = -1.0  # activity: _idle looks again one period later
+        if self.held is not None:
+            data = self._held_body(data)
+            if not data:
+                if not self.busy:
+                    self._next()
+                return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._refuse(_error_response(400, "protocol upgrades are not supported"))
+        except httptools.HttpParserUpgrade as e:
+            self._upgrade(data, e.args[0])
+        except httptools.HttpParserInvalidMethodError as e:
+            m = None
+            for m in _UNKNOWN_METHOD.finditer(data):
+                pass                   # the last request line is the one refused
+            if m is None:
+                self._refuse(_error_response(400, f"malformed request: {e}"))
+            else:
+                self._refuse(_error_response(
+                    501, f"method {m.group(1).decode('ascii')} is not supported"))
         except httptools.HttpParserError as e:
             if self.refused is None:
                 self._refuse(_error_response(400, f"malformed request: {e}"))
@@ -663,9 +686,41 @@ cdef class HttpConnection:
                 return
         self.idle_handle = self.loop.call_later(self.tick, self._idle)
 
+    cdef void _upgrade(self, data, Py_ssize_t offset) except *:
+        """The parser stopped after the head of a request asking to switch protocols (an
+        Upgrade header, or CONNECT). Nothing is switched (RFC 9110 7.8 lets a server ignore
+        Upgrade): the request is answered as any other, its body (by Content-Length) read
+        here, as the parser does not, and the bytes after it parsed as the next requests.
+        After CONNECT they are a tunnel's: its answer is the connection's last."""
+        if self.parser.get_method() == b"CONNECT":
+            self.closing = True
+            return
+        self.parser = httptools.HttpRequestParser(self)
+        rest = data[offset:]
+        if self.held is not None:
+            rest = self._held_body(rest)
+        if rest:
+            self.data_received(rest)
+
+    cdef object _held_body(self, data):
+        """Takes what DATA holds of the held request's body; queues the request once the
+        body is whole. What is left of DATA."""
+        cdef Py_ssize_t n = min(len(data), self.held_left)
+        if n:
+            self.body.append(bytes(data[:n]))
+            self.held_left -= n
+        if self.held_left == 0:
+            method, keep, raw, headers = self.held
+            self.held = None
+            self.headers = headers
+            self._complete(method, keep, raw)
+        return data[n:]
+
     cdef void _late(self, str why) except *:
         """Answers 408 to the request being read (after those already queued), then closes."""
         self._reset()
+        self.held = None
+        self.held_left = 0
         self._refuse(_error_response(408, why))
         if not self.busy:
             self._next()
@@ -687,6 +742,8 @@ cdef class HttpConnection:
 
     def on_header(self, bytes name, bytes value):
         self._count(len(name) + len(value) + 4)
+        if len(name) == 4 and name.lower() == b"host":
+            self.hosts += 1
         if (len(name) == 14 and name.lower() == b"content-length" and value.isdigit()
                 and int(value) > self.max_body):
             # Refused before the body is read.
@@ -710,6 +767,13 @@ cdef class HttpConnection:
 
     def on_headers_complete(self):
         self.head_read = True
+        if self.parser.should_upgrade() and self.parser.get_method() != b"CONNECT":
+            self._hold()
+        if self.hosts != 1 and (self.hosts or self.parser.get_http_version() == "1.1"):
+            # RFC 9112 3.2: an HTTP/1.1 request has one Host header, no request has two.
+            self.refused = _error_response(400, "an HTTP/1.1 request needs a Host header"
+                                           if not self.hosts else "more than one Host header")
+            raise httptools.HttpParserError("bad host")
         if self.expect and self.parser.get_http_version() == "1.1":
             self.expect = 2
             self._continue()
@@ -725,6 +789,20 @@ cdef class HttpConnection:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(_CONTINUE)
 
+    cdef void _hold(self) except *:
+        """A request asking to upgrade: the parser will not read its body (it stops after the
+        head), so the body's length is noted for _held_body."""
+        cdef Py_ssize_t n = 0
+        for name, value in self.headers:
+            lname = (<str>name).lower()
+            if lname == "transfer-encoding":
+                self.refused = _error_response(
+                    400, "a request asking to upgrade can not have a chunked body here")
+                raise httptools.HttpParserError("chunked upgrade")
+            if lname == "content-length":
+                n = int(value)         # the parser checked it: digits, one header
+        self.held_left = n
+
     def on_body(self, bytes body):
         self.body_bytes += len(body)
         if self.body_bytes > self.max_body:
@@ -734,8 +812,6 @@ cdef class HttpConnection:
         self.body.append(body)
 
     def on_message_complete(self):
-        cdef Request req = None
-        cdef Response resp = None
         mb = self.parser.get_method()
         method = _METHODS.get(mb)
         if method is None:
@@ -744,6 +820,18 @@ cdef class HttpConnection:
                 _METHODS[mb] = method
         keep = self.parser.should_keep_alive()
         raw = self.url[0] if len(self.url) == 1 else b"".join(self.url)
+        if self.held_left:
+            # An upgrade request's head: its body comes past the parser (_upgrade).
+            self.held = (method, keep, raw, self.headers)
+            self._reset()
+            self.reading = self.head_read = True
+            return
+        self._complete(method, keep, raw)
+
+    cdef void _complete(self, str method, bint keep, bytes raw) except *:
+        """Queues the request whose head and body were read."""
+        cdef Request req = None
+        cdef Response resp = None
         body = (b"" if not self.body else self.body[0] if len(self.body) == 1
                 else b"".join(self.body))
         try:
