@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import re
+import resource
 import select
 import signal
 import socket
@@ -18,6 +19,7 @@ from typing import Any
 
 from .errors import FastactorError
 from .manifest import ManifestError, load_function, resolve
+from .server.http import CONNECTIONS, connection_cap
 from .server.layout import Layout, prepare
 
 __all__ = ["main"]
@@ -235,6 +237,22 @@ def _lock_data(data: str) -> int | None:
     return fd
 
 
+def _open_files(want: int) -> int:
+    """Raises this process's open files limit (its workers inherit it) toward WANT, as far as
+    the hard limit lets; the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return want
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if new > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("fastactor: --workers must be at least 1", file=sys.stderr)
@@ -301,6 +319,14 @@ def serve(args: argparse.Namespace) -> int:
         "admin": args.admin_port is not None,  # workers publish stats only for /metrics
         "commit_window_us": args.commit_window_us,
     }
+    limit = _open_files(CONNECTIONS + 1024)
+    if limit < CONNECTIONS + 1024:
+        print(
+            f"fastactor: the open files limit (ulimit -n) is {limit}: each worker takes "
+            f"{connection_cap(CONNECTIONS)} connections, not {CONNECTIONS}, and answers 503 "
+            "past that",
+            file=sys.stderr,
+        )
     sup = Supervisor(cfg)
     if args.admin_port is not None:
         from .server.admin import start_admin

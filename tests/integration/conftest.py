@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
+nofile_ = resource.RLIMIT_NOFILE
 
 
 def free_ports(n: int) -> int:
@@ -52,8 +54,13 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     procs: list[subprocess.Popen[str]] = []
 
     def start(
-        *dirs: str | Path, data: Path | None = None, workers: int = 2, extra: tuple[str, ...] = ()
+        *dirs: str | Path,
+        data: Path | None = None,
+        workers: int = 2,
+        extra: tuple[str, ...] = (),
+        nofile: tuple[int, int] | None = None,
     ) -> Server:
+        """NOFILE: the open files limit (soft, hard) serve starts with."""
         port = free_ports(len(dirs))
         p = subprocess.Popen(
             [
@@ -72,6 +79,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=None if nofile is None else lambda: resource.setrlimit(nofile_, nofile),
         )
         procs.append(p)
         lines: list[str] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import socket
 import threading
@@ -382,3 +383,40 @@ def test_a_damaged_layout_stops_start_up(serve: Callable[..., Server], tmp_path:
     (data / "layout.json").write_text("{not json")
     r = run_cli("serve", str(ACCOUNT), "--data", str(data), "--port", str(free_ports(1)))
     assert r.returncode == 2 and "layout.json" in r.stderr
+
+
+def _nofile(pid: int) -> int:
+    return resource.prlimit(pid, resource.RLIMIT_NOFILE)[0]
+
+
+def test_the_open_files_limit_is_raised_or_the_connection_cap_fits_it(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    # A soft limit under the hard one (1,024 is common): raised for the 10,000 connections.
+    hard = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 20_000)
+    srv = serve(ACCOUNT, workers=1, nofile=(256, hard))
+    want = min(11_024, hard)
+    assert _nofile(srv.proc.pid) == want and [_nofile(w) for w in srv.workers()] == [want]
+    # A hard limit of 300: the worker takes 225 connections (a quarter of the descriptors
+    # stay for its logs and channels) and answers 503 past them, instead of leaving clients
+    # unanswered once accept() fails; start-up says so.
+    srv = serve(ACCOUNT, workers=1, nofile=(300, 300), data=tmp_path / "small")
+    assert "open files limit (ulimit -n) is 300" in "".join(srv.lines), srv.lines
+    host, port = srv.urls[0].removeprefix("http://").split(":")
+    held = []
+    try:
+        for _ in range(225):
+            s = socket.create_connection((host, int(port)), timeout=10)
+            held.append(s)
+        s = held[0]
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200 ")  # the first ones are served
+        for _ in range(20):
+            extra = socket.create_connection((host, int(port)), timeout=10)
+            extra.settimeout(10)
+            assert extra.recv(4096).startswith(b"HTTP/1.1 503 "), "no answer past the cap"
+            extra.close()
+    finally:
+        for s in held:
+            s.close()
+    assert httpx.get(f"{srv.urls[0]}/health").status_code == 200

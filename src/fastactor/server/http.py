@@ -5,10 +5,25 @@ a proper status with a short body."""
 
 from __future__ import annotations
 
+import resource
+
 from .._core import HttpConnection as HttpProtocol
 from .._core import encode_response
 
-__all__ = ["HttpProtocol", "Limits", "encode_response"]
+__all__ = ["CONNECTIONS", "HttpProtocol", "Limits", "connection_cap", "encode_response"]
+
+CONNECTIONS = 10_000  # a worker's connections, by default, before it answers 503
+
+
+def connection_cap(default: int = CONNECTIONS) -> int:
+    """The connections a worker takes before it answers 503: DEFAULT, or fewer where the open
+    files limit leaves less room (each connection holds a descriptor; a quarter of the limit,
+    up to 1,024, stays for logs, channels and the rest). Past the limit, accept() fails and
+    a client would wait unanswered instead."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return default
+    return max(1, min(default, soft - min(1024, soft // 4)))
 
 
 class Limits:
@@ -37,7 +52,7 @@ class Limits:
         head_timeout: float = 30.0,
         request_timeout: float = 300.0,
         max_pipeline: int = 128,
-        connections: int = 10_000,
+        connections: int = CONNECTIONS,
     ) -> None:
         self.body = body
         self.headers = headers

@@ -24,7 +24,7 @@ from .._core import Shard
 from ..errors import FastactorError
 from ..manifest import load_function, resolve
 from ..runtime import Env
-from .http import HttpProtocol, Limits
+from .http import HttpProtocol, Limits, connection_cap
 from .ipc import Channel, RoutedNamespace, serve_calls
 
 log = logging.getLogger("fastactor.worker")
@@ -77,7 +77,7 @@ async def serve(cfg: dict[str, Any]) -> None:
     if os.path.exists(sock):
         os.unlink(sock)
     ipc_server = await serve_calls(sock, local)
-    limits = Limits()
+    limits = Limits(connections=connection_cap())
     conns: set[HttpProtocol] = set()
     counters = {"requests": 0}
     servers = []
