@@ -163,15 +163,28 @@ class Supervisor:
         host = self.cfg["host"]
         for i, fn in enumerate(functions):
             print(f"{fn.name} → http://{host}:{fn.port or self.cfg['port'] + i}", flush=True)
+        started = [time.monotonic()] * len(self.procs)
+        quick = [0] * len(self.procs)  # restarts in a row that died within a minute
         while not self.stopping:
             for i, p in enumerate(self.procs):
                 if p.poll() is not None and not self.stopping:
+                    # A worker that keeps dying (a failing disk, say) is restarted less
+                    # and less often, up to every 10 s, rather than in a tight loop.
+                    quick[i] = quick[i] + 1 if time.monotonic() - started[i] < 60 else 0
+                    delay = min(10.0, 0.1 * 2 ** quick[i]) if quick[i] > 1 else 0.0
                     print(
-                        f"fastactor: worker {i} exited ({p.returncode}); restarting",
+                        f"fastactor: worker {i} exited ({p.returncode}); restarting"
+                        + (f" in {delay:g} s" if delay else ""),
                         file=sys.stderr,
                         flush=True,
                     )
                     self.ready = False
+                    deadline = time.monotonic() + delay
+                    while time.monotonic() < deadline and not self.stopping:
+                        time.sleep(0.05)
+                    if self.stopping:
+                        break
+                    started[i] = time.monotonic()
                     self.procs[i] = self.spawn(i)
                     if not self.wait_line(self.procs[i], "ready", 120):
                         print(f"fastactor: worker {i} failed to restart", file=sys.stderr)

@@ -33,7 +33,9 @@ class StorageLimitError(FastactorError, ValueError):
 
 class ActorOutputGateError(FastactorError):
     """The turn's writes could not be made durable (the log failed), or a transaction of the
-    turn raised: the reply is withheld and this error given instead."""
+    turn raised: the reply is withheld and this error given instead. As with any call whose
+    reply never came, writes whose durability failed may or may not be found after a
+    restart (the disk may have kept them); an acknowledged write always is."""
 
 
 class ActorMethodError(FastactorError):

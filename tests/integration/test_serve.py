@@ -420,3 +420,72 @@ def test_the_open_files_limit_is_raised_or_the_connection_cap_fits_it(
         for s in held:
             s.close()
     assert httpx.get(f"{srv.urls[0]}/health").status_code == 200
+
+
+FAILING_APP = """
+import errno, gc
+from fastactor import Response, StatefulActor
+from fastactor._core import WriteAheadLog
+
+
+class Counter(StatefulActor):
+    async def inc(self) -> int:
+        n = (await self.ctx.storage.get("n") or 0) + 1
+        await self.ctx.storage.put("n", n)
+        return n
+
+    async def get(self) -> int:
+        return await self.ctx.storage.get("n") or 0
+
+
+async def fetch(request, env):
+    c = env.COUNTER.id_from_name("c")
+    if request.path == "/break":  # the disk fails this worker's next fdatasync
+        for o in gc.get_objects():
+            if type(o) is WriteAheadLog and not o.closed:
+                o._inject_fault("fdatasync", 0, errno.EIO)
+        return Response.text("armed")
+    if request.path == "/inc":
+        return Response.json({"n": await c.inc()})
+    return Response.json({"n": await c.get()})
+"""
+
+
+def test_a_worker_whose_log_fails_is_restarted_and_recovers(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    fn = tmp_path / "failing"
+    fn.mkdir()
+    (fn / "app.py").write_text(FAILING_APP)
+    (fn / "fastactor.toml").write_text(
+        'name = "failing"\nmain = "app.py"\n[[actors]]\nbinding = "COUNTER"\ntype = "Counter"\n'
+    )
+    srv = serve(fn, workers=1)
+    url = srv.urls[0]
+    (pid,) = srv.workers()
+    acked = 0
+    for _ in range(5):
+        assert httpx.post(f"{url}/inc").status_code == 200
+        acked += 1
+    assert httpx.post(f"{url}/break").text == "armed"
+    # The write that meets the failed fdatasync is refused (never acknowledged) ...
+    r = httpx.post(f"{url}/inc")
+    assert r.status_code == 500 and r.json()["error"] == "ActorOutputGateError", r.text
+    # ... and the worker goes, is started again and recovers: every acknowledged write is
+    # there (the refused one may be too: its record reached the file, only its fdatasync
+    # failed), and writes succeed again.
+    deadline = time.time() + 30
+    while True:
+        try:
+            r = httpx.get(f"{url}/get", timeout=5)
+            if r.status_code == 200 and srv.workers() and srv.workers() != [pid]:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.time() < deadline, srv.lines
+        time.sleep(0.1)
+    n = r.json()["n"]
+    assert n in (acked, acked + 1)
+    assert httpx.post(f"{url}/inc").json()["n"] == n + 1
+    assert any("its log failed" in x for x in srv.lines), srv.lines
+    assert any("worker 0 exited (3); restarting" in x for x in srv.lines), srv.lines

@@ -738,7 +738,8 @@ cdef class Shard:
                 self.commit(t)
             except LogFailedError as e:
                 exc = value = ActorOutputGateError(
-                    f"the turn's writes could not be made durable: {e}")
+                    f"the turn's writes could not be made durable: {e}; they may or may not be "
+                    "there after a restart")
             except BaseException as e:
                 exc = value = e
             else:

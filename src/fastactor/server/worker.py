@@ -6,7 +6,12 @@ Talks to the supervisor over stdin/stdout: prints "ready" once it accepts reques
 "drained" once SIGTERM has stopped it accepting and its requests have finished; exits when
 the supervisor closes its stdin (so every worker keeps answering calls from the others until
 all have drained). A supervisor that dies without a word (kill -9) closes the stdin too: the
-worker then drains and exits on its own, rather than serve on unsupervised."""
+worker then drains and exits on its own, rather than serve on unsupervised.
+
+A worker whose log failed (an fdatasync or write error: every write from then on fails with
+ActorOutputGateError) stops accepting, answers what is running, and exits with code
+LOG_FAILED; the supervisor starts it again, and it recovers its partition from the log, the
+way an operator's restart would."""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from .http import HttpProtocol, Limits, connection_cap
 from .ipc import Channel, RoutedNamespace, serve_calls
 
 log = logging.getLogger("fastactor.worker")
+LOG_FAILED = 3  # the exit code of a worker whose log failed
 
 
 def tell(line: str) -> None:
@@ -129,9 +135,23 @@ async def serve(cfg: dict[str, Any]) -> None:
             os.replace(tmp, stats_path)
             await asyncio.sleep(1.0)
 
+    failed: list[BaseException] = []
+
+    async def watch_log() -> None:
+        while not stop.is_set():
+            err = shard.wal.failed
+            if err is not None:
+                log.error("worker %d: its log failed (%s): restarting it to recover", me, err)
+                failed.append(err)
+                stop.set()
+                return
+            await asyncio.sleep(0.1)
+
     stats_task = loop.create_task(publish_stats()) if cfg.get("admin") else None
+    watch_task = loop.create_task(watch_log())
     tell("ready")
     await stop.wait()
+    watch_task.cancel()
     if stats_task is not None:
         stats_task.cancel()
     # Drain: stop accepting, let running requests finish, close idle connections.
@@ -143,6 +163,16 @@ async def serve(cfg: dict[str, Any]) -> None:
         await asyncio.sleep(0.01)
     for c in list(conns):
         c.shut()
+    if failed:
+        # Not a drain of the whole server: go now, for the supervisor to start this again.
+        ipc_server.close()
+        channel.close()
+        try:
+            await shard.close()
+        except (OSError, FastactorError):
+            pass  # the log failed: what is durable is what recovery finds
+        os.unlink(sock)
+        raise SystemExit(LOG_FAILED)
     tell("drained")
     # Keep answering the other workers until the supervisor says all have drained.
     await closed.wait()
