@@ -25,18 +25,28 @@ from .server.layout import Layout, prepare
 __all__ = ["main"]
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1 to 65535)")
+    return port
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastactor", description="Stateful actors for Python.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve function directories over HTTP")
     s.add_argument("dirs", nargs="*", default=["."], metavar="DIR")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8787)
+    s.add_argument("--port", type=_port, default=8787)
     s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     s.add_argument("--data", default="./.fastactor")
     s.add_argument(
         "--admin-port",
-        type=int,
+        type=_port,
         default=None,
         help="serve /health/liveness, /health/readiness and /metrics here",
     )
@@ -291,8 +301,14 @@ def serve(args: argparse.Namespace) -> int:
             )
             return 2
         ports[port] = fn
-        why = None if port <= 65535 else "not a TCP port"
-        why = why or _cannot_listen(args.host, port)
+        if port > 65535 or port == args.admin_port:
+            print(
+                f"fastactor: {fn.path}: function {fn.name!r} would listen on port {port}, "
+                + ("not a TCP port" if port > 65535 else "the --admin-port"),
+                file=sys.stderr,
+            )
+            return 2
+        why = _cannot_listen(args.host, port)
         if why is not None:
             print(
                 f"fastactor: {fn.name}: cannot listen on {args.host}:{port}: {why}",

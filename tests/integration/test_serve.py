@@ -89,6 +89,19 @@ def test_startup_failures_exit_2_and_name_the_culprit(tmp_path: Path) -> None:
     (bad / "fastactor.toml").write_text('name = "Bad Name"\nmain = "app.py"\n')
     p = run_cli("serve", str(bad), "--port", port, "--data", str(tmp_path / "d"))
     assert p.returncode == 2 and "fastactor.toml" in p.stderr and "'name'" in p.stderr
+    # Ports that are not TCP ports, or that two listeners would share, are usage errors.
+    for args in (["--port", "70000"], ["--port", "0"], ["--admin-port", "65536"]):
+        p = run_cli("serve", str(ACCOUNT), *args, "--data", str(tmp_path / "d"))
+        assert p.returncode == 2 and "is not a TCP port (1 to 65535)" in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr
+    p = run_cli(
+        "serve", str(ACCOUNT), str(READONLY), "--port", "65535", "--data", str(tmp_path / "d")
+    )
+    assert p.returncode == 2 and "port 65536, not a TCP port" in p.stderr, p.stderr
+    p = run_cli(
+        "serve", str(ACCOUNT), "--port", port, "--admin-port", port, "--data", str(tmp_path / "d")
+    )
+    assert p.returncode == 2 and "the --admin-port" in p.stderr, p.stderr
 
 
 def test_a_port_or_data_directory_in_use_stops_start_up(
