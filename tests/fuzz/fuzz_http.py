@@ -30,10 +30,24 @@ class Transport(asyncio.Transport):
         super().__init__()
         self.out = bytearray()
         self.closed = False
+        self.eof = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         assert not self.closed, "write after close"
+        assert not self.eof, "write after write_eof"
         self.out += data
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
     def close(self) -> None:
         self.closed = True
@@ -91,7 +105,7 @@ def test_one_input(data: bytes) -> None:
             if not p.queue and not p.busy:
                 break
             await asyncio.sleep(0)
-        assert not p.queue or p.busy or t.closed, "requests left unanswered"
+        assert not p.queue or p.busy or t.closed or t.eof, "requests left unanswered"
         answered = check_responses(bytes(t.out))
         assert answered <= p.counters["requests"] + 1
         p.connection_lost(None)

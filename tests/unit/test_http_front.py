@@ -517,6 +517,11 @@ def test_an_upgrade_is_ignored_and_the_stream_stays_in_step() -> None:
         )
         == 2
     )
+    # Thousands of them in one write: parsed in a loop, not a recursion per request (that hit
+    # the recursion limit and reset the connection). Past max_pipeline queued, 429 and close.
+    flood = serve([ws * 5000 + b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"])
+    assert flood.count(b"HTTP/1.1 200 OK") >= 128, flood[-300:]
+    assert flood.count(b"HTTP/1.1 429 ") == 1 and flood.endswith(b'too many pipelined requests"}')
     # Chunked: refused, as the parser will not read it.
     chunked = (
         b"POST /up HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: h2c\r\n"
@@ -527,3 +532,29 @@ def test_an_upgrade_is_ignored_and_the_stream_stays_in_step() -> None:
     data = serve([b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n\x16\x03\x01 not http"])
     assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.count(b"HTTP/1.1 ") == 1
     assert b"connection: close" in data
+
+
+def test_a_refused_upload_is_drained_so_the_client_reads_its_answer() -> None:
+    async def fetch(req: Request, env: Any) -> Response:
+        return Response.text("ok")
+
+    async def go() -> tuple[bytes, float]:
+        server, port = await _listen(fetch, Limits(body=1000))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        t0 = time.monotonic()
+        # Refused at its head; the client goes on sending the body it announced. Closed with
+        # those bytes unread, the socket would answer them with a reset (the client's writes
+        # fail, and the 413 may be lost): the front drains them and sends a FIN instead.
+        writer.write(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 4000000\r\n\r\n")
+        for _ in range(40):
+            writer.write(b"x" * 100_000)
+            await writer.drain()
+        writer.write_eof()
+        data = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        server.close()
+        return data, time.monotonic() - t0
+
+    data, took = uvloop.run(go())
+    assert data.startswith(b"HTTP/1.1 413 ") and data.count(b"HTTP/1.1 ") == 1, data[:200]
+    assert took < 2  # closed when the client closed its side, not at the 2 s limit

@@ -31,6 +31,7 @@ cdef dict _REASONS = {
 # A request line whose method is a token llhttp does not know (RFC 9110 9.1: 501).
 cdef object _UNKNOWN_METHOD = re.compile(
     rb"(?:^|\n)([!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}) [\x21-\x7e]+ HTTP/1\.[01]\r?\n")
+cdef double _LINGER = 2.0           # seconds a refused connection drains before it closes
 cdef dict _STATUS_LINES = {}         # status -> b"HTTP/1.1 200 OK\r\n", filled on first use
 cdef dict _METHODS = {}              # method bytes from the parser -> str
 
@@ -543,6 +544,8 @@ cdef class HttpConnection:
     cdef object budget               # the fetch_timeout timer, armed while fetches run
     cdef bint timed_out
     cdef readonly object idle_handle
+    cdef bint lingering              # a refusal closes: read and drop until LINGER passes
+    cdef object linger_handle
     cdef double last_active
 
     def __init__(self, fetch, env, limits, str base_url, set conns, dict counters):
@@ -608,6 +611,8 @@ cdef class HttpConnection:
         self.queue.clear()
         if self.idle_handle is not None:
             self.idle_handle.cancel()
+        if self.linger_handle is not None:
+            self.linger_handle.cancel()
         if self.budget is not None and self.task is None:
             self.budget.cancel()       # else it keeps a closed connection for up to 30 s
             self.budget = None
@@ -628,30 +633,32 @@ cdef class HttpConnection:
         if self.closing:
             return
         self.last_active = -1.0  # activity: _idle looks again one period later
-        if self.held is not None:
-            data = self._held_body(data)
-            if not data:
-                if not self.busy:
-                    self._next()
-                return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            self._upgrade(data, e.args[0])
-        except httptools.HttpParserInvalidMethodError as e:
-            m = None
-            for m in _UNKNOWN_METHOD.finditer(data):
-                pass                   # the last request line is the one refused
-            if m is None:
-                self._refuse(_error_response(400, f"malformed request: {e}"))
-            else:
-                self._refuse(_error_response(
-                    501, f"method {m.group(1).decode('ascii')} is not supported"))
-        except httptools.HttpParserError as e:
-            if self.refused is None:
-                self._refuse(_error_response(400, f"malformed request: {e}"))
-            else:
-                self._refuse(self.refused)
+        while data and not self.closing:   # more than one turn only past an upgrade request
+            if self.held is not None:
+                data = self._held_body(data)
+                if not data:
+                    break
+            try:
+                self.parser.feed_data(data)
+                break
+            except httptools.HttpParserUpgrade as e:
+                data = self._upgrade(data, e.args[0])
+            except httptools.HttpParserInvalidMethodError as e:
+                m = None
+                for m in _UNKNOWN_METHOD.finditer(data):
+                    pass               # the last request line is the one refused
+                if m is None:
+                    self._refuse(_error_response(400, f"malformed request: {e}"))
+                else:
+                    self._refuse(_error_response(
+                        501, f"method {m.group(1).decode('ascii')} is not supported"))
+                break
+            except httptools.HttpParserError as e:
+                if self.refused is None:
+                    self._refuse(_error_response(400, f"malformed request: {e}"))
+                else:
+                    self._refuse(self.refused)
+                break
         if not self.busy:
             self._next()
 
@@ -686,21 +693,18 @@ cdef class HttpConnection:
                 return
         self.idle_handle = self.loop.call_later(self.tick, self._idle)
 
-    cdef void _upgrade(self, data, Py_ssize_t offset) except *:
+    cdef object _upgrade(self, data, Py_ssize_t offset):
         """The parser stopped after the head of a request asking to switch protocols (an
         Upgrade header, or CONNECT). Nothing is switched (RFC 9110 7.8 lets a server ignore
         Upgrade): the request is answered as any other, its body (by Content-Length) read
         here, as the parser does not, and the bytes after it parsed as the next requests.
-        After CONNECT they are a tunnel's: its answer is the connection's last."""
+        After CONNECT they are a tunnel's: its answer is the connection's last. What of DATA
+        is left to parse."""
         if self.parser.get_method() == b"CONNECT":
             self.closing = True
-            return
+            return None
         self.parser = httptools.HttpRequestParser(self)
-        rest = data[offset:]
-        if self.held is not None:
-            rest = self._held_body(rest)
-        if rest:
-            self.data_received(rest)
+        return data[offset:]
 
     cdef object _held_body(self, data):
         """Takes what DATA holds of the held request's body; queues the request once the
@@ -729,6 +733,7 @@ cdef class HttpConnection:
         """Answers after the requests already queued, then closes: the stream is not
         trustworthy past a refused request."""
         self.closing = True
+        self.lingering = True
         self.queue.append((None, response, False))
 
     # -- httptools callbacks -------------------------------------------------------------------
@@ -959,6 +964,16 @@ cdef class HttpConnection:
         if last:
             self.closing = True
             self.queue.clear()
-            self.transport.close()
+            if self.lingering and self.transport.can_write_eof():
+                # The client may still be sending (the body refused, the requests after
+                # it): closing now with its bytes unread would send a reset, which can
+                # destroy the answer before the client reads it. Send a FIN after the
+                # answer, drop what still comes in (data_received ignores it), and close
+                # once the client does or _LINGER seconds pass.
+                self.transport.write_eof()
+                _reading(self.transport, True)
+                self.linger_handle = self.loop.call_later(_LINGER, self.transport.close)
+            else:
+                self.transport.close()
         else:
             self.last_active = -1.0
