@@ -529,6 +529,7 @@ cdef class HttpConnection:
     cdef object refused
     cdef int expect                  # 1: "Expect: 100-continue" seen; 2: and the head is whole
     cdef int hosts                   # Host header lines
+    cdef bint upgrade                # an Upgrade header
     cdef object held                 # (method, keep-alive, target, headers) of a request
                                      # asking to upgrade, its body still to come
     cdef Py_ssize_t held_left        # bytes of that body still to come
@@ -576,6 +577,7 @@ cdef class HttpConnection:
         self.refused = None
         self.expect = 0
         self.hosts = 0
+        self.upgrade = False
         self.reading = False
         self.head_read = False
         self.read_since = -1.0
@@ -633,6 +635,9 @@ cdef class HttpConnection:
         if self.closing:
             return
         self.last_active = -1.0  # activity: _idle looks again one period later
+        # Until the parser completes a request these bytes belong to, one is being read (a
+        # chunk that ends with a request leaves it False; no callback per request for this).
+        self.reading = True
         while data and not self.closing:   # more than one turn only past an upgrade request
             if self.held is not None:
                 data = self._held_body(data)
@@ -738,17 +743,16 @@ cdef class HttpConnection:
 
     # -- httptools callbacks -------------------------------------------------------------------
 
-    def on_message_begin(self):
-        self.reading = True
-
     def on_url(self, bytes url):
         self.url.append(url)
         self._count(len(url))
 
     def on_header(self, bytes name, bytes value):
         self._count(len(name) + len(value) + 4)
-        if len(name) == 4 and name.lower() == b"host":
+        if len(name) == 4 and (name == b"Host" or name.lower() == b"host"):
             self.hosts += 1
+        elif len(name) == 7 and name.lower() == b"upgrade":
+            self.upgrade = True
         if (len(name) == 14 and name.lower() == b"content-length" and value.isdigit()
                 and int(value) > self.max_body):
             # Refused before the body is read.
@@ -772,7 +776,8 @@ cdef class HttpConnection:
 
     def on_headers_complete(self):
         self.head_read = True
-        if self.parser.should_upgrade() and self.parser.get_method() != b"CONNECT":
+        if (self.upgrade and self.parser.should_upgrade()
+                and self.parser.get_method() != b"CONNECT"):
             self._hold()
         if self.hosts != 1 and (self.hosts or self.parser.get_http_version() == "1.1"):
             # RFC 9112 3.2: an HTTP/1.1 request has one Host header, no request has two.
