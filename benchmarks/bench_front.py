@@ -2,6 +2,11 @@
 actor turn and its durable commit, the response bytes.
 
     python benchmarks/bench_front.py [requests]
+    python benchmarks/bench_front.py REQUESTS ROW    # one row only: health, spread or hot
+
+The one-row form is for instruction counts, which this VM does not make noisy: run it under
+`valgrind --tool=callgrind` at 4,000 and at 12,000 requests, and the difference of the two
+totals over 8,000 is the instructions one request costs (setup and warm-up cancel out).
 
 Question answered: how much CPU does the event loop's thread spend per request of the
 quick-start example (POST debit) once the kernel's TCP work and the load generator are taken
@@ -119,7 +124,7 @@ async def direct_run(env: Any, total: int) -> float:
     return (time.thread_time() - c0) / total
 
 
-async def main(total: int) -> str:
+async def main(total: int, only: str | None = None) -> str:
     base = Path(os.environ.get("FASTACTOR_BENCH_DIR", ROOT / ".bench-data"))
     base.mkdir(parents=True, exist_ok=True)
     d = tempfile.mkdtemp(prefix="bench-front-", dir=base)
@@ -128,6 +133,9 @@ async def main(total: int) -> str:
             for i in range(1000):
                 await rt.env.ACCOUNT.id_from_name(f"acct-{i}").deposit(10**9)
             await rt.env.ACCOUNT.id_from_name("hot").deposit(10**9)
+            if only is not None:
+                await http_run(rt.env, only, 2000)  # warm-up, the same at every count
+                return f"{only}: {await http_run(rt.env, only, total) * 1e6:.1f} µs"
             await http_run(rt.env, "health", total // 10)  # warm-up
             rows = [
                 ("GET /health (fetch only, no actor)", await http_run(rt.env, "health", total)),
@@ -153,4 +161,13 @@ def test_front(benchmark: Any) -> None:
 
 
 if __name__ == "__main__":
-    print(uvloop.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000)))
+    if len(sys.argv) > 2 and sys.argv[2] not in ("health", "spread", "hot"):
+        raise SystemExit("bench_front: the row is health, spread or hot")
+    print(
+        uvloop.run(
+            main(
+                int(sys.argv[1]) if len(sys.argv) > 1 else 100_000,
+                sys.argv[2] if len(sys.argv) > 2 else None,
+            )
+        )
+    )
