@@ -7,6 +7,7 @@ import os
 import resource
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -435,54 +436,45 @@ def test_the_open_files_limit_is_raised_or_the_connection_cap_fits_it(
     assert httpx.get(f"{srv.urls[0]}/health").status_code == 200
 
 
-FAILING_APP = """
-import errno, gc
-from fastactor import Response, StatefulActor
-from fastactor._core import WriteAheadLog
+# Added to the `fastactor new NAME --actor` scaffold: a route that makes the disk fail this
+# worker's next fdatasync (through the log's test hook).
+BREAK_ROUTE = """
 
+import errno as _errno
+import gc as _gc
 
-class Counter(StatefulActor):
-    async def inc(self) -> int:
-        n = (await self.ctx.storage.get("n") or 0) + 1
-        await self.ctx.storage.put("n", n)
-        return n
+from fastactor._core import WriteAheadLog as _WriteAheadLog
 
-    async def get(self) -> int:
-        return await self.ctx.storage.get("n") or 0
+_scaffold_fetch = fetch
 
 
 async def fetch(request, env):
-    c = env.COUNTER.id_from_name("c")
-    if request.path == "/break":  # the disk fails this worker's next fdatasync
-        for o in gc.get_objects():
-            if type(o) is WriteAheadLog and not o.closed:
-                o._inject_fault("fdatasync", 0, errno.EIO)
+    if request.path == "/break":
+        for o in _gc.get_objects():
+            if type(o) is _WriteAheadLog and not o.closed:
+                o._inject_fault("fdatasync", 0, _errno.EIO)
         return Response.text("armed")
-    if request.path == "/inc":
-        return Response.json({"n": await c.inc()})
-    return Response.json({"n": await c.get()})
+    return await _scaffold_fetch(request, env)
 """
 
 
 def test_a_worker_whose_log_fails_is_restarted_and_recovers(
     serve: Callable[..., Server], tmp_path: Path
 ) -> None:
+    made = subprocess.run(["fastactor", "new", "failing", "--actor"], cwd=tmp_path)
+    assert made.returncode == 0
     fn = tmp_path / "failing"
-    fn.mkdir()
-    (fn / "app.py").write_text(FAILING_APP)
-    (fn / "fastactor.toml").write_text(
-        'name = "failing"\nmain = "app.py"\n[[actors]]\nbinding = "COUNTER"\ntype = "Counter"\n'
-    )
+    (fn / "app.py").write_text((fn / "app.py").read_text() + BREAK_ROUTE)
     srv = serve(fn, workers=1)
     url = srv.urls[0]
     (pid,) = srv.workers()
     acked = 0
     for _ in range(5):
-        assert httpx.post(f"{url}/inc").status_code == 200
+        assert httpx.post(f"{url}/counters/c").status_code == 200
         acked += 1
     assert httpx.post(f"{url}/break").text == "armed"
     # The write that meets the failed fdatasync is refused (never acknowledged) ...
-    r = httpx.post(f"{url}/inc")
+    r = httpx.post(f"{url}/counters/c")
     assert r.status_code == 500 and r.json()["error"] == "ActorOutputGateError", r.text
     # ... and the worker goes, is started again and recovers: every acknowledged write is
     # there (the refused one may be too: its record reached the file, only its fdatasync
@@ -490,15 +482,15 @@ def test_a_worker_whose_log_fails_is_restarted_and_recovers(
     deadline = time.time() + 30
     while True:
         try:
-            r = httpx.get(f"{url}/get", timeout=5)
+            r = httpx.get(f"{url}/counters/c", timeout=5)
             if r.status_code == 200 and srv.workers() and srv.workers() != [pid]:
                 break
         except httpx.HTTPError:
             pass
         assert time.time() < deadline, srv.lines
         time.sleep(0.1)
-    n = r.json()["n"]
+    n = r.json()["value"]
     assert n in (acked, acked + 1)
-    assert httpx.post(f"{url}/inc").json()["n"] == n + 1
+    assert httpx.post(f"{url}/counters/c").json()["value"] == n + 1
     assert any("its log failed" in x for x in srv.lines), srv.lines
     assert any("worker 0 exited (3); restarting" in x for x in srv.lines), srv.lines
