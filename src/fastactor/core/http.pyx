@@ -776,14 +776,14 @@ cdef class HttpConnection:
 
     def on_headers_complete(self):
         self.head_read = True
-        if (self.upgrade and self.parser.should_upgrade()
-                and self.parser.get_method() != b"CONNECT"):
-            self._hold()
         if self.hosts != 1 and (self.hosts or self.parser.get_http_version() == "1.1"):
             # RFC 9112 3.2: an HTTP/1.1 request has one Host header, no request has two.
             self.refused = _error_response(400, "an HTTP/1.1 request needs a Host header"
                                            if not self.hosts else "more than one Host header")
             raise httptools.HttpParserError("bad host")
+        if (self.upgrade and self.parser.should_upgrade()
+                and self.parser.get_method() != b"CONNECT"):
+            self._hold()               # (a refused request holds nothing)
         if self.expect and self.parser.get_http_version() == "1.1":
             self.expect = 2
             self._continue()
