@@ -48,7 +48,7 @@ import msgspec
 from .errors import (ActorFetchTimeoutError, ActorMethodError, ActorMethodTimeoutError,
                      ActorOutputGateError, ActorPrivateMethodError, ActorUnknownMethodError,
                      BlockConcurrencyTimeoutError, CodecError, LogCorruptionError,
-                     LogFailedError, StorageLimitError)
+                     LogFailedError, StorageLimitError, remote_error)
 
 include "core/wal.pyx"
 include "core/wheel.pyx"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
+import sys
+from typing import Any
+
 __all__ = [
     "ActorFetchTimeoutError",
     "ActorMethodError",
@@ -46,8 +50,45 @@ class ActorMethodError(FastactorError):
         super().__init__(message)
         self.remote_type = remote_type
 
-    def __reduce__(self) -> tuple[type[ActorMethodError], tuple[str, str]]:
-        return (type(self), (str(self), self.remote_type))
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (remote_error, (str(self), self.remote_type))
+
+
+_remote_classes: dict[str, type[ActorMethodError]] = {}
+
+
+def remote_error(message: str, remote_type: str) -> ActorMethodError:
+    """The ActorMethodError a caller gets when the method raised an exception of class
+    REMOTE_TYPE. Where that names a built-in exception or one of fastactor's own, the error is
+    an instance of that class too, as Durable Objects' RPC rethrows built-in errors: ``except
+    ValueError`` catches a ValueError the method raised, ``except CodecError`` an unstorable
+    value it wrote, and ``except ActorMethodError`` catches them all."""
+    cls = _remote_classes.get(remote_type)
+    if cls is None:
+        cls = _remote_classes[remote_type] = _remote_class(remote_type)
+    return cls(message, remote_type)
+
+
+def _remote_class(name: str) -> type[ActorMethodError]:
+    base = getattr(builtins, name, None) or getattr(sys.modules[__name__], name, None)
+    if (
+        not isinstance(base, type)
+        or not issubclass(base, Exception)
+        or issubclass(base, (ActorMethodError, StopIteration, StopAsyncIteration, Warning))
+        or not (base.__module__ == "builtins" or issubclass(base, FastactorError))
+    ):
+        return ActorMethodError
+    try:
+        cls = type(
+            "ActorMethodError",
+            (ActorMethodError, base),
+            {"__module__": __name__, "__str__": BaseException.__str__, "__doc__": None},
+        )
+        str(cls("probe", name))  # some built-ins need more than a message (UnicodeError)
+    except Exception:
+        return ActorMethodError
+    cls.__qualname__ = "ActorMethodError"
+    return cls
 
 
 class ActorPrivateMethodError(FastactorError, AttributeError):

@@ -170,6 +170,8 @@ def test_remote_errors_are_the_local_ones(tmp_path: Path) -> None:
         with pytest.raises(ActorMethodError) as e:
             await remote.boom()
         assert e.value.remote_type == "KeyError" and "no such thing" in str(e.value)
+        assert isinstance(e.value, KeyError)  # a built-in error is rethrown as itself too
+        assert type(e.value).__name__ == "ActorMethodError"
         with pytest.raises(CodecError):
             await remote.unsendable()
         assert await remote.deposit(1) == 1  # the channel goes on after errors

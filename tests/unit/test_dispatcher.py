@@ -214,6 +214,8 @@ def test_rpc_errors(actor_runtime: RuntimeFactory) -> None:
         with pytest.raises(ActorMethodError) as ei:
             await a.one_arg(1, 2)
         assert ei.value.remote_type == "TypeError"
+        with pytest.raises(TypeError):  # the same error: built-in types are kept, as in DO
+            await a.one_arg(1, 2)
         with pytest.raises(CodecError):
             await a.echo(object())
         with pytest.raises(CodecError):
@@ -319,6 +321,36 @@ def test_block_concurrency_timeout_tears_down_and_retries(actor_runtime: Runtime
         assert await i.ping() == 2  # activated afresh
 
     run(actor_runtime, go, Init, block_timeout=0.1)
+
+
+class Overdrawn(Exception):
+    pass
+
+
+def test_a_raised_error_keeps_its_built_in_type(actor_runtime: RuntimeFactory) -> None:
+    """As Durable Objects' RPC does: a built-in error the method raised reaches the caller
+    as itself (and as ActorMethodError); a user's own class only as ActorMethodError."""
+
+    class Raiser(StatefulActor):
+        async def raise_(self, kind: str) -> None:
+            raise {"overdrawn": Overdrawn, "value": ValueError, "os": FileNotFoundError}[kind](
+                "no"
+            )
+
+    async def go(rt: Runtime) -> None:
+        r = rt.namespace("Raiser").id_from_name("r")
+        with pytest.raises(ValueError) as ei:
+            await r.raise_("value")
+        assert isinstance(ei.value, ActorMethodError) and ei.value.remote_type == "ValueError"
+        assert str(ei.value) == "Raiser.raise_ raised ValueError: no"
+        with pytest.raises(FileNotFoundError):
+            await r.raise_("os")
+        with pytest.raises(ActorMethodError) as ei:
+            await r.raise_("overdrawn")
+        assert ei.value.remote_type == "Overdrawn"
+        assert type(ei.value) is ActorMethodError  # not a built-in: nothing to keep
+
+    run(actor_runtime, go, Raiser)
 
 
 def test_constructor_error_reaches_the_caller(actor_runtime: RuntimeFactory) -> None:

@@ -3,6 +3,7 @@ transactions, limits, reserved keys, read-your-writes, laziness, copies."""
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -258,6 +259,8 @@ def test_bad_input_is_a_clear_error_and_stores_nothing(
         with pytest.raises(ActorMethodError) as ei:
             await b.bad(what)
         assert ei.value.remote_type == remote_type
+        kinds = {"CodecError": CodecError, "StorageLimitError": StorageLimitError}
+        assert isinstance(ei.value, kinds.get(remote_type) or getattr(builtins, remote_type))
         assert await b.do([("list", {})]) == [{}]  # the turn committed nothing
         assert await b.do([("put", "still", "serving")]) == [None]
 

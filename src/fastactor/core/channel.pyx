@@ -52,11 +52,11 @@ cdef object _error_from(object value):
     cls = getattr(_errors_mod, name, None)
     if isinstance(cls, type) and issubclass(cls, _errors_mod.FastactorError):
         if cls is ActorMethodError:
-            return ActorMethodError(message, str(remote))
+            return remote_error(message, str(remote))
         if cls is LogFailedError:
             return ActorOutputGateError(message)
         return cls(message)
-    return ActorMethodError(message, str(remote))
+    return remote_error(message, str(remote))
 
 
 cdef class _FrameConn:

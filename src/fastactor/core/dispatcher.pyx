@@ -595,7 +595,7 @@ cdef class Shard:
             actor.__init__(ctx, env)
         except BaseException as e:
             inst.blocker = None
-            self.fail_call(inst, c, ActorMethodError(
+            self.fail_call(inst, c, remote_error(
                 f"{inst.ns.type_name}.__init__ raised {type(e).__name__}: {e}",
                 type(e).__name__))
             return False
@@ -770,7 +770,7 @@ cdef class Shard:
                  f"{t.inst.ns.type_name}.fetch" if t.call.kind == KIND_FETCH else
                  f"{t.inst.ns.type_name}.alarm" if t.call.kind == KIND_ALARM else
                  f"block_concurrency_while of {t.inst.ns.type_name}")
-        err = ActorMethodError(f"{where} raised {name}: {exc}", name)
+        err = remote_error(f"{where} raised {name}: {exc}", name)
         err.__cause__ = exc
         return err
 
