@@ -212,8 +212,11 @@ def test_headers_and_responses() -> None:
             Response.json({}, bad)
     with pytest.raises(TypeError):
         Response(123)
+    assert Response(None).body == b"" and Response(bytearray(b"ab")).body == b"ab"
+    assert Response(memoryview(b"cd")).body == b"cd" and Response("é").body == "é".encode()
     with pytest.raises(TypeError):
-        Request("GET", "http://t/", body="text")
+        Request("GET", "http://t/", body=5)
+    assert asyncio.run(Request("POST", "http://t/", body="é").body()) == "é".encode()
 
     wire = encode_response(
         Response(b"hi", 200, [("Content-Length", "99"), ("X-Bad", "a\r\nInjected: 1")]), True

@@ -145,6 +145,17 @@ cdef Headers _with_type(object headers, Headers default):
     return _headers_of(h._items + default._items)
 
 
+cdef bytes _body_bytes(object body, str what):
+    """A body given as str (UTF-8), None (empty) or any bytes-like object, as bytes."""
+    if isinstance(body, str):
+        return (<str>body).encode("utf-8")
+    if body is None:
+        return b""
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    raise TypeError(f"{what} body must be bytes, str or None, not {type(body).__name__}")
+
+
 cdef class Request:
     """An HTTP request: ``method``, ``url``, ``path``, ``query`` (last value wins),
     ``headers`` (case-insensitive) and the body through ``await body()/text()/json()``."""
@@ -158,8 +169,8 @@ cdef class Request:
     cdef bytes _body
 
     def __init__(self, str method, str url, headers=None, body=b""):
-        if not isinstance(body, bytes):
-            raise TypeError("body must be bytes")
+        if type(body) is not bytes:
+            body = _body_bytes(body, "Request")
         self.method = method.upper()
         self.url = url
         parts = _urlsplit(url)
@@ -237,10 +248,8 @@ cdef class Response:
     cdef public object headers
 
     def __init__(self, body=b"", status=200, headers=None):
-        if isinstance(body, str):
-            body = (<str>body).encode("utf-8")
-        if not isinstance(body, bytes):
-            raise TypeError("Response body must be bytes or str")
+        if type(body) is not bytes:
+            body = _body_bytes(body, "Response")
         _check_status(status)
         self.body = body
         self.status = status
