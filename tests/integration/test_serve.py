@@ -313,6 +313,22 @@ def test_admin_port_health_and_metrics(serve: Callable[..., Server]) -> None:
     assert 'fastactor_fsync_seconds_bucket{worker="0",le="+Inf"}' in text
     assert "fastactor_instances_resident" in text and "fastactor_log_bytes_total" in text
     assert httpx.get(f"{base}/nope").status_code == 404
+    assert httpx.get(f"{base}/health/readiness?probe=1").status_code == 200
+    head = httpx.head(f"{base}/metrics")
+    assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"])
+    # Refusals are short text, never the standard library's HTML error page.
+    r = httpx.post(f"{base}/metrics")
+    assert (r.status_code, r.headers["allow"], r.text) == (
+        405,
+        "GET, HEAD",
+        "method not allowed: GET or HEAD\n",
+    )
+    for request, status in (
+        (b"BREW /metrics HTTP/1.1\r\n\r\n", b"501"),
+        (b"nonsense\r\n\r\n", b"400"),
+    ):
+        answer = raw(base, request)
+        assert answer.split()[1] == status and b"text/plain" in answer and b"<" not in answer
 
 
 def test_fetch_errors_and_timeouts_become_statuses(

@@ -73,24 +73,60 @@ def start_admin(sup: Any, host: str, port: int) -> ThreadingHTTPServer:
             return None
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the http.server name)
-            if self.path == "/health/liveness":
-                self._send(200, "text/plain", b"ok\n")
-            elif self.path == "/health/readiness":
-                ok = sup.ready and not sup.stopping
-                self._send(200 if ok else 503, "text/plain", b"ready\n" if ok else b"starting\n")
-            elif self.path == "/metrics":
-                body = render_metrics([read(i) for i in range(sup.cfg["workers"])])
-                self._send(200, "text/plain; version=0.0.4", body.encode())
-            else:
-                self._send(404, "text/plain", b"not found\n")
+        server_version = "fastactor"
+        sys_version = ""
+        default_request_version = "HTTP/1.0"  # a bad request line still gets a status line
+        timeout = 10  # a client that stops sending loses its thread after 10 s
 
-        def _send(self, status: int, ctype: str, body: bytes) -> None:
+        def do_GET(self, head: bool = False) -> None:  # noqa: N802 (the http.server name)
+            path = self.path.split("?", 1)[0]
+            if path == "/health/liveness":
+                self._send(200, "text/plain", b"ok\n", head)
+            elif path == "/health/readiness":
+                ok = sup.ready and not sup.stopping
+                body = b"ready\n" if ok else b"starting\n"
+                self._send(200 if ok else 503, "text/plain", body, head)
+            elif path == "/metrics":
+                body = render_metrics([read(i) for i in range(sup.cfg["workers"])]).encode()
+                self._send(200, "text/plain; version=0.0.4", body, head)
+            else:
+                self._send(404, "text/plain", b"not found\n", head)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self.do_GET(head=True)
+
+        def _refuse_method(self) -> None:
+            body = b"method not allowed: GET or HEAD\n"
+            self._send(405, "text/plain", body, False, [("allow", "GET, HEAD")])
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method  # noqa: N815
+
+        def send_error(
+            self, code: int, message: str | None = None, explain: str | None = None
+        ) -> None:
+            """Malformed requests and unknown methods: a short text answer, not HTML."""
+            self.close_connection = True
+            text = f"{message or self.responses.get(code, ('error',))[0]}\n".encode(
+                "latin-1", "replace"
+            )
+            self._send(code, "text/plain", text, getattr(self, "command", None) == "HEAD")
+
+        def _send(
+            self,
+            status: int,
+            ctype: str,
+            body: bytes,
+            head: bool,
+            extra: list[tuple[str, str]] = [],  # noqa: B006 (never changed)
+        ) -> None:
             self.send_response(status)
             self.send_header("content-type", ctype)
             self.send_header("content-length", str(len(body)))
+            for k, v in extra:
+                self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(body)
+            if not head:
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
