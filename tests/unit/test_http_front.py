@@ -470,6 +470,10 @@ def test_host_headers_and_unknown_methods_are_refused() -> None:
     assert data.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 501 Not Implemented\r\n" in data
     assert b"method BREW is not supported" in data
     assert serve(b"\x00\x01 / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400 ")  # not a token
+    # HTTP/2 with prior knowledge, or a version past 1.1: 505 (RFC 9110 15.6.6), not 400.
+    for line in (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"GET /e HTTP/3.0\r\nHost: t\r\n\r\n"):
+        assert serve(line).startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n")
+    assert serve(b"GET /f HTTP/x.1\r\nHost: t\r\n\r\n").startswith(b"HTTP/1.1 400 ")
     assert seen == ["/c", "/d"]
 
 

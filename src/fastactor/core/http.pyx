@@ -26,11 +26,13 @@ cdef dict _REASONS = {
     422: "Unprocessable Content", 429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Gateway Timeout",
+    503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }
 # A request line whose method is a token llhttp does not know (RFC 9110 9.1: 501).
 cdef object _UNKNOWN_METHOD = re.compile(
     rb"(?:^|\n)([!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}) [\x21-\x7e]+ HTTP/1\.[01]\r?\n")
+# A request line of an HTTP version this server does not speak (RFC 9110 15.6.6: 505).
+cdef object _OTHER_VERSION = re.compile(rb" HTTP/(?:[2-9]\.[0-9]|1\.[2-9])\r?\n")
 cdef double _LINGER = 2.0           # seconds a refused connection drains before it closes
 cdef dict _STATUS_LINES = {}         # status -> b"HTTP/1.1 200 OK\r\n", filled on first use
 cdef dict _METHODS = {}              # method bytes from the parser -> str
@@ -668,7 +670,11 @@ cdef class HttpConnection:
                         501, f"method {m.group(1).decode('ascii')} is not supported"))
                 break
             except httptools.HttpParserError as e:
-                if self.refused is None:
+                if self.refused is None and _OTHER_VERSION.search(data) is not None:
+                    # HTTP/2 with prior knowledge (its PRI preface), or a version past 1.1
+                    self._refuse(_error_response(
+                        505, "HTTP version not supported: this server speaks HTTP/1.1"))
+                elif self.refused is None:
                     self._refuse(_error_response(400, f"malformed request: {e}"))
                 else:
                     self._refuse(self.refused)
