@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._version import __version__
 from .errors import FastactorError
 from .manifest import ManifestError, load_function, resolve
 from .server.http import CONNECTIONS, connection_cap
@@ -37,6 +38,7 @@ def _port(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastactor", description="Stateful actors for Python.")
+    p.add_argument("--version", action="version", version=f"fastactor {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve function directories over HTTP")
     s.add_argument("dirs", nargs="*", default=["."], metavar="DIR")

@@ -17,6 +17,8 @@ import httpx
 import pytest
 from conftest import EXAMPLES, Server, free_ports, run_cli
 
+import fastactor
+
 ACCOUNT = EXAMPLES / "account"
 READONLY = EXAMPLES / "account-readonly"
 
@@ -279,6 +281,8 @@ def test_new_scaffolds_functions_that_serve_as_is(
     serve: Callable[..., Server], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout == f"fastactor {fastactor.__version__}\n"
     assert run_cli("new", "plain").returncode == 0
     assert run_cli("new", "counting", "--actor").returncode == 0
     assert run_cli("new", "counting").returncode == 2  # not over an existing one
