@@ -403,7 +403,8 @@ def actors(args: argparse.Namespace) -> int:
         for type_name, _ in state:
             counts[type_name] = counts.get(type_name, 0) + 1
         for type_name in sorted(counts):
-            print(f"{type_name}\t{counts[type_name]} instances")
+            n = counts[type_name]
+            print(f"{type_name}\t{n} instance{'' if n == 1 else 's'}")
         return 0
     names = sorted(name for t, name in state if t == args.type)
     if not names:
