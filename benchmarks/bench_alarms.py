@@ -34,7 +34,7 @@ from typing import Any
 import uvloop
 
 from fastactor import AlarmInfo, Runtime, StatefulActor, TimerWheel
-from fastactor._core import encode_value
+from fastactor._core import encode_value, snapshot_row_value
 
 BENCH_DIR = Path(os.environ.get("FASTACTOR_BENCH_DIR", ".bench-data")).resolve()
 LATE: list[float] = []
@@ -104,12 +104,15 @@ def _fill_snapshot(d: Path, n: int, alarms: bool) -> None:
     uvloop.run(init())
     far = encode_value(int(time.time() * 1000) + 86_400_000)
     db = sqlite3.connect(d / "state.sqlite3")
-    rows: Any = ((f"Reminder\0r-{i}", "balance", b"\x05") for i in range(n))
+
+    def rows(key: str, encoded: bytes) -> Any:  # snapshot rows, sealed as the runtime seals
+        for i in range(n):
+            yield (f"Reminder\0r-{i}", key, snapshot_row_value(f"Reminder\0r-{i}", key, encoded))
+
     with db:
-        db.executemany("INSERT INTO kv VALUES (?, ?, ?)", rows)
+        db.executemany("INSERT INTO kv VALUES (?, ?, ?)", rows("balance", b"\x05"))
         if alarms:
-            rows = ((f"Reminder\0r-{i}", "__fastactor_alarm", far) for i in range(n))
-            db.executemany("INSERT INTO kv VALUES (?, ?, ?)", rows)
+            db.executemany("INSERT INTO kv VALUES (?, ?, ?)", rows("__fastactor_alarm", far))
     db.close()
 
 

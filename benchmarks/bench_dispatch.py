@@ -31,6 +31,7 @@ from typing import Any
 import uvloop
 
 from fastactor import Runtime, StatefulActor, WriteAheadLog
+from fastactor._core import snapshot_row_value
 from fastactor.testing import crash
 
 BENCH_DIR = Path(os.environ.get("FASTACTOR_BENCH_DIR", ".bench-data")).resolve()
@@ -172,7 +173,7 @@ def restart_with_million(instances: int = 1_000_000) -> tuple[float, float]:
     db = sqlite3.connect(d / "state.sqlite3")
     enc = b"\x05"  # the codec's encoding of the int 5
     rows = (
-        (f"Account\0acct-{i}", k, enc)
+        (f"Account\0acct-{i}", k, snapshot_row_value(f"Account\0acct-{i}", k, enc))
         for i in range(instances)
         for k in ("balance", "limit", "owner")
     )

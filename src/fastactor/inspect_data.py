@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from ._core import LogReader, decode_value
+from ._core import LogReader, decode_value, snapshot_value
 from .server.layout import read_layout
 
 __all__ = ["stored_state"]
@@ -32,7 +32,11 @@ def stored_state(data: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
         try:
             row = db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
             applied = row[0] if row else 0
+            sealed = db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone() is not None
+            path = str(shard / "state.sqlite3")
             for inst, key, value in db.execute("SELECT inst, key, value FROM kv"):
+                if sealed:  # values carry a checksum (a snapshot not yet opened by serve: none)
+                    value = snapshot_value(path, inst, key, value)
                 state.setdefault(inst, {})[key] = value
         finally:
             db.close()

@@ -4,6 +4,7 @@ transactions, limits, reserved keys, read-your-writes, laziness, copies."""
 from __future__ import annotations
 
 import builtins
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -270,3 +271,62 @@ def test_bad_input_is_a_clear_error_and_stores_nothing(
 def test_error_classes_are_the_documented_ones() -> None:
     assert issubclass(StorageLimitError, ValueError)
     assert issubclass(CodecError, TypeError)
+
+
+def _flip_a_bit(snapshot: Any, key: str) -> None:
+    """Changes one bit of KEY's stored value in the snapshot file, as a bad disk would."""
+    db = sqlite3.connect(snapshot, isolation_level=None)
+    (value,) = db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+    db.execute("UPDATE kv SET value = ? WHERE key = ?", (bytes([value[0] ^ 1]) + value[1:], key))
+    db.close()
+
+
+def test_a_damaged_snapshot_value_is_an_error_never_a_different_value(
+    actor_runtime: RuntimeFactory,
+) -> None:
+    from fastactor import LogCorruptionError
+
+    async def seed(rt: Runtime) -> None:
+        await box(rt).do([("put", "balance", 140), ("put", "other", "kept")])
+        await box(rt).do([("set_alarm", 4102444800000)])
+
+    run(actor_runtime, seed)  # closing checkpoints both into the snapshot
+    snapshot = actor_runtime.data_dir / "state.sqlite3"
+    _flip_a_bit(snapshot, "balance")  # 140 would read as 141 without a checksum
+
+    async def read(rt: Runtime) -> None:
+        b = box(rt)
+        for ops in ([("get", "balance")], [("list", {})]):
+            with pytest.raises(LogCorruptionError) as ei:  # and an ActorMethodError
+                await b.do(ops)
+            assert "state.sqlite3" in str(ei.value) and "'balance' of Box 'b'" in str(ei.value)
+        assert await b.do([("get", "other")]) == ["kept"]  # the rest reads as stored
+        assert await b.do([("put", "balance", 7), ("get", "balance")]) == [None, 7]
+
+    run(actor_runtime, read)
+    assert run(actor_runtime, lambda rt: box(rt).do([("get", "balance")])) == [7]
+
+    # A damaged alarm stops start-up, naming the file (alarms are read when the shard opens).
+    _flip_a_bit(snapshot, "__fastactor_alarm")
+    with pytest.raises(LogCorruptionError, match="state.sqlite3.*__fastactor_alarm"):
+        run(actor_runtime, lambda rt: box(rt).do([]))
+
+
+def test_a_snapshot_of_the_first_format_is_sealed_when_opened(
+    actor_runtime: RuntimeFactory,
+) -> None:
+    run(actor_runtime, lambda rt: box(rt).do([("put", "a", [1, "x"]), ("put", "b", None)]))
+    snapshot = actor_runtime.data_dir / "state.sqlite3"
+    db = sqlite3.connect(snapshot, isolation_level=None)  # back to format 1: bare values
+    db.execute("UPDATE kv SET value = substr(value, 1, length(value) - 4)")
+    db.execute("DELETE FROM meta WHERE k = 'format'")
+    db.close()
+    assert run(actor_runtime, lambda rt: box(rt).do([("list", {})])) == [
+        {"a": [1, "x"], "b": None}
+    ]
+    db = sqlite3.connect(snapshot)
+    assert db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone() == (2,)
+    db.close()
+    _flip_a_bit(snapshot, "a")  # sealed now: a flipped bit is caught
+    with pytest.raises(ActorMethodError, match="damaged"):
+        run(actor_runtime, lambda rt: box(rt).do([("get", "a")]))

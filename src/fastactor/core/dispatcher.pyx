@@ -867,6 +867,7 @@ cdef class Shard:
                 replayed[key] = _ABSENT
         for key, v in self.store.alarms():
             if key not in replayed:
+                v = self.store.alarm_time(key, v)
                 handles[key] = wheel.add(max(<int64_t>decode_value(v), 0), key)
         for key, v in replayed.items():
             if v is not _ABSENT:

@@ -155,6 +155,64 @@ cdef class _Layer:
             self.puts.update(puts)
 
 
+# Snapshot values carry a checksum (SQLite's pages have none): the value's encoding, then
+# the CRC-32C of "inst\0key\0" and that encoding, 4 bytes little-endian. A flipped bit in the
+# file is then a clear error at the read, never a silently different value. Format 1 (round
+# 1 to 6) stored the bare encoding; opening such a snapshot seals it in place.
+cdef int SNAPSHOT_FORMAT = 2
+
+
+cdef uint32_t _value_crc(str inst, str key, const unsigned char *data, Py_ssize_t n):
+    cdef bytes a = inst.encode("utf-8", "surrogatepass")
+    cdef bytes b = key.encode("utf-8", "surrogatepass")
+    cdef uint32_t crc = cwal.fa_crc32c(0, PyBytes_AS_STRING(a), PyBytes_GET_SIZE(a))
+    crc = cwal.fa_crc32c(crc, b"\0", 1)
+    crc = cwal.fa_crc32c(crc, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+    crc = cwal.fa_crc32c(crc, b"\0", 1)
+    return cwal.fa_crc32c(crc, data, <size_t>n)
+
+
+cdef bytes _seal(str inst, str key, bytes value):
+    cdef uint32_t crc = _value_crc(inst, key, <const unsigned char *>PyBytes_AS_STRING(value),
+                                   PyBytes_GET_SIZE(value))
+    cdef unsigned char tail[4]
+    tail[0] = crc & 0xFF
+    tail[1] = (crc >> 8) & 0xFF
+    tail[2] = (crc >> 16) & 0xFF
+    tail[3] = (crc >> 24) & 0xFF
+    return value + PyBytes_FromStringAndSize(<char *>tail, 4)
+
+
+cdef bytes _unseal(str path, str inst, str key, object blob):
+    """The encoded value of a snapshot row, or LogCorruptionError naming the file and key."""
+    cdef const unsigned char *p
+    cdef Py_ssize_t n
+    cdef uint32_t crc
+    if type(blob) is not bytes or PyBytes_GET_SIZE(blob) < 5:
+        crc = 1
+    else:
+        p = <const unsigned char *>PyBytes_AS_STRING(blob)
+        n = PyBytes_GET_SIZE(blob) - 4
+        crc = _value_crc(inst, key, p, n) ^ (<uint32_t>p[n] | (<uint32_t>p[n + 1] << 8) |
+                                             (<uint32_t>p[n + 2] << 16) |
+                                             (<uint32_t>p[n + 3] << 24))
+    if crc != 0:
+        type_name, _, name = inst.partition("\0")
+        raise LogCorruptionError(f"{path}: the stored value of key {key!r} of {type_name} "
+                                 f"{name!r} is damaged (checksum mismatch)")
+    return blob[:PyBytes_GET_SIZE(blob) - 4]
+
+
+def snapshot_value(str path, str inst, str key, blob):
+    """A snapshot row's value as the codec's bytes, checked (for tools that read the file)."""
+    return _unseal(path, inst, key, blob)
+
+
+def snapshot_row_value(str inst, str key, bytes encoded):
+    """The value column of a snapshot row holding ENCODED (for tools that write the file)."""
+    return _seal(inst, key, encoded)
+
+
 @cython.final
 cdef class _Store:
     """The snapshot: every instance's state as of ``applied_lsn``, in one SQLite file.
@@ -182,15 +240,41 @@ cdef class _Store:
                          f"WHERE key = '{ALARM_KEY}'")
         row = self._db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
         self.applied_lsn = row[0] if row else 0
+        row = self._db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
+        if row is None:
+            self._seal_all()
+        elif row[0] != SNAPSHOT_FORMAT:
+            self._db.close()
+            raise LogCorruptionError(f"{path}: snapshot format {row[0]} is not one this "
+                                     f"version of fastactor reads ({SNAPSHOT_FORMAT})")
+
+    cdef void _seal_all(self) except *:
+        """Brings a format-1 snapshot (or a new, empty one) to this format, in one
+        transaction."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = db.execute("SELECT inst, key, value FROM kv").fetchall()
+            db.executemany("UPDATE kv SET value = ? WHERE inst = ? AND key = ?",
+                           [(_seal(i, k, bytes(v)), i, k) for i, k, v in rows])
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (SNAPSHOT_FORMAT,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     cdef object get(self, str inst, str key):
         row = self._db.execute("SELECT value FROM kv WHERE inst = ? AND key = ?",
                                (inst, key)).fetchone()
-        return _ABSENT if row is None else row[0]
+        return _ABSENT if row is None else _unseal(self.path, inst, key, row[0])
 
     cdef object alarms(self):
-        """(inst, encoded time) of every instance with an alarm, as a cursor."""
+        """(inst, sealed encoded time) of every instance with an alarm, as a cursor: the
+        reader unseals each (see alarm_time)."""
         return self._db.execute(f"SELECT inst, value FROM kv WHERE key = '{ALARM_KEY}'")
+
+    cdef bytes alarm_time(self, str inst, object sealed):
+        return _unseal(self.path, inst, ALARM_KEY, sealed)
 
     cdef list range(self, str inst, object lo, bint lo_incl, object hi, bint reverse,
                     Py_ssize_t limit):
@@ -203,9 +287,9 @@ cdef class _Store:
             where.append("key < ?")
             args.append(hi)
         args.append(limit)
-        return self._db.execute(
+        return [(k, _unseal(self.path, inst, k, v)) for k, v in self._db.execute(
             f"SELECT key, value FROM kv WHERE {' AND '.join(where)} "
-            f"ORDER BY key {'DESC' if reverse else 'ASC'} LIMIT ?", args).fetchall()
+            f"ORDER BY key {'DESC' if reverse else 'ASC'} LIMIT ?", args)]
 
     def apply(self, dict layers, uint64_t lsn):
         """Writes one overlay generation and its LSN in one transaction (a worker thread)."""
@@ -216,7 +300,8 @@ cdef class _Store:
             for inst, layer in layers.items():
                 if (<_Layer>layer).cleared:
                     db.execute("DELETE FROM kv WHERE inst = ?", (inst,))
-                puts = [(inst, k, v) for k, v in (<_Layer>layer).puts.items() if v is not _ABSENT]
+                puts = [(inst, k, _seal(inst, k, v))
+                        for k, v in (<_Layer>layer).puts.items() if v is not _ABSENT]
                 dels = [(inst, k) for k, v in (<_Layer>layer).puts.items() if v is _ABSENT]
                 if dels:
                     db.executemany("DELETE FROM kv WHERE inst = ? AND key = ?", dels)
