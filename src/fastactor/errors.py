@@ -115,9 +115,11 @@ class BlockConcurrencyTimeoutError(FastactorError, TimeoutError):
 
 
 class LogCorruptionError(FastactorError):
-    """A log directory holds damage recovery may not repair: a foreign file, a missing or
-    damaged segment, or a bad record before the last write batch. The message names the file
-    and the byte offset. Nothing was changed on disk."""
+    """A data directory holds damage recovery may not repair: in the log, a foreign file, a
+    missing or damaged segment, or a bad record before the last write batch (the message names
+    the file and the byte offset); in the snapshot, a file SQLite can not read, or a value
+    whose checksum does not match (the message names the file, the instance and the key).
+    Nothing was changed on disk."""
 
 
 class LogFailedError(FastactorError, OSError):
