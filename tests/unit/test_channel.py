@@ -24,7 +24,7 @@ from fastactor import (
     Response,
     StatefulActor,
 )
-from fastactor._core import Shard
+from fastactor._core import Shard, _frame_limit
 from fastactor.runtime import Env
 from fastactor.server.ipc import Channel, RemoteStub, RoutedNamespace, serve_calls
 from fastactor.server.layout import owner_of
@@ -55,6 +55,9 @@ class Account(StatefulActor):
 
     async def unsendable(self) -> Any:
         return object()
+
+    async def zeros(self, n: int) -> bytes:
+        return bytes(n)
 
     async def fetch(self, request: Request) -> Response:
         body = await request.body()
@@ -174,6 +177,17 @@ def test_remote_errors_are_the_local_ones(tmp_path: Path) -> None:
         assert type(e.value).__name__ == "ActorMethodError"
         with pytest.raises(CodecError):
             await remote.unsendable()
+        # Past the largest frame (1 GiB; 1 MiB here): CodecError for the call or the reply,
+        # and the channel, which the frame would have broken, goes on.
+        limit = _frame_limit()
+        _frame_limit(1 << 20)
+        try:
+            with pytest.raises(CodecError, match="larger than a call between workers"):
+                remote.echo(b"x" * (2 << 20))
+            with pytest.raises(CodecError, match="larger than a call between workers"):
+                await remote.zeros(2 << 20)  # the reply
+        finally:
+            _frame_limit(limit)
         assert await remote.deposit(1) == 1  # the channel goes on after errors
 
     run(tmp_path, body)

@@ -21,10 +21,22 @@ cdef uint32_t _MAX_FRAME = 1 << 30
 cdef object _ipc_log = logging.getLogger("fastactor.ipc")
 
 
+def _frame_limit(uint32_t limit=0):
+    """The largest frame a channel carries (1 GiB); with LIMIT, sets it (tests)."""
+    global _MAX_FRAME
+    if limit:
+        _MAX_FRAME = limit
+    return _MAX_FRAME
+
+
 cdef bytes _frame(object msg):
-    """MSG as one frame; CodecError if it holds a value the codec does not take."""
+    """MSG as one frame; CodecError if it holds a value the codec does not take, or if it is
+    larger than a frame may be (a call's arguments or a reply over 1 GiB encoded)."""
     cdef bytes data = encode_value(msg)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    if n > <Py_ssize_t>_MAX_FRAME:
+        raise CodecError(f"a call or reply of {n} bytes encoded is larger than a call between "
+                         f"workers may be ({_MAX_FRAME} bytes)")
     cdef bytes out = PyBytes_FromStringAndSize(NULL, n + 4)
     cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
     p[0] = (n >> 24) & 0xFF
