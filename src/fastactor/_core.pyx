@@ -15,6 +15,9 @@ from libc.time cimport time as c_time, time_t
 
 cdef extern from "Python.h":
     bint PyCoro_CheckExact(object o)
+    object PyContext_CopyCurrent()
+    int PyContext_Enter(object ctx) except -1
+    int PyContext_Exit(object ctx) except -1
 
 cdef extern from "pysend.h":
     object fa_coro_send(object coro, object arg, int *returned)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -321,6 +322,60 @@ def test_block_concurrency_timeout_tears_down_and_retries(actor_runtime: Runtime
         assert await i.ping() == 2  # activated afresh
 
     run(actor_runtime, go, Init, block_timeout=0.1)
+
+
+_who = contextvars.ContextVar("who", default="caller")
+
+
+def test_a_turn_is_its_own_task_not_its_callers(actor_runtime: RuntimeFactory) -> None:
+    """A turn starts in the caller's step (no task is made unless it suspends), yet asyncio
+    sees it as a task of its own from the first line: asyncio.timeout and TaskGroup inside a
+    method cancel the method, never the caller, and its context variables stay its own."""
+
+    class Waiter(StatefulActor):
+        async def timeout_fires(self) -> str:
+            try:
+                async with asyncio.timeout(0.01):
+                    await asyncio.sleep(5)
+            except TimeoutError:
+                return "timed out"
+            return "slept"
+
+        async def group_fails(self) -> str:
+            async def fail() -> None:
+                await asyncio.sleep(0.01)
+                raise KeyError("child")
+
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(fail())
+                    tg.create_task(asyncio.sleep(5))
+            except BaseExceptionGroup as eg:
+                return f"child failed: {[type(e).__name__ for e in eg.exceptions]}"
+            return "no failure"
+
+        async def tasks(self, suspend: bool) -> list[Any]:
+            first = asyncio.current_task()
+            _who.set("turn")
+            if suspend:
+                await asyncio.sleep(0)
+            return [first is not None, first is asyncio.current_task(), first.get_name()]
+
+    async def go(rt: Runtime) -> None:
+        w = rt.namespace("Waiter").id_from_name("w")
+        caller = asyncio.current_task()
+        assert await w.timeout_fires() == "timed out"
+        assert await w.group_fails() == "child failed: ['KeyError']"
+        assert caller is not None and not caller.cancelling()
+        for suspend in (False, True):
+            here, same, name = await w.tasks(suspend)
+            assert here and "Waiter" in name and name != caller.get_name()
+            assert same or suspend  # (after a suspension a Task carries the turn on)
+        assert _who.get() == "caller"  # the method's set() stayed in the method
+        await asyncio.sleep(0.05)
+        assert not caller.cancelling()
+
+    run(actor_runtime, go, Waiter)
 
 
 class Overdrawn(Exception):

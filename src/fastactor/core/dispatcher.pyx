@@ -17,6 +17,14 @@ cdef enum TurnKind:
     KIND_ALARM = 3
 
 cdef object _MISSING = object()
+cdef object _enter_task = asyncio.tasks._enter_task
+cdef object _leave_task = asyncio.tasks._leave_task
+cdef object _current_task = asyncio.current_task
+# CPython's map of running loop -> current task, which current_task() reads: a turn's first
+# step swaps its entry in place (two dict stores, against four calls of _enter_task and
+# _leave_task). Where the map is not a dict (other Pythons), the calls are made instead.
+cdef object _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
+cdef bint _swap_in_place = type(_current_tasks) is dict
 cdef object _record_encode = msgspec.msgpack.Encoder().encode
 cdef object _record_decode = msgspec.msgpack.Decoder().decode
 cdef frozenset _NOT_RPC = frozenset({"fetch", "alarm"})
@@ -44,6 +52,68 @@ def _continue(coro, yielded):
 
 async def _await_it(awaitable):
     return await awaitable
+
+
+@cython.final
+@cython.freelist(64)
+cdef class _TurnTask:
+    """asyncio's current task while a turn takes its first step, inside its caller's step
+    (no Task is made for a turn that does not suspend). If the turn suspends, the Task that
+    carries it on takes over, and this forwards to it: an ``asyncio.timeout`` or TaskGroup
+    entered before the suspension cancels the turn, never its caller."""
+
+    cdef object loop
+    cdef object coro
+    cdef str type_name
+    cdef str inst_name
+    cdef object task                 # the Task carrying the turn after it suspended
+    cdef int cancel_requests         # before there is one
+    cdef bint must_cancel
+    cdef bint finished
+
+    cdef void carried_by(self, object task) except *:
+        self.task = task
+        if self.must_cancel:          # after the Task's first step, so the turn sees it
+            self.loop.call_soon(task.cancel)
+
+    def cancel(self, msg=None):
+        if self.task is not None:
+            return self.task.cancel(msg)
+        if self.finished:
+            return False
+        self.cancel_requests += 1
+        self.must_cancel = True
+        return True
+
+    def cancelling(self):
+        return self.task.cancelling() if self.task is not None else self.cancel_requests
+
+    def uncancel(self):
+        if self.task is not None:
+            return self.task.uncancel()
+        if self.cancel_requests > 0:
+            self.cancel_requests -= 1
+        if self.cancel_requests == 0:
+            self.must_cancel = False
+        return self.cancel_requests
+
+    def done(self):
+        return self.task.done() if self.task is not None else self.finished
+
+    def cancelled(self):
+        return self.task is not None and self.task.cancelled()
+
+    def get_loop(self):
+        return self.loop
+
+    def get_coro(self):
+        return self.coro
+
+    def get_name(self):
+        return f"turn of {self.type_name} {self.inst_name!r}"
+
+    def __repr__(self):
+        return f"<{self.get_name()} {'done' if self.done() else 'pending'}>"
 
 
 @cython.final
@@ -640,16 +710,51 @@ cdef class Shard:
                 self.end(t, r, None)
                 return True
             r = _await_it(r)
+        # The first step runs here, in the caller's step, but as a task of its own and in a
+        # copy of the caller's context, as a Task's would.
+        cdef _TurnTask tt = _TurnTask.__new__(_TurnTask)
+        tt.loop = self.loop
+        tt.coro = r
+        tt.type_name = inst.ns.type_name
+        tt.inst_name = inst.name
+        ctx = PyContext_CopyCurrent()
+        loop = self.loop
+        if _swap_in_place:
+            caller = (<dict>_current_tasks).get(loop)
+            (<dict>_current_tasks)[loop] = tt
+        else:
+            caller = _current_task(loop)
+            if caller is not None:
+                _leave_task(loop, caller)
+            _enter_task(loop, tt)
+        PyContext_Enter(ctx)
+        failure = None
         try:
             y = fa_coro_send(r, None, &returned)
         except BaseException as e:
-            self.end(t, None, e)
+            failure = e
+        finally:
+            PyContext_Exit(ctx)
+            if _swap_in_place:
+                if caller is None:
+                    del (<dict>_current_tasks)[loop]
+                else:
+                    (<dict>_current_tasks)[loop] = caller
+            else:
+                _leave_task(loop, tt)
+                if caller is not None:
+                    _enter_task(loop, caller)
+        if failure is not None:
+            tt.finished = True
+            self.end(t, None, failure)
             return True
         if returned:
+            tt.finished = True
             self.end(t, y, None)
             return True
         # Suspended for real: a Task carries the rest, under the turn's budget.
-        t.task = self.loop.create_task(_continue(r, y))
+        t.task = self.loop.create_task(_continue(r, y), name=tt.get_name(), context=ctx)
+        tt.carried_by(t.task)
         t.task.add_done_callback(functools.partial(self._task_done, t))
         t.timer = self.loop.call_later(
             self.method_timeout if c.kind == KIND_CALL else

@@ -374,9 +374,6 @@ def encode_response(Response r, bint keep_alive, bint head=False):
     return _wire_response(r, keep_alive, head)
 
 
-cdef object _enter_task = asyncio.tasks._enter_task
-cdef object _leave_task = asyncio.tasks._leave_task
-cdef object _current_task = asyncio.current_task
 cdef object _CancelledError = asyncio.CancelledError
 
 
@@ -400,7 +397,11 @@ cdef class _FetchTask:
     cdef void step(self, object value, object exc):
         cdef bint entered = False
         cdef int returned = 0
-        if _current_task(self.loop) is None:
+        if _swap_in_place:               # see _current_tasks in dispatcher.pyx
+            if (<dict>_current_tasks).get(self.loop) is None:
+                (<dict>_current_tasks)[self.loop] = self
+                entered = True
+        elif _current_task(self.loop) is None:
             _enter_task(self.loop, self)
             entered = True
         try:
@@ -427,7 +428,10 @@ cdef class _FetchTask:
             self.wait_on(y)
         finally:
             if entered:
-                _leave_task(self.loop, self)
+                if _swap_in_place:
+                    del (<dict>_current_tasks)[self.loop]
+                else:
+                    _leave_task(self.loop, self)
 
     cdef void wait_on(self, object y):
         if y is None:                  # a bare yield (asyncio.sleep(0)): next iteration
