@@ -15,6 +15,7 @@ from libc.time cimport time as c_time, time_t
 
 cdef extern from "Python.h":
     bint PyCoro_CheckExact(object o)
+    bint PyUnicode_IS_ASCII(object o)
     object PyContext_CopyCurrent()
     int PyContext_Enter(object ctx) except -1
     int PyContext_Exit(object ctx) except -1

@@ -434,8 +434,11 @@ def test_stubs_and_names(actor_runtime: RuntimeFactory) -> None:
         assert await u1.deposit(7) == 7 and await u2.balance() == 0
         with pytest.raises(ValueError):
             ns.id_from_name("")
+        with pytest.raises(ValueError, match="lone surrogate"):  # no log record can hold it
+            ns.id_from_name("bad\udcff")
         with pytest.raises(TypeError):
             ns.id_from_name(5)
+        assert await ns.id_from_name("\u00e9\U0001f600 \0x").deposit(1) == 1  # any other str
         assert await a.call_other("bob") == 1 and await acct(rt, "bob").balance() == 1
         assert rt.env.ACCOUNT is ns
 

@@ -96,6 +96,10 @@ class Box(StatefulActor):
                 await s.list(limit=1001)
             elif what == "both":
                 await s.list(start="a", start_after="b")
+            elif what == "surrogate":  # a key no file can hold
+                await s.put("k\udcff", 1)
+            elif what == "surrogate value":
+                await s.put("k", ["\udcff"])
         finally:
             await s.delete("ok")
 
@@ -250,6 +254,8 @@ def test_values_are_copied_in_and_out(actor_runtime: RuntimeFactory) -> None:
         ("type", "TypeError"),
         ("limit", "ValueError"),
         ("both", "ValueError"),
+        ("surrogate", "ValueError"),
+        ("surrogate value", "CodecError"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_stores_nothing(

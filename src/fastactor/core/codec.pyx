@@ -159,12 +159,16 @@ cdef object _decode = _decoder.decode
 cpdef bytes encode_value(object v):
     """Encodes V, or raises CodecError if a part of it is not a type the codec keeps."""
     cdef type t = type(v)
-    if t is str or t is float or t is bool or v is None or t is bytes or (
-            t is int and _int64_min <= v <= _uint64_max):
-        return _encode(v)
-    if _plain(v, 0):
-        return _encode(v)
-    return _encode(_Walk().walk(v, 0))
+    try:
+        if t is str or t is float or t is bool or v is None or t is bytes or (
+                t is int and _int64_min <= v <= _uint64_max):
+            return _encode(v)
+        if _plain(v, 0):
+            return _encode(v)
+        return _encode(_Walk().walk(v, 0))
+    except UnicodeEncodeError as e:
+        raise CodecError(f"a str holds a lone surrogate ({e.object[e.start:e.end]!r}), which "
+                         f"UTF-8 can not encode") from None
 
 
 cpdef object decode_value(object data):

@@ -373,6 +373,8 @@ cdef class ActorNamespace:
             raise TypeError(f"instance names are str, not {type(name).__name__}")
         if not name:
             raise ValueError("instance names must not be empty")
+        if not utf8_encodable(<str>name):
+            raise ValueError(f"instance name {name!r} is not valid Unicode (a lone surrogate)")
         cdef ActorStub s = ActorStub.__new__(ActorStub)
         s.id = name
         s._ns = self

@@ -25,6 +25,17 @@ cdef object _ONE_MS = datetime.timedelta(milliseconds=1)
 cdef object _ABSENT = None
 
 
+cdef inline bint utf8_encodable(str s):
+    """False for a str with a lone surrogate, which no UTF-8 file or frame can hold."""
+    if PyUnicode_IS_ASCII(s):
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 cdef int check_key(object key) except -1:
     if type(key) is not str:
         raise TypeError(f"storage keys are str, not {type(key).__name__}")
@@ -32,6 +43,8 @@ cdef int check_key(object key) except -1:
         raise ValueError("storage keys must not be empty")
     if (<str>key).startswith(RESERVED_PREFIX):
         raise ValueError(f"storage keys starting with {RESERVED_PREFIX!r} are reserved")
+    if not utf8_encodable(<str>key):
+        raise ValueError(f"storage key {key!r} is not valid Unicode (a lone surrogate)")
     if len(<str>key) > MAX_KEY_BYTES // 4 and len((<str>key).encode()) > MAX_KEY_BYTES:
         raise StorageLimitError(f"storage key is longer than {MAX_KEY_BYTES} UTF-8 bytes")
     return 0
