@@ -278,9 +278,16 @@ def _open_files(want: int) -> int:
     return soft
 
 
+# Each worker's configuration names every shard directory and travels in its command line
+# (at most 128 KiB an argument on Linux): 512 workers keep that well under, with room for a
+# long --data path.
+MAX_WORKERS = 512
+
+
 def serve(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        print("fastactor: --workers must be at least 1", file=sys.stderr)
+    if not 1 <= args.workers <= MAX_WORKERS:
+        print(f"fastactor: --workers must be between 1 and {MAX_WORKERS} (one per core is the "
+              f"design)", file=sys.stderr)  # fmt: skip
         return 2
     if not 0 <= args.commit_window_us <= 100_000:
         print("fastactor: --commit-window-us must be between 0 and 100000", file=sys.stderr)

@@ -97,6 +97,9 @@ def test_startup_failures_exit_2_and_name_the_culprit(tmp_path: Path) -> None:
         p = run_cli("serve", str(ACCOUNT), *args, "--data", str(tmp_path / "d"))
         assert p.returncode == 2 and "is not a TCP port (1 to 65535)" in p.stderr, p.stderr
         assert "Traceback" not in p.stderr
+    for workers in ("0", "100000"):  # 100000 used to end in a traceback (argv too long)
+        p = run_cli("serve", str(ACCOUNT), "--workers", workers, "--data", str(tmp_path / "d"))
+        assert p.returncode == 2 and "--workers must be between 1 and 512" in p.stderr, p.stderr
     p = run_cli(
         "serve", str(ACCOUNT), str(READONLY), "--port", "65535", "--data", str(tmp_path / "d")
     )
