@@ -89,10 +89,10 @@ def load_function(directory: str | Path) -> Function:
         if not isinstance(a, dict) or set(a) - {"binding", "type"}:
             raise _fail(path, f"{where} takes exactly 'binding' and 'type'")
         b, t = a.get("binding"), a.get("type")
-        if not isinstance(b, str) or not _IDENT.match(b) or "__" in b or b == "SECRETS":
-            raise _fail(
-                path, f"{where}.binding {b!r} must be an identifier without '__', not SECRETS"
-            )
+        if b == "SECRETS":
+            raise _fail(path, f"{where}.binding 'SECRETS' is reserved")
+        if not isinstance(b, str) or not _IDENT.match(b) or "__" in b:
+            raise _fail(path, f"{where}.binding {b!r} must be an identifier without '__'")
         if not isinstance(t, str) or not _IDENT.match(t) or "__" in t or len(t) > 32:
             raise _fail(
                 path,
