@@ -8,6 +8,7 @@ import errno
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import pytest
 import uvloop
 
@@ -361,6 +362,15 @@ def test_a_turn_is_its_own_task_not_its_callers(actor_runtime: RuntimeFactory) -
                 await asyncio.sleep(0)
             return [first is not None, first is asyncio.current_task(), first.get_name()]
 
+        async def with_anyio(self) -> str:
+            with anyio.fail_after(5):  # a cancel scope must exit in the task that entered it
+                await anyio.sleep(0.001)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.sleep, 0.001)
+            with anyio.move_on_after(0.01) as scope:
+                await anyio.sleep(5)
+            return f"cancelled: {scope.cancelled_caught}"
+
     async def go(rt: Runtime) -> None:
         w = rt.namespace("Waiter").id_from_name("w")
         caller = asyncio.current_task()
@@ -369,9 +379,9 @@ def test_a_turn_is_its_own_task_not_its_callers(actor_runtime: RuntimeFactory) -
         assert caller is not None and not caller.cancelling()
         for suspend in (False, True):
             here, same, name = await w.tasks(suspend)
-            assert here and "Waiter" in name and name != caller.get_name()
-            assert same or suspend  # (after a suspension a Task carries the turn on)
+            assert here and same and "Waiter" in name and name != caller.get_name()
         assert _who.get() == "caller"  # the method's set() stayed in the method
+        assert await w.with_anyio() == "cancelled: True"
         await asyncio.sleep(0.05)
         assert not caller.cancelling()
 

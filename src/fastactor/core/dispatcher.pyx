@@ -31,23 +31,30 @@ cdef frozenset _NOT_RPC = frozenset({"fetch", "alarm"})
 cdef frozenset _STUB_OWN = frozenset({"id", "fetch"})
 
 
-@types.coroutine
-def _continue(coro, yielded):
-    """The rest of a turn's coroutine after its first real suspension, as a Task's body:
-    every value goes through unchanged, so the Task waits on what the coroutine awaits."""
-    while True:
-        try:
-            sent = yield yielded
-        except BaseException as e:
-            try:
-                yielded = coro.throw(e)
-            except StopIteration as s:
-                return s.value
+cdef object _swap_task(object loop, object task):
+    """Makes TASK asyncio's current task on LOOP; returns the one it replaced (or None)."""
+    if _swap_in_place:
+        prev = (<dict>_current_tasks).get(loop)
+        (<dict>_current_tasks)[loop] = task
+        return prev
+    prev = _current_task(loop)
+    if prev is not None:
+        _leave_task(loop, prev)
+    _enter_task(loop, task)
+    return prev
+
+
+cdef void _restore_task(object loop, object task, object prev) except *:
+    """Undoes _swap_task(LOOP, TASK), which returned PREV."""
+    if _swap_in_place:
+        if prev is None:
+            del (<dict>_current_tasks)[loop]
         else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration as s:
-                return s.value
+            (<dict>_current_tasks)[loop] = prev
+    else:
+        _leave_task(loop, task)
+        if prev is not None:
+            _enter_task(loop, prev)
 
 
 async def _await_it(awaitable):
@@ -57,10 +64,11 @@ async def _await_it(awaitable):
 @cython.final
 @cython.freelist(64)
 cdef class _TurnTask:
-    """asyncio's current task while a turn takes its first step, inside its caller's step
-    (no Task is made for a turn that does not suspend). If the turn suspends, the Task that
-    carries it on takes over, and this forwards to it: an ``asyncio.timeout`` or TaskGroup
-    entered before the suspension cancels the turn, never its caller."""
+    """asyncio's current task for the whole of a turn. The first step runs inside its
+    caller's step (no Task is made for a turn that does not suspend); if the turn suspends, a
+    Task carries it on, the turn still sees this as its current task (see _continue), and this
+    forwards cancellation to that Task. So an ``asyncio.timeout``, TaskGroup or anyio cancel
+    scope in a method acts on the method, never its caller."""
 
     cdef object loop
     cdef object coro
@@ -70,6 +78,7 @@ cdef class _TurnTask:
     cdef int cancel_requests         # before there is one
     cdef bint must_cancel
     cdef bint finished
+    cdef object __weakref__          # libraries keep per-task state in weak maps (anyio)
 
     cdef void carried_by(self, object task) except *:
         self.task = task
@@ -100,6 +109,16 @@ cdef class _TurnTask:
     def done(self):
         return self.task.done() if self.task is not None else self.finished
 
+    # Read by libraries that drive cancellation themselves (anyio's cancel scopes), as they
+    # read them on an asyncio Task.
+    @property
+    def _must_cancel(self):
+        return self.task._must_cancel if self.task is not None else self.must_cancel
+
+    @property
+    def _fut_waiter(self):
+        return self.task._fut_waiter if self.task is not None else None
+
     def cancelled(self):
         return self.task is not None and self.task.cancelled()
 
@@ -114,6 +133,28 @@ cdef class _TurnTask:
 
     def __repr__(self):
         return f"<{self.get_name()} {'done' if self.done() else 'pending'}>"
+
+
+@types.coroutine
+def _continue(coro, yielded, tt):
+    """The rest of a turn's coroutine after its first real suspension, as a Task's body:
+    every value goes through unchanged, so the Task waits on what the coroutine awaits. The
+    coroutine runs with TT (its _TurnTask) as the current task, as its first step did: one
+    task from its first line to its last (anyio's cancel scopes check that)."""
+    loop = (<_TurnTask>tt).loop
+    while True:
+        exc = None
+        try:
+            sent = yield yielded
+        except BaseException as e:
+            exc = e
+        task = _swap_task(loop, tt)
+        try:
+            yielded = coro.send(sent) if exc is None else coro.throw(exc)
+        except StopIteration as s:
+            return s.value
+        finally:
+            _restore_task(loop, tt, task)
 
 
 @cython.final
@@ -721,14 +762,7 @@ cdef class Shard:
         tt.inst_name = inst.name
         ctx = PyContext_CopyCurrent()
         loop = self.loop
-        if _swap_in_place:
-            caller = (<dict>_current_tasks).get(loop)
-            (<dict>_current_tasks)[loop] = tt
-        else:
-            caller = _current_task(loop)
-            if caller is not None:
-                _leave_task(loop, caller)
-            _enter_task(loop, tt)
+        caller = _swap_task(loop, tt)
         PyContext_Enter(ctx)
         failure = None
         try:
@@ -737,15 +771,7 @@ cdef class Shard:
             failure = e
         finally:
             PyContext_Exit(ctx)
-            if _swap_in_place:
-                if caller is None:
-                    del (<dict>_current_tasks)[loop]
-                else:
-                    (<dict>_current_tasks)[loop] = caller
-            else:
-                _leave_task(loop, tt)
-                if caller is not None:
-                    _enter_task(loop, caller)
+            _restore_task(loop, tt, caller)
         if failure is not None:
             tt.finished = True
             self.end(t, None, failure)
@@ -755,7 +781,7 @@ cdef class Shard:
             self.end(t, y, None)
             return True
         # Suspended for real: a Task carries the rest, under the turn's budget.
-        t.task = self.loop.create_task(_continue(r, y), name=tt.get_name(), context=ctx)
+        t.task = self.loop.create_task(_continue(r, y, tt), name=tt.get_name(), context=ctx)
         tt.carried_by(t.task)
         t.task.add_done_callback(functools.partial(self._task_done, t))
         t.timer = self.loop.call_later(

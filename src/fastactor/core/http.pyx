@@ -393,6 +393,7 @@ cdef class _FetchTask:
     cdef int cancel_requests
     cdef bint must_cancel            # a cancel came while no future was waited on
     cdef bint finished
+    cdef object __weakref__          # libraries keep per-task state in weak maps (anyio)
 
     cdef void step(self, object value, object exc):
         cdef bint entered = False
@@ -486,6 +487,16 @@ cdef class _FetchTask:
 
     def cancelled(self):
         return False
+
+    # Read by libraries that drive cancellation themselves (anyio's cancel scopes), as they
+    # read them on an asyncio Task.
+    @property
+    def _must_cancel(self):
+        return self.must_cancel
+
+    @property
+    def _fut_waiter(self):
+        return self.waiting
 
     def get_loop(self):
         return self.loop
