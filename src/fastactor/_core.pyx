@@ -17,6 +17,7 @@ cdef extern from "Python.h":
     bint PyCoro_CheckExact(object o)
     bint PyUnicode_IS_ASCII(object o)
     object PyContext_CopyCurrent()
+    object PyContext_Copy(object ctx)
     int PyContext_Enter(object ctx) except -1
     int PyContext_Exit(object ctx) except -1
 

@@ -327,9 +327,9 @@ cdef bytes _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 cdef bytes _wire_response(Response r, bint keep_alive, bint head=False):
     """R as HTTP/1.1 bytes. The body's length and the connection header are ours; the
     response's own content-length, connection and transfer-encoding are left out, and so is
-    any header with a line break in it. A Date is added unless the response has one. HEAD (the answer to a HEAD request) has the head of
-    the answer to a GET, content-length included, and no body. 204 and 304 have neither body
-    nor content-length (RFC 9110 8.6)."""
+    any header with a line break in it. A Date is added unless the response has one. HEAD
+    (the answer to a HEAD request) has the head of the answer to a GET, content-length
+    included, and no body. 204 and 304 have neither body nor content-length (RFC 9110 8.6)."""
     cdef Headers h = _as_headers(r.headers)
     cdef bytes body = r.body
     cdef list out
@@ -389,6 +389,7 @@ cdef class _FetchTask:
     cdef HttpConnection conn
     cdef object coro
     cdef object loop
+    cdef object context              # a copy of the context it was made in, as a Task has
     cdef object waiting              # the future the coroutine waits on
     cdef int cancel_requests
     cdef bint must_cancel            # a cancel came while no future was waited on
@@ -396,15 +397,11 @@ cdef class _FetchTask:
     cdef object __weakref__          # libraries keep per-task state in weak maps (anyio)
 
     cdef void step(self, object value, object exc):
-        cdef bint entered = False
         cdef int returned = 0
-        if _swap_in_place:               # see _current_tasks in dispatcher.pyx
-            if (<dict>_current_tasks).get(self.loop) is None:
-                (<dict>_current_tasks)[self.loop] = self
-                entered = True
-        elif _current_task(self.loop) is None:
-            _enter_task(self.loop, self)
-            entered = True
+        cdef bint ended = False
+        failure = None
+        prev = _swap_task(self.loop, self)
+        PyContext_Enter(self.context)
         try:
             if self.must_cancel:
                 self.must_cancel = False
@@ -419,32 +416,33 @@ cdef class _FetchTask:
                 returned = 1
                 y = s.value
             except BaseException as e:
-                self.finished = True
-                self.conn._fetched(None, e)
-                return
+                ended = True
+                failure = e
+                y = None
             if returned:
-                self.finished = True
-                self.conn._fetched(y, None)
-                return
-            self.wait_on(y)
+                ended = True
+            elif not ended:
+                self.wait_on(y)
         finally:
-            if entered:
-                if _swap_in_place:
-                    del (<dict>_current_tasks)[self.loop]
-                else:
-                    _leave_task(self.loop, self)
+            PyContext_Exit(self.context)
+            _restore_task(self.loop, self, prev)
+        if ended:                           # outside: the next request gets its own task
+            self.finished = True
+            self.conn._fetched(y if failure is None else None, failure)
 
     cdef void wait_on(self, object y):
+        # Wake-ups run in the connection's context (step enters the fetch's own), so what
+        # runs after the fetch, the next request's start included, never sees its variables.
         if y is None:                  # a bare yield (asyncio.sleep(0)): next iteration
-            self.loop.call_soon(self._resume, None)
+            self.loop.call_soon(self._resume, None, context=self.conn.context)
             return
         if getattr(y, "_asyncio_future_blocking", None) is not True:
             self.loop.call_soon(self._throw, RuntimeError(
-                f"fetch awaited {y!r}, which is not an asyncio future"))
+                f"fetch awaited {y!r}, which is not an asyncio future"), context=self.conn.context)
             return
         y._asyncio_future_blocking = False
         self.waiting = y
-        y.add_done_callback(self._wakeup)
+        y.add_done_callback(self._wakeup, context=self.conn.context)
         if self.must_cancel and y.cancel():
             self.must_cancel = False
 
@@ -532,6 +530,7 @@ cdef class HttpConnection:
     cdef readonly object transport
     cdef object parser
     cdef readonly str base_url
+    cdef object context              # the server's context: each fetch runs in a copy
     cdef set conns
     cdef readonly dict counters
     cdef Py_ssize_t max_body
@@ -623,6 +622,7 @@ cdef class HttpConnection:
     def connection_made(self, transport):
         self.transport = transport
         self.loop = asyncio.get_running_loop()
+        self.context = PyContext_CopyCurrent()
         if len(self.conns) >= self.max_conns:
             # Over the cap: a short answer and goodbye, before any request is read.
             self.closing = True
@@ -922,6 +922,7 @@ cdef class HttpConnection:
         task.conn = self
         task.coro = r
         task.loop = self.loop
+        task.context = PyContext_Copy(self.context)
         self.task = task
         self.timed_out = False
         self.started = self.loop.time()
