@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import sys
 from typing import Any
 
 __all__ = [
@@ -70,12 +69,11 @@ def remote_error(message: str, remote_type: str) -> ActorMethodError:
 
 
 def _remote_class(name: str) -> type[ActorMethodError]:
-    base = getattr(builtins, name, None) or getattr(sys.modules[__name__], name, None)
+    base = getattr(builtins, name, None) or globals().get(name)  # built-in, or one of ours
     if (
         not isinstance(base, type)
         or not issubclass(base, Exception)
         or issubclass(base, (ActorMethodError, StopIteration, StopAsyncIteration, Warning))
-        or not (base.__module__ == "builtins" or issubclass(base, FastactorError))
     ):
         return ActorMethodError
     try:

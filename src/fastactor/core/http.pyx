@@ -428,7 +428,7 @@ cdef class _FetchTask:
             _restore_task(self.loop, self, prev)
         if ended:                           # outside: the next request gets its own task
             self.finished = True
-            self.conn._fetched(y if failure is None else None, failure)
+            self.conn._fetched(y, failure)
 
     cdef void wait_on(self, object y):
         # Wake-ups run in the connection's context (step enters the fetch's own), so what

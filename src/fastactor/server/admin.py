@@ -97,7 +97,7 @@ def start_admin(sup: Any, host: str, port: int) -> ThreadingHTTPServer:
 
         def _refuse_method(self) -> None:
             body = b"method not allowed: GET or HEAD\n"
-            self._send(405, "text/plain", body, False, [("allow", "GET, HEAD")])
+            self._send(405, "text/plain", body, False, (("allow", "GET, HEAD"),))
 
         do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method  # noqa: N815
 
@@ -117,7 +117,7 @@ def start_admin(sup: Any, host: str, port: int) -> ThreadingHTTPServer:
             ctype: str,
             body: bytes,
             head: bool,
-            extra: list[tuple[str, str]] = [],  # noqa: B006 (never changed)
+            extra: tuple[tuple[str, str], ...] = (),
         ) -> None:
             self.send_response(status)
             self.send_header("content-type", ctype)
