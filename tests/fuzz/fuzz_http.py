@@ -8,52 +8,25 @@ the connection closes after a refusal, every answer is a well-formed HTTP/1.1 re
 import asyncio
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import atheris
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from memtransport import drive  # noqa: E402
 
 with atheris.instrument_imports():
     import uvloop
 
     from fastactor import Request, Response
-    from fastactor.server.http import HttpProtocol, Limits
+    from fastactor.server.http import HttpProtocol, Limits  # noqa: F401 (instrumented)
 
 STATUS = re.compile(rb"HTTP/1\.1 [1-5][0-9][0-9] [^\r\n]*\r\n")
 LOOP = uvloop.new_event_loop()
 ERRORS: list[Any] = []
 LOOP.set_exception_handler(lambda loop, ctx: ERRORS.append(ctx))
 LIMITS = Limits(body=4096, headers=2048, fetch_timeout=5.0)
-
-
-class Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closed = False
-        self.eof = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        assert not self.closed, "write after close"
-        assert not self.eof, "write after write_eof"
-        self.out += data
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.eof = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
 
 
 async def fetch(req: Request, env: Any) -> Response:
@@ -95,16 +68,7 @@ def test_one_input(data: bytes) -> None:
         chunks.append(fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, 512)))
 
     async def run() -> None:
-        t = Transport()
-        p = HttpProtocol(fetch, None, LIMITS, "http://fuzz", set(), {"requests": 0})
-        p.connection_made(t)
-        for c in chunks:
-            p.data_received(c)
-            await asyncio.sleep(0)
-        for _ in range(50):  # let queued requests be answered
-            if not p.queue and not p.busy:
-                break
-            await asyncio.sleep(0)
+        t, p = await drive(fetch, LIMITS, chunks, "http://fuzz")
         assert not p.queue or p.busy or t.closed or t.eof, "requests left unanswered"
         answered = check_responses(bytes(t.out))
         assert answered <= p.counters["requests"] + 1

@@ -2,7 +2,8 @@
 # `fastactor serve` (HttpConnection). Included by _core.pyx.
 #
 # The front answers the requests of one connection in order (keep-alive and pipelining).
-# httptools parses; when a request is whole the function's fetch is driven eagerly, inside
+# Plain requests (most of them) are read here in one pass over the bytes (_plain), the rest
+# by httptools; when a request is whole the function's fetch is driven eagerly, inside
 # the connection's data_received, the way the dispatcher drives turns: a fetch that never
 # really suspends is answered with no task and no trip through the event loop, and only a
 # fetch that does suspend (it awaits a durable reply, a sleep, a peer) gets an asyncio Task for
@@ -33,6 +34,8 @@ cdef object _UNKNOWN_METHOD = re.compile(
     rb"(?:^|\n)([!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}) [\x21-\x7e]+ HTTP/1\.[01]\r?\n")
 # A request line of an HTTP version this server does not speak (RFC 9110 15.6.6: 505).
 cdef object _OTHER_VERSION = re.compile(rb" HTTP/(?:[2-9]\.[0-9]|1\.[2-9])\r?\n")
+
+
 cdef double _LINGER = 2.0           # seconds a refused connection drains before it closes
 cdef dict _STATUS_LINES = {}         # status -> b"HTTP/1.1 200 OK\r\n", filled on first use
 cdef dict _METHODS = {}              # method bytes from the parser -> str
@@ -519,6 +522,56 @@ cdef void _reading(object transport, bint on) except *:
             transport.pause_reading()
 
 
+cdef bint _PLAIN = True               # read plain requests without httptools (_plain)
+
+
+def _plain_parsing(on=None):
+    """Whether the front reads plain requests itself, or hands every byte to httptools;
+    ON sets it. For tests that compare the two."""
+    global _PLAIN
+    if on is not None:
+        _PLAIN = bool(on)
+    return _PLAIN
+
+
+cdef unsigned char _TCHAR[256]        # RFC 9110 5.6.2: the bytes of a token (header names)
+for _c in range(256):
+    _TCHAR[_c] = chr(_c) in (
+        "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+cdef inline bint _lower_is(const unsigned char* p, Py_ssize_t n, const char* lower):
+    """P[:N] equals LOWER (lower-case letters and '-') but for the case of its letters."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        if (p[k] | 0x20) != <unsigned char>lower[k]:
+            return False
+    return True
+
+
+cdef str _plain_method(const unsigned char* p, Py_ssize_t n):
+    if n == 3:
+        if memcmp(p, b"GET", 3) == 0:
+            return "GET"
+        if memcmp(p, b"PUT", 3) == 0:
+            return "PUT"
+    elif n == 4:
+        if memcmp(p, b"POST", 4) == 0:
+            return "POST"
+        if memcmp(p, b"HEAD", 4) == 0:
+            return "HEAD"
+    elif n == 5:
+        if memcmp(p, b"PATCH", 5) == 0:
+            return "PATCH"
+    elif n == 6:
+        if memcmp(p, b"DELETE", 6) == 0:
+            return "DELETE"
+    elif n == 7:
+        if memcmp(p, b"OPTIONS", 7) == 0:
+            return "OPTIONS"
+    return None
+
+
 cdef class HttpConnection:
     """One HTTP/1.1 connection: an asyncio protocol. FETCH is ``fetch(request, env)`` of the
     function served here; LIMITS a fastactor.server.http.Limits; CONNS the set of open
@@ -544,6 +597,8 @@ cdef class HttpConnection:
     cdef double tick                 # the period of the connection's timer
     # the request being parsed
     cdef bint reading                # a request has begun and is not whole yet
+    cdef bint mid                    # httptools holds part of a request
+    cdef bint ended                  # a request without keep-alive was read: no more come
     cdef bint head_read              # and its head is whole
     cdef double read_since           # loop time the timer first saw it reading; -1: not yet
     cdef list url
@@ -658,9 +713,20 @@ cdef class HttpConnection:
         _reading(self.transport, True)
 
     def data_received(self, data):
-        if self.closing:
+        cdef Py_ssize_t n
+        if self.closing or self.ended:
             return
         self.last_active = -1.0  # activity: _idle looks again one period later
+        if _PLAIN and not self.mid and self.held is None and PyBytes_CheckExact(data):
+            n = self._plain(<bytes>data)
+            if n == PyBytes_GET_SIZE(data) or self.closing or self.ended:
+                self.reading = False
+                self.read_since = -1.0
+                if not self.busy:
+                    self._next()
+                return
+            if n:
+                data = data[n:]
         # Until the parser completes a request these bytes belong to, one is being read (a
         # chunk that ends with a request leaves it False; no callback per request for this).
         self.reading = True
@@ -669,15 +735,20 @@ cdef class HttpConnection:
                 data = self._held_body(data)
                 if not data:
                     break
+            fresh = not self.mid
+            count = self.counters["requests"]
             try:
                 self.parser.feed_data(data)
                 break
             except httptools.HttpParserUpgrade as e:
                 data = self._upgrade(data, e.args[0])
             except httptools.HttpParserInvalidMethodError as e:
+                # A method token httptools does not know is a 501 naming it, if the refused
+                # request begins DATA; past requests httptools read itself, where it began
+                # is not known, and it is a 400.
                 m = None
-                for m in _UNKNOWN_METHOD.finditer(data):
-                    pass               # the last request line is the one refused
+                if fresh and count == self.counters["requests"]:
+                    m = _UNKNOWN_METHOD.match(data)
                 if m is None:
                     self._refuse(_error_response(400, f"malformed request: {e}"))
                 else:
@@ -773,6 +844,9 @@ cdef class HttpConnection:
 
     # -- httptools callbacks -------------------------------------------------------------------
 
+    def on_message_begin(self):
+        self.mid = True
+
     def on_url(self, bytes url):
         self.url.append(url)
         self._count(len(url))
@@ -806,7 +880,13 @@ cdef class HttpConnection:
 
     def on_headers_complete(self):
         self.head_read = True
-        if self.hosts != 1 and (self.hosts or self.parser.get_http_version() == "1.1"):
+        version = self.parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            # llhttp reads "HTTP/2.0" and "HTTP/0.9" request lines; neither is HTTP/1.x.
+            self.refused = _error_response(
+                505, "HTTP version not supported: this server speaks HTTP/1.1")
+            raise httptools.HttpParserError("bad version")
+        if self.hosts != 1 and (self.hosts or version == "1.1"):
             # RFC 9112 3.2: an HTTP/1.1 request has one Host header, no request has two.
             self.refused = _error_response(400, "an HTTP/1.1 request needs a Host header"
                                            if not self.hosts else "more than one Host header")
@@ -814,7 +894,7 @@ cdef class HttpConnection:
         if (self.upgrade and self.parser.should_upgrade()
                 and self.parser.get_method() != b"CONNECT"):
             self._hold()               # (a refused request holds nothing)
-        if self.expect and self.parser.get_http_version() == "1.1":
+        if self.expect and version == "1.1":
             self.expect = 2
             self._continue()
 
@@ -852,6 +932,7 @@ cdef class HttpConnection:
         self.body.append(body)
 
     def on_message_complete(self):
+        self.mid = False
         mb = self.parser.get_method()
         method = _METHODS.get(mb)
         if method is None:
@@ -880,6 +961,9 @@ cdef class HttpConnection:
         except (UnicodeDecodeError, ValueError) as e:
             resp = _error_response(400, f"bad request target: {e}")
         self._reset()
+        self._queue(req, resp, keep)
+
+    cdef void _queue(self, Request req, Response resp, bint keep) except *:
         if self.closing:
             return                     # past a refusal: nothing more is answered
         self.counters["requests"] += 1
@@ -887,6 +971,110 @@ cdef class HttpConnection:
             self._refuse(_error_response(429, "too many pipelined requests"))
             return
         self.queue.append((req, resp, keep))
+
+    cdef Py_ssize_t _plain(self, bytes data) except -1:
+        """Reads the whole, plain requests at the start of DATA, which begins a request,
+        and queues them, without httptools and its callback per part; returns the bytes they
+        took. It stops at the first request that is not whole, or not plain: a version other
+        than HTTP/1.1, a method other than GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS, a
+        target not in origin form, a byte outside visible ASCII, space and tab, a line not
+        ending in CRLF, a Host count other than one, a Content-Length other than one run of
+        digits, Transfer-Encoding, Expect, Upgrade, a Connection other than close or
+        keep-alive, or a limit reached. httptools parses the rest, with its refusals: this
+        path accepts only requests httptools reads the same way, and refuses none."""
+        cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t pos = 0, i, j, t0, t1, k0, k1, v0, v1, size, length
+        cdef int hosts
+        cdef bint keep, has_length
+        cdef list headers
+        cdef str method
+        while pos < n and not self.closing:
+            i = pos
+            while i < n and i - pos < 8 and c'A' <= b[i] <= c'Z':
+                i += 1
+            if i >= n or b[i] != c' ':
+                return pos
+            method = _plain_method(b + pos, i - pos)
+            if method is None:
+                return pos
+            i += 1
+            t0 = i
+            if i >= n or b[i] != c'/':
+                return pos
+            while i < n and 0x21 <= b[i] <= 0x7e:
+                i += 1
+            t1 = i
+            if n - i < 11 or memcmp(b + i, b" HTTP/1.1\r\n", 11) != 0:
+                return pos
+            i += 11
+            size = t1 - t0
+            hosts = 0
+            length = 0
+            has_length = False
+            keep = True
+            headers = []
+            while True:
+                if n - i < 2:
+                    return pos
+                if b[i] == c'\r':
+                    if b[i + 1] != c'\n':
+                        return pos
+                    i += 2
+                    break
+                k0 = i
+                while i < n and _TCHAR[b[i]]:
+                    i += 1
+                if i == k0 or i >= n or b[i] != c':':
+                    return pos
+                k1 = i
+                i += 1
+                while i < n and (b[i] == c' ' or b[i] == c'\t'):
+                    i += 1
+                v0 = i
+                while i < n and (0x20 <= b[i] <= 0x7e or b[i] == c'\t'):
+                    i += 1
+                v1 = i
+                if n - i < 2 or b[i] != c'\r' or b[i + 1] != c'\n':
+                    return pos
+                i += 2
+                size += k1 - k0 + v1 - v0 + 4
+                if size > self.max_headers:
+                    return pos
+                if k1 - k0 == 4 and _lower_is(b + k0, 4, b"host"):
+                    hosts += 1
+                elif k1 - k0 == 14 and _lower_is(b + k0, 14, b"content-length"):
+                    if has_length or v1 == v0 or v1 - v0 > 15:
+                        return pos
+                    for j in range(v0, v1):
+                        if not c'0' <= b[j] <= c'9':
+                            return pos
+                        length = length * 10 + (b[j] - c'0')
+                    has_length = True
+                elif k1 - k0 == 10 and _lower_is(b + k0, 10, b"connection"):
+                    if v1 - v0 == 5 and _lower_is(b + v0, 5, b"close"):
+                        keep = False
+                    elif not (v1 - v0 == 10 and _lower_is(b + v0, 10, b"keep-alive")):
+                        return pos
+                elif ((k1 - k0 == 17 and _lower_is(b + k0, 17, b"transfer-encoding"))
+                      or (k1 - k0 == 6 and _lower_is(b + k0, 6, b"expect"))
+                      or (k1 - k0 == 7 and _lower_is(b + k0, 7, b"upgrade"))
+                      or (k1 - k0 == 16 and _lower_is(b + k0, 16, b"proxy-connection"))):
+                    return pos
+                headers.append((PyUnicode_DecodeLatin1(<const char*>b + k0, k1 - k0, NULL),
+                                PyUnicode_DecodeLatin1(<const char*>b + v0, v1 - v0, NULL)))
+            if hosts != 1 or length > self.max_body or n - i < length:
+                return pos
+            body = PyBytes_FromStringAndSize(<const char*>b + i, length) if length else b""
+            i += length
+            self._queue(_wire_request(
+                method, self.base_url, PyUnicode_DecodeASCII(<const char*>b + t0, t1 - t0, NULL),
+                headers, body), None, keep)
+            pos = i
+            if not keep:
+                self.ended = True      # what follows a request that closes is no request
+                return n
+        return pos
 
     # -- answering -----------------------------------------------------------------------------
 
