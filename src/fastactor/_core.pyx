@@ -18,6 +18,8 @@ from libc.time cimport time as c_time, time_t
 cdef extern from "Python.h":
     bint PyCoro_CheckExact(object o)
     bint PyUnicode_IS_ASCII(object o)
+    int PyUnicode_KIND(object o)
+    enum: PyUnicode_1BYTE_KIND
     object PyContext_CopyCurrent()
     object PyContext_Copy(object ctx)
     int PyContext_Enter(object ctx) except -1

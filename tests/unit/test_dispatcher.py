@@ -455,6 +455,30 @@ def test_stubs_and_names(actor_runtime: RuntimeFactory) -> None:
     run(actor_runtime, go)
 
 
+def test_a_lone_surrogate_is_a_codec_error_wherever_it_is(actor_runtime: RuntimeFactory) -> None:
+    # The same refusal whether the instance lives in this worker (arguments are copied) or in
+    # another (they are encoded into a frame): a str no UTF-8 can hold, at any depth.
+    class Echo(StatefulActor):
+        async def echo(self, x: Any) -> Any:
+            return x
+
+        async def bad(self) -> str:
+            return "ok\ud800"
+
+    async def go(rt: Runtime) -> None:
+        e = rt.namespace("Echo").id_from_name("e")
+        for arg in ("a\ud800", ("\udc00",), ["x", "\udfff"], {"k": "\ud800"}, {"\ud800": 1}):
+            with pytest.raises(CodecError, match="lone surrogate"):
+                await e.echo(arg)
+            with pytest.raises(CodecError, match="lone surrogate"):
+                await e.echo(x=arg)
+        with pytest.raises(CodecError, match="result of Echo.bad can not be sent"):
+            await e.bad()
+        assert await e.echo("\u00e9\U0001f600") == "\u00e9\U0001f600"  # any other str
+
+    run(actor_runtime, go, Echo)
+
+
 def test_eviction_then_lazy_reload(actor_runtime: RuntimeFactory) -> None:
     class Cached(StatefulActor):
         def __init__(self, ctx: Any, env: Any) -> None:

@@ -156,6 +156,28 @@ cdef object _decoder = msgspec.msgpack.Decoder(ext_hook=_ext_hook_py)
 cdef object _decode = _decoder.decode
 
 
+cdef inline bint utf8_encodable(str s):
+    """False for a str with a lone surrogate, which no UTF-8 file or frame can hold (one of
+    one-byte characters has none)."""
+    if PyUnicode_IS_ASCII(s) or PyUnicode_KIND(s) == PyUnicode_1BYTE_KIND:
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+cdef object _surrogate_error(str s):
+    e = None
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as err:
+        e = err
+    return CodecError(f"a str holds a lone surrogate ({e.object[e.start:e.end]!r}), which "
+                      f"UTF-8 can not encode")
+
+
 cpdef bytes encode_value(object v):
     """Encodes V, or raises CodecError if a part of it is not a type the codec keeps."""
     cdef type t = type(v)
@@ -167,8 +189,7 @@ cpdef bytes encode_value(object v):
             return _encode(v)
         return _encode(_Walk().walk(v, 0))
     except UnicodeEncodeError as e:
-        raise CodecError(f"a str holds a lone surrogate ({e.object[e.start:e.end]!r}), which "
-                         f"UTF-8 can not encode") from None
+        raise _surrogate_error(e.object) from None
 
 
 cpdef object decode_value(object data):
@@ -218,7 +239,11 @@ cdef object _plain_copy(object v, int depth):
     cdef type t = type(v)
     cdef dict d
     cdef list l
-    if t is str or t is float or t is bool or v is None or t is bytes:
+    if t is str:
+        if not utf8_encodable(<str>v):
+            raise _surrogate_error(<str>v)
+        return v
+    if t is float or t is bool or v is None or t is bytes:
         return v
     if t is int:
         return v if _int64_min <= v <= _uint64_max else _NOT_PLAIN
@@ -229,6 +254,8 @@ cdef object _plain_copy(object v, int depth):
         for k, x in (<dict>v).items():
             if type(k) is not str:
                 return _NOT_PLAIN
+            if not utf8_encodable(<str>k):
+                raise _surrogate_error(<str>k)
             x = _plain_copy(x, depth + 1)
             if x is _NOT_PLAIN:
                 return _NOT_PLAIN
@@ -247,13 +274,19 @@ cdef object _plain_copy(object v, int depth):
 
 cpdef object copy_value(object v):
     """A deep copy through the codec: what the other side of a call or a later read sees.
-    Immutable scalars, and tuples of them, are shared instead of copied."""
+    Immutable scalars, and tuples of them, are shared instead of copied. A str the codec can
+    not encode (a lone surrogate) is a CodecError here as it is in a frame to another worker.
+    """
     if _is_scalar(v):
+        if type(v) is str and not utf8_encodable(<str>v):
+            raise _surrogate_error(<str>v)
         return v
     if type(v) is tuple:
         for x in <tuple>v:
             if not _is_scalar(x):
                 break
+            if type(x) is str and not utf8_encodable(<str>x):
+                raise _surrogate_error(<str>x)
         else:
             return v
     r = _plain_copy(v, 0)

@@ -25,17 +25,6 @@ cdef object _ONE_MS = datetime.timedelta(milliseconds=1)
 cdef object _ABSENT = None
 
 
-cdef inline bint utf8_encodable(str s):
-    """False for a str with a lone surrogate, which no UTF-8 file or frame can hold."""
-    if PyUnicode_IS_ASCII(s):
-        return True
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 cdef int check_key(object key) except -1:
     if type(key) is not str:
         raise TypeError(f"storage keys are str, not {type(key).__name__}")
