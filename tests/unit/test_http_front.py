@@ -265,6 +265,26 @@ def test_headers_and_responses() -> None:
     )
 
 
+@pytest.mark.parametrize("body", [b"", b"x", b"0123456789", b"{}" * 70_000])
+@pytest.mark.parametrize("status", [200, 201, 404, 500, 204, 304])
+def test_json_and_text_answers_are_the_bytes_any_answer_would_be(body: bytes, status: int) -> None:
+    # Response.json/text take a one-buffer path; a response that names its content type
+    # itself takes the general one. Both must put the same bytes on the wire.
+    from fastactor.server.http import encode_response
+
+    for kind, ctype in (("json", "application/json"), ("text", "text/plain; charset=utf-8")):
+        fast = Response.json(None, status) if kind == "json" else Response.text("", status)
+        fast.body = body
+        general = Response(body, status, {"content-type": ctype})
+        for keep in (True, False):
+            for head in (False, True):
+                a = _undated(encode_response(fast, keep, head), 1)
+                assert a == _undated(encode_response(general, keep, head), 1)
+                if status not in (204, 304):
+                    assert f"content-length: {len(body)}\r\n".encode() in a
+                    assert a.endswith(b"\r\n\r\n" + (b"" if head else body))
+
+
 def test_head_204_and_304_answers_carry_no_body_and_the_stream_stays_in_step() -> None:
     """A HEAD answer is a GET's head without its body; 204 and 304 have neither body nor
     content-length, whatever fetch put in them. Were a body sent, the pipelined request after

@@ -11,8 +11,6 @@
 # Frames sent in one event loop iteration leave in one write; a received chunk is parsed in
 # place, and only a frame cut by the chunk's end is kept (and copied once, when whole).
 
-from libc.string cimport memcpy
-
 from . import errors as _errors_mod
 
 PARTITIONS = 4096

@@ -339,6 +339,9 @@ cdef bytes _wire_response(Response r, bint keep_alive, bint head=False):
     cdef bint bare = r.status == 204 or r.status == 304
     if bare:
         body = b""
+    elif h is _JSON_HEADERS or h is _TEXT_HEADERS:
+        return _plain_response(_status_line(r.status), _JSON_TYPE if h is _JSON_HEADERS
+                               else _TEXT_TYPE, body, keep_alive, head)
     if h is _JSON_HEADERS:
         out = [_status_line(r.status), _date_header(), _JSON_TYPE]
     elif h is _TEXT_HEADERS:
@@ -369,6 +372,49 @@ cdef bytes _wire_response(Response r, bint keep_alive, bint head=False):
     if not head:
         out.append(body)
     return b"".join(out)
+
+
+cdef bytes _plain_response(bytes status, bytes ctype, bytes body, bint keep_alive, bint head):
+    """What _wire_response makes of a response whose only header is its content type, built
+    in one buffer."""
+    cdef bytes date = _date_header()
+    cdef bytes tail = _KEEP if keep_alive else _CLOSE
+    cdef char digits[24]
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(body)
+    cdef Py_ssize_t nd = 0, k = size
+    while True:                        # the length's digits, last first
+        digits[nd] = <char>(c'0' + k % 10)
+        nd += 1
+        k //= 10
+        if k == 0:
+            break
+    cdef Py_ssize_t nbody = 0 if head else size
+    cdef Py_ssize_t parts[5]
+    parts[0] = PyBytes_GET_SIZE(status)
+    parts[1] = PyBytes_GET_SIZE(date)
+    parts[2] = PyBytes_GET_SIZE(ctype)
+    parts[3] = PyBytes_GET_SIZE(_LENGTH)
+    parts[4] = PyBytes_GET_SIZE(tail)
+    cdef bytes out = PyBytes_FromStringAndSize(
+        NULL, parts[0] + parts[1] + parts[2] + parts[3] + nd + parts[4] + nbody)
+    cdef char* p = PyBytes_AS_STRING(out)
+    memcpy(p, PyBytes_AS_STRING(status), parts[0])
+    p += parts[0]
+    memcpy(p, PyBytes_AS_STRING(date), parts[1])
+    p += parts[1]
+    memcpy(p, PyBytes_AS_STRING(ctype), parts[2])
+    p += parts[2]
+    memcpy(p, PyBytes_AS_STRING(_LENGTH), parts[3])
+    p += parts[3]
+    while nd > 0:
+        nd -= 1
+        p[0] = digits[nd]
+        p += 1
+    memcpy(p, PyBytes_AS_STRING(tail), parts[4])
+    p += parts[4]
+    if nbody:
+        memcpy(p, PyBytes_AS_STRING(body), nbody)
+    return out
 
 
 def encode_response(Response r, bint keep_alive, bint head=False):
