@@ -170,7 +170,8 @@ cdef class Request:
     cdef readonly str path
     cdef str _qs
     cdef dict _query
-    cdef object _headers             # Headers, or the parser's list until first asked for
+    cdef object _headers             # Headers; until first asked for, the parser's list or
+                                     # the header lines _plain read (bytes)
     cdef bytes _body
 
     def __init__(self, str method, str url, headers=None, body=b""):
@@ -188,6 +189,8 @@ cdef class Request:
     def headers(self):
         if type(self._headers) is list:
             self._headers = _headers_of(<list>self._headers)
+        elif type(self._headers) is bytes:
+            self._headers = _headers_of(_header_lines(<bytes>self._headers))
         return self._headers
 
     @property
@@ -211,7 +214,30 @@ cdef class Request:
         return f"<Request {self.method} {self.url}>"
 
 
-cdef Request _wire_request(str method, str base, str target, list headers, bytes body):
+cdef list _header_lines(bytes lines):
+    """[(name, value)] of LINES, header lines HttpConnection._plain checked: each a token,
+    ":", optional spaces and tabs, the value, CRLF."""
+    cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(lines)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(lines), i = 0, k0, k1, v0
+    cdef list out = []
+    while i < n:
+        k0 = i
+        while b[i] != c':':
+            i += 1
+        k1 = i
+        i += 1
+        while b[i] == c' ' or b[i] == c'\t':
+            i += 1
+        v0 = i
+        while b[i] != c'\r':
+            i += 1
+        out.append((PyUnicode_DecodeLatin1(<const char*>b + k0, k1 - k0, NULL),
+                    PyUnicode_DecodeLatin1(<const char*>b + v0, i - v0, NULL)))
+        i += 2
+    return out
+
+
+cdef Request _wire_request(str method, str base, str target, object headers, bytes body):
     """A request as the parser saw it. TARGET is the decoded request target; the origin form
     ("/path?query") is split here, anything else goes through urlsplit."""
     cdef Request r
@@ -1030,10 +1056,9 @@ cdef class HttpConnection:
         path accepts only requests httptools reads the same way, and refuses none."""
         cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-        cdef Py_ssize_t pos = 0, i, j, t0, t1, k0, k1, v0, v1, size, length
+        cdef Py_ssize_t pos = 0, i, j, t0, t1, h0, k0, k1, v0, v1, size, length
         cdef int hosts
         cdef bint keep, has_length
-        cdef list headers
         cdef str method
         while pos < n and not self.closing:
             i = pos
@@ -1059,14 +1084,13 @@ cdef class HttpConnection:
             length = 0
             has_length = False
             keep = True
-            headers = []
+            h0 = i
             while True:
                 if n - i < 2:
                     return pos
                 if b[i] == c'\r':
                     if b[i + 1] != c'\n':
                         return pos
-                    i += 2
                     break
                 k0 = i
                 while i < n and _TCHAR[b[i]]:
@@ -1107,15 +1131,16 @@ cdef class HttpConnection:
                       or (k1 - k0 == 7 and _lower_is(b + k0, 7, b"upgrade"))
                       or (k1 - k0 == 16 and _lower_is(b + k0, 16, b"proxy-connection"))):
                     return pos
-                headers.append((PyUnicode_DecodeLatin1(<const char*>b + k0, k1 - k0, NULL),
-                                PyUnicode_DecodeLatin1(<const char*>b + v0, v1 - v0, NULL)))
-            if hosts != 1 or length > self.max_body or n - i < length:
+            if hosts != 1 or length > self.max_body or n - i - 2 < length:
                 return pos
+            # The header lines, copied (not the chunk): decoded if the function asks for them.
+            lines = PyBytes_FromStringAndSize(<const char*>b + h0, i - h0)
+            i += 2
             body = PyBytes_FromStringAndSize(<const char*>b + i, length) if length else b""
             i += length
             self._queue(_wire_request(
                 method, self.base_url, PyUnicode_DecodeASCII(<const char*>b + t0, t1 - t0, NULL),
-                headers, body), None, keep)
+                lines, body), None, keep)
             pos = i
             if not keep:
                 self.ended = True      # what follows a request that closes is no request
