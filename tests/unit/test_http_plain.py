@@ -186,3 +186,38 @@ def test_refusals_are_the_same_after_a_plain_request(data: bytes, status: bytes)
     out, closed, _ = both([first + data])
     assert out.startswith(b"HTTP/1.1 200 OK") and closed
     assert out.count(b"\r\nconnection: ") == 2 and b"}HTTP/1.1 " + status in out
+
+
+@pytest.mark.parametrize("plain", [True, False])
+@pytest.mark.parametrize("split", [False, True])
+def test_bytes_after_a_request_that_closes_get_a_fin_not_a_reset(plain: bool, split: bool) -> None:
+    # The client is still sending: closing at once could reset the connection and destroy the
+    # answer before the client reads it. A FIN goes after the answer, and the rest is dropped.
+    first = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    more = b"GET /never HTTP/1.1\r\nHost: t\r\n\r\n"
+
+    async def run() -> tuple[Any, Any]:
+        go = asyncio.Event()
+
+        async def slow(req: Request, env: Any) -> Response:
+            await go.wait()  # the answer waits until every chunk is in
+            return Response.text(req.path)
+
+        t, p = await drive(slow, LIMITS, [first, more] if split else [first + more], "http://t")
+        assert not t.out
+        go.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        p.connection_lost(None)
+        if p.idle_handle is not None:
+            p.idle_handle.cancel()
+        return t, p
+
+    was = _plain_parsing()
+    _plain_parsing(plain)
+    try:
+        t, p = uvloop.run(run())
+    finally:
+        _plain_parsing(was)
+    assert t.eof and not t.closed and p.counters["requests"] == 1
+    assert bytes(t.out).count(b"HTTP/1.1 200 OK") == 1 and b"/never" not in bytes(t.out)

@@ -786,7 +786,12 @@ cdef class HttpConnection:
 
     def data_received(self, data):
         cdef Py_ssize_t n
-        if self.closing or self.ended:
+        if self.ended and not self.closing:
+            # Bytes after a request that closes: dropped, and the answer is followed by a FIN
+            # and a linger, not a close that would reset it (see _send).
+            self.lingering = True
+            return
+        if self.closing:
             return
         self.last_active = -1.0  # activity: _idle looks again one period later
         if _PLAIN and not self.mid and self.held is None and PyBytes_CheckExact(data):
@@ -1144,6 +1149,8 @@ cdef class HttpConnection:
             pos = i
             if not keep:
                 self.ended = True      # what follows a request that closes is no request
+                if pos < n:
+                    self.lingering = True
                 return n
         return pos
 
