@@ -34,8 +34,6 @@ cdef object _UNKNOWN_METHOD = re.compile(
     rb"(?:^|\n)([!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}) [\x21-\x7e]+ HTTP/1\.[01]\r?\n")
 # A request line of an HTTP version this server does not speak (RFC 9110 15.6.6: 505).
 cdef object _OTHER_VERSION = re.compile(rb" HTTP/(?:[2-9]\.[0-9]|1\.[2-9])\r?\n")
-
-
 cdef double _LINGER = 2.0           # seconds a refused connection drains before it closes
 cdef dict _STATUS_LINES = {}         # status -> b"HTTP/1.1 200 OK\r\n", filled on first use
 cdef dict _METHODS = {}              # method bytes from the parser -> str
@@ -610,6 +608,7 @@ cdef unsigned char _TCHAR[256]        # RFC 9110 5.6.2: the bytes of a token (he
 for _c in range(256):
     _TCHAR[_c] = chr(_c) in (
         "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+del _c
 
 
 cdef inline bint _lower_is(const unsigned char* p, Py_ssize_t n, const char* lower):
@@ -669,10 +668,10 @@ cdef class HttpConnection:
     cdef double tick                 # the period of the connection's timer
     # the request being parsed
     cdef bint reading                # a request has begun and is not whole yet
-    cdef bint mid                    # httptools holds part of a request
-    cdef bint ended                  # a request without keep-alive was read: no more come
     cdef bint head_read              # and its head is whole
     cdef double read_since           # loop time the timer first saw it reading; -1: not yet
+    cdef bint mid                    # httptools holds part of a request
+    cdef bint ended                  # a request without keep-alive was read: no more come
     cdef list url
     cdef list headers
     cdef Py_ssize_t header_bytes
@@ -887,6 +886,7 @@ cdef class HttpConnection:
             self.closing = True
             return None
         self.parser = httptools.HttpRequestParser(self)
+        self.mid = False
         return data[offset:]
 
     cdef object _held_body(self, data):
