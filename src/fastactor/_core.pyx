@@ -46,7 +46,9 @@ import os
 import re
 import secrets
 import sqlite3
+import sys
 import time
+import traceback
 import types
 import urllib.parse
 import uuid

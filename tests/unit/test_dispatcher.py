@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
+import io
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -453,6 +454,43 @@ def test_stubs_and_names(actor_runtime: RuntimeFactory) -> None:
         assert rt.env.ACCOUNT is ns
 
     run(actor_runtime, go)
+
+
+_trace = contextvars.ContextVar("trace", default=None)
+
+
+def test_a_turn_is_a_task_to_asyncio(actor_runtime: RuntimeFactory) -> None:
+    # What libraries ask of the current task: its context, name, coroutine and stack, both in
+    # a turn's first step and after it suspended (a Task carries it on then).
+    class Probe(StatefulActor):
+        async def probe(self) -> list[Any]:
+            out = []
+            for _ in range(2):
+                t = asyncio.current_task()
+                assert t is not None
+                _trace.set(len(out))
+                buf = io.StringIO()
+                t.print_stack(file=buf)
+                out.append(
+                    [
+                        t.get_context().get(_trace),
+                        t.get_name(),
+                        t.get_coro().__name__,
+                        "probe" in [f.f_code.co_name for f in t.get_stack()],
+                        len(t.get_stack(limit=1)),
+                        "in probe" in buf.getvalue() and t.get_name() in buf.getvalue(),
+                        t.done(),
+                    ]
+                )
+                await asyncio.sleep(0)
+            return out
+
+    async def go(rt: Runtime) -> None:
+        first, later = await rt.namespace("Probe").id_from_name("p").probe()
+        assert first == [0, "turn of Probe 'p'", "probe", True, 1, True, False]
+        assert later == [1, "turn of Probe 'p'", "probe", True, 1, True, False]
+
+    run(actor_runtime, go, Probe)
 
 
 def test_a_lone_surrogate_is_a_codec_error_wherever_it_is(actor_runtime: RuntimeFactory) -> None:

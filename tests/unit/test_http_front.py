@@ -115,12 +115,17 @@ def test_fetch_runs_as_the_current_task_so_asyncio_timeout_works() -> None:
         with anyio.move_on_after(0.01) as scope:
             await anyio.sleep(5)
         seen.append(scope.cancelled_caught)
+        t = asyncio.current_task()
+        assert t is not None
+        _request_id.set("r1")
+        seen.append(t.get_context().get(_request_id) == "r1")
+        seen.append("fetch" in [f.f_code.co_name for f in t.get_stack()])
         return Response.text("timed")
 
     payload = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     data = uvloop.run(_serve_once(fetch, Limits(), payload))
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"timed"), data
-    assert seen == [True, True, True]
+    assert seen == [True, True, True, True, True]
 
 
 _request_id = contextvars.ContextVar("request_id", default=None)

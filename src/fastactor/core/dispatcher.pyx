@@ -61,24 +61,64 @@ async def _await_it(awaitable):
     return await awaitable
 
 
+def _task_stack(coro, limit):
+    """What Task.get_stack gives for a task running CORO: its frame and those below it, the
+    oldest first, at most LIMIT of the newest; none once it is done."""
+    f = getattr(coro, "cr_frame", None)
+    if f is None:
+        f = getattr(coro, "gi_frame", None)
+    frames = []
+    while f is not None and (limit is None or len(frames) < limit):
+        frames.append(f)
+        f = f.f_back
+    frames.reverse()
+    return frames
+
+
+cdef class _TaskBase:
+    """What a turn's and a fetch's stand-ins for an asyncio Task share (_TurnTask,
+    _FetchTask): the loop, the coroutine, the context, the stack."""
+
+    cdef object loop
+    cdef object coro
+    cdef object context              # the copy of its caller's context it runs in
+    cdef object __weakref__          # libraries keep per-task state in weak maps (anyio)
+
+    def get_loop(self):
+        return self.loop
+
+    def get_coro(self):
+        return self.coro
+
+    def get_context(self):
+        return self.context
+
+    def get_stack(self, *, limit=None):
+        return _task_stack(self.coro, limit)
+
+    def print_stack(self, *, limit=None, file=None):
+        frames = self.get_stack(limit=limit)
+        out = sys.stderr if file is None else file
+        print(f"Stack for {self!r} (most recent call last):", file=out)
+        traceback.print_list(traceback.StackSummary.extract((f, f.f_lineno) for f in frames),
+                             file=out)
+
+
 @cython.final
 @cython.freelist(64)
-cdef class _TurnTask:
+cdef class _TurnTask(_TaskBase):
     """asyncio's current task for the whole of a turn. The first step runs inside its
     caller's step (no Task is made for a turn that does not suspend); if the turn suspends, a
     Task carries it on, the turn still sees this as its current task (see _continue), and this
     forwards cancellation to that Task. So an ``asyncio.timeout``, TaskGroup or anyio cancel
     scope in a method acts on the method, never its caller."""
 
-    cdef object loop
-    cdef object coro
     cdef str type_name
     cdef str inst_name
     cdef object task                 # the Task carrying the turn after it suspended
     cdef int cancel_requests         # before there is one
     cdef bint must_cancel
     cdef bint finished
-    cdef object __weakref__          # libraries keep per-task state in weak maps (anyio)
 
     cdef void carried_by(self, object task) except *:
         self.task = task
@@ -121,12 +161,6 @@ cdef class _TurnTask:
 
     def cancelled(self):
         return self.task is not None and self.task.cancelled()
-
-    def get_loop(self):
-        return self.loop
-
-    def get_coro(self):
-        return self.coro
 
     def get_name(self):
         return f"turn of {self.type_name} {self.inst_name!r}"
@@ -760,7 +794,7 @@ cdef class Shard:
         tt.coro = r
         tt.type_name = inst.ns.type_name
         tt.inst_name = inst.name
-        ctx = PyContext_CopyCurrent()
+        ctx = tt.context = PyContext_CopyCurrent()
         loop = self.loop
         caller = _swap_task(loop, tt)
         PyContext_Enter(ctx)

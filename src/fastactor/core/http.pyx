@@ -452,7 +452,7 @@ cdef object _CancelledError = asyncio.CancelledError
 
 @cython.final
 @cython.freelist(64)
-cdef class _FetchTask:
+cdef class _FetchTask(_TaskBase):
     """Carries a fetch that suspended, in place of an asyncio Task: it waits on the futures
     the coroutine yields and resumes it from their done callbacks, with no task object, no
     first step through the loop and no done callback of its own. While a step runs it is
@@ -460,14 +460,10 @@ cdef class _FetchTask:
     ``asyncio.timeout`` and friends work inside fetch."""
 
     cdef HttpConnection conn
-    cdef object coro
-    cdef object loop
-    cdef object context              # a copy of the context it was made in, as a Task has
     cdef object waiting              # the future the coroutine waits on
     cdef int cancel_requests
     cdef bint must_cancel            # a cancel came while no future was waited on
     cdef bint finished
-    cdef object __weakref__          # libraries keep per-task state in weak maps (anyio)
 
     cdef void step(self, object value, object exc):
         cdef int returned = 0
@@ -568,12 +564,6 @@ cdef class _FetchTask:
     @property
     def _fut_waiter(self):
         return self.waiting
-
-    def get_loop(self):
-        return self.loop
-
-    def get_coro(self):
-        return self.coro
 
     def get_name(self):
         return f"fetch of {self.conn.base_url}"
