@@ -4,9 +4,11 @@ the connection answers exactly as it does when httptools reads every byte."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,17 @@ async def fetch(req: Request, env: Any) -> Response:
     return Response.json(seen)
 
 
+@contextlib.contextmanager
+def plain_parsing(on: bool) -> Iterator[None]:
+    """The front reads plain requests itself (ON) or hands every byte to httptools."""
+    was = _plain_parsing()
+    _plain_parsing(on)
+    try:
+        yield
+    finally:
+        _plain_parsing(was)
+
+
 def serve(chunks: list[bytes], plain: bool) -> tuple[bytes, bool, int]:
     """(what the connection wrote, Date lines taken out; whether it closed; requests read)."""
 
@@ -51,12 +64,8 @@ def serve(chunks: list[bytes], plain: bool) -> tuple[bytes, bool, int]:
             p.idle_handle.cancel()
         return DATE.sub(b"", bytes(t.out)), t.closed or t.eof, p.counters["requests"]
 
-    was = _plain_parsing()
-    _plain_parsing(plain)
-    try:
+    with plain_parsing(plain):
         return uvloop.run(run())
-    finally:
-        _plain_parsing(was)
 
 
 # A method httptools does not know gets 501 if the refused request begins a chunk the front
@@ -213,11 +222,7 @@ def test_bytes_after_a_request_that_closes_get_a_fin_not_a_reset(plain: bool, sp
             p.idle_handle.cancel()
         return t, p
 
-    was = _plain_parsing()
-    _plain_parsing(plain)
-    try:
+    with plain_parsing(plain):
         t, p = uvloop.run(run())
-    finally:
-        _plain_parsing(was)
     assert t.eof and not t.closed and p.counters["requests"] == 1
     assert bytes(t.out).count(b"HTTP/1.1 200 OK") == 1 and b"/never" not in bytes(t.out)

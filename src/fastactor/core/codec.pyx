@@ -168,14 +168,21 @@ cdef inline bint utf8_encodable(str s):
     return True
 
 
-cdef object _surrogate_error(str s):
-    e = None
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError as err:
-        e = err
+cdef object _surrogate_error(object e):
+    """The CodecError for E, the UnicodeEncodeError of a str with a lone surrogate."""
     return CodecError(f"a str holds a lone surrogate ({e.object[e.start:e.end]!r}), which "
                       f"UTF-8 can not encode")
+
+
+cdef inline int check_str(str s) except -1:
+    """CodecError if S holds a lone surrogate (see utf8_encodable)."""
+    if utf8_encodable(s):
+        return 0
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _surrogate_error(e) from None
+    return 0
 
 
 cpdef bytes encode_value(object v):
@@ -189,7 +196,7 @@ cpdef bytes encode_value(object v):
             return _encode(v)
         return _encode(_Walk().walk(v, 0))
     except UnicodeEncodeError as e:
-        raise _surrogate_error(e.object) from None
+        raise _surrogate_error(e) from None
 
 
 cpdef object decode_value(object data):
@@ -240,8 +247,7 @@ cdef object _plain_copy(object v, int depth):
     cdef dict d
     cdef list l
     if t is str:
-        if not utf8_encodable(<str>v):
-            raise _surrogate_error(<str>v)
+        check_str(<str>v)
         return v
     if t is float or t is bool or v is None or t is bytes:
         return v
@@ -254,8 +260,7 @@ cdef object _plain_copy(object v, int depth):
         for k, x in (<dict>v).items():
             if type(k) is not str:
                 return _NOT_PLAIN
-            if not utf8_encodable(<str>k):
-                raise _surrogate_error(<str>k)
+            check_str(<str>k)
             x = _plain_copy(x, depth + 1)
             if x is _NOT_PLAIN:
                 return _NOT_PLAIN
@@ -278,15 +283,15 @@ cpdef object copy_value(object v):
     not encode (a lone surrogate) is a CodecError here as it is in a frame to another worker.
     """
     if _is_scalar(v):
-        if type(v) is str and not utf8_encodable(<str>v):
-            raise _surrogate_error(<str>v)
+        if type(v) is str:
+            check_str(<str>v)
         return v
     if type(v) is tuple:
         for x in <tuple>v:
             if not _is_scalar(x):
                 break
-            if type(x) is str and not utf8_encodable(<str>x):
-                raise _surrogate_error(<str>x)
+            if type(x) is str:
+                check_str(<str>x)
         else:
             return v
     r = _plain_copy(v, 0)
