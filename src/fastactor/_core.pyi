@@ -174,6 +174,7 @@ class Shard:
     def abandon(self) -> None: ...
 
 PARTITIONS: int
+STATS_KIND: int
 
 _HeaderInit = Mapping[str, str] | Iterable[tuple[str, str]] | None
 
@@ -242,7 +243,11 @@ class HttpConnection(asyncio.Protocol):
     def shut(self) -> None: ...
 
 class CallServer(asyncio.Protocol):
-    def __init__(self, namespaces: dict[str, ActorNamespace]) -> None: ...
+    def __init__(
+        self,
+        namespaces: dict[str, ActorNamespace],
+        stats: Callable[[], dict[str, Any]] | None = None,
+    ) -> None: ...
     def close(self) -> None: ...
 
 class Channel:

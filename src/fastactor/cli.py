@@ -354,7 +354,6 @@ def serve(args: argparse.Namespace) -> int:
         "workers": args.workers,
         "data": data,
         "shards": [str(d) for d in layout.shard_dirs(Path(data))],
-        "admin": args.admin_port is not None,  # workers publish stats only for /metrics
         "commit_window_us": args.commit_window_us,
     }
     limit = _open_files(CONNECTIONS + 1024)

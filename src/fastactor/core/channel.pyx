@@ -15,6 +15,10 @@ from . import errors as _errors_mod
 
 PARTITIONS = 4096
 cdef uint32_t _PARTITIONS = 4096
+# Not a turn: a call frame of this kind asks the worker for its counters, answered at once
+# with the dict its stats function returns (the supervisor's /metrics, see server/admin.py).
+STATS_KIND = -1
+cdef int _KIND_STATS = -1
 cdef uint32_t _MAX_FRAME = 1 << 30
 cdef object _ipc_log = logging.getLogger("fastactor.ipc")
 
@@ -204,10 +208,12 @@ cdef class CallServer(_FrameConn):
     NAMESPACES maps "account/type" to this worker's ActorNamespace of that type."""
 
     cdef dict namespaces
+    cdef object stats                # () -> this worker's counters, or None
     cdef object __weakref__
 
-    def __init__(self, dict namespaces):
+    def __init__(self, dict namespaces, stats=None):
         self.namespaces = namespaces
+        self.stats = stats
 
     def close(self):
         if self.transport is not None:
@@ -233,6 +239,15 @@ cdef class CallServer(_FrameConn):
             call_id, key, name, kind, method, args, kwargs = msg
         except (TypeError, ValueError):
             self.broken("a malformed call frame")
+            return
+        if kind == _KIND_STATS:
+            try:
+                if self.stats is None:
+                    raise LookupError("this worker keeps no counters")
+                frame = _frame([call_id, True, self.stats()])
+            except Exception as e:
+                frame = _frame([call_id, False, _error_tuple(e)])
+            self.send(frame)
             return
         try:
             ns = self.namespaces[key]

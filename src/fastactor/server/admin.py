@@ -1,15 +1,21 @@
 """The admin port of ``fastactor serve``: health checks and Prometheus metrics, answered by
-the supervisor from what the workers publish (``<data>/run/worker-<i>.json``)."""
+the supervisor. For /metrics it asks each worker for its counters over the worker's call
+socket (ipc.ask_stats), so a scrape sees every request answered before it; a worker that
+does not answer within STATS_TIMEOUT (busy in a long synchronous call, or restarting) is
+shown with the counters it last gave."""
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .ipc import ask_stats
+from .worker import socket_path
+
 __all__ = ["render_metrics", "start_admin"]
+
+STATS_TIMEOUT = 0.5  # seconds a worker has to answer a scrape
 
 _COUNTERS = [
     ("requests", "fastactor_http_requests_total", "HTTP requests received"),
@@ -62,15 +68,14 @@ def render_metrics(stats: list[dict[str, Any] | None]) -> str:
 
 
 def start_admin(sup: Any, host: str, port: int) -> ThreadingHTTPServer:
-    run = os.path.join(sup.cfg["data"], "run")
+    last: dict[int, dict[str, Any]] = {}
 
     def read(i: int) -> dict[str, Any] | None:
         try:
-            with open(os.path.join(run, f"worker-{i}.json")) as f:
-                st: dict[str, Any] = json.load(f)
-                return st
+            last[i] = ask_stats(socket_path(sup.cfg["data"], i), STATS_TIMEOUT)
         except (OSError, ValueError):
-            return None
+            pass  # not answering now: what it last said, if it ever did
+        return last.get(i)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "fastactor"

@@ -6,17 +6,39 @@ way; the native parts (core/channel.pyx) are re-exported here:
   worker owns, ``RemoteStub`` for the others.
 - ``Channel``: this worker's connections to the others, opened on first use; frames sent in
   one loop iteration leave in one write.
-- ``CallServer``: the owner's end, one per connected peer; ``serve_calls`` listens.
+- ``CallServer``: the owner's end, one per connected peer; ``serve_calls`` listens. It also
+  answers ``ask_stats``: the supervisor's /metrics asks each worker for its counters there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import weakref
+from collections.abc import Callable
+from typing import Any
 
-from .._core import ActorNamespace, CallServer, Channel, RemoteStub, RoutedNamespace
+from .._core import (
+    STATS_KIND,
+    ActorNamespace,
+    CallServer,
+    Channel,
+    RemoteStub,
+    RoutedNamespace,
+    decode_value,
+    encode_value,
+)
 
-__all__ = ["CallListener", "CallServer", "Channel", "RemoteStub", "RoutedNamespace", "serve_calls"]
+__all__ = [
+    "CallListener",
+    "CallServer",
+    "Channel",
+    "RemoteStub",
+    "RoutedNamespace",
+    "ask_stats",
+    "serve_calls",
+]
 
 
 class CallListener:
@@ -34,14 +56,45 @@ class CallListener:
             c.close()
 
 
-async def serve_calls(path: str, namespaces: dict[str, ActorNamespace]) -> CallListener:
-    """Answers calls for the instances this worker owns; NAMESPACES maps "account/type"."""
+async def serve_calls(
+    path: str,
+    namespaces: dict[str, ActorNamespace],
+    stats: Callable[[], dict[str, Any]] | None = None,
+) -> CallListener:
+    """Answers calls for the instances this worker owns; NAMESPACES maps "account/type".
+    STATS gives the counters ``ask_stats`` reads."""
     loop = asyncio.get_running_loop()
     conns: weakref.WeakSet[CallServer] = weakref.WeakSet()
 
     def factory() -> CallServer:
-        c = CallServer(namespaces)
+        c = CallServer(namespaces, stats)
         conns.add(c)
         return c
 
     return CallListener(await loop.create_unix_server(factory, path), conns)
+
+
+def ask_stats(path: str, timeout: float) -> dict[str, Any]:
+    """The counters of the worker listening on PATH, as they are now (blocking, for the
+    supervisor's admin threads). OSError if it does not answer within TIMEOUT seconds in all,
+    ValueError if the answer is not a dict of counters."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        body = encode_value([1, "", "", STATS_KIND, "stats", [], None])
+        s.sendall(struct.pack(">I", len(body)) + body)
+        buf = bytearray()
+        need = 4
+        while len(buf) < need:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError("the worker closed the connection before it answered")
+            buf += chunk
+            if need == 4 and len(buf) >= 4:
+                need = 4 + int.from_bytes(buf[:4], "big")
+    reply = decode_value(bytes(buf[4:need]))
+    if not (isinstance(reply, list) and len(reply) == 3 and reply[1] is True):
+        raise ValueError(f"not a stats reply: {reply!r:.200}")
+    if not isinstance(reply[2], dict):
+        raise ValueError(f"stats that are not a dict: {reply[2]!r:.200}")
+    return reply[2]

@@ -82,10 +82,23 @@ async def serve(cfg: dict[str, Any]) -> None:
     sock = socket_path(data, me)
     if os.path.exists(sock):
         os.unlink(sock)
-    ipc_server = await serve_calls(sock, local)
-    limits = Limits(connections=connection_cap())
     conns: set[HttpProtocol] = set()
     counters = {"requests": 0}
+
+    def stats() -> dict[str, Any]:
+        """This worker's counters, for the supervisor's /metrics (ipc.ask_stats)."""
+        wal: dict[str, Any] = shard.wal.stats()
+        wal["flush_us"] = [[str(k), v] for k, v in wal["flush_us"].items()]
+        return {
+            **shard.stats,
+            "resident": shard.resident,
+            **counters,
+            "wal": wal,
+            "connections": len(conns),
+        }
+
+    ipc_server = await serve_calls(sock, local, stats)
+    limits = Limits(connections=connection_cap())
     servers = []
     for i, (fn, env) in enumerate(zip(functions, envs, strict=True)):
         port = fn.port or cfg["port"] + i
@@ -115,25 +128,6 @@ async def serve(cfg: dict[str, Any]) -> None:
             stop.set()
 
     loop.add_reader(sys.stdin.fileno(), supervisor_closed)
-    stats_path = os.path.join(data, "run", f"worker-{me}.json")
-
-    async def publish_stats() -> None:
-        """For the supervisor's /metrics: a small JSON file, replaced once a second."""
-        while True:
-            wal: dict[str, Any] = shard.wal.stats()
-            wal["flush_us"] = [[str(k), v] for k, v in wal["flush_us"].items()]
-            st = {
-                **shard.stats,
-                "resident": shard.resident,
-                **counters,
-                "wal": wal,
-                "connections": len(conns),
-            }
-            tmp = stats_path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(st, f)
-            os.replace(tmp, stats_path)
-            await asyncio.sleep(1.0)
 
     failed: list[BaseException] = []
 
@@ -147,13 +141,10 @@ async def serve(cfg: dict[str, Any]) -> None:
                 return
             await asyncio.sleep(0.1)
 
-    stats_task = loop.create_task(publish_stats()) if cfg.get("admin") else None
     watch_task = loop.create_task(watch_log())
     tell("ready")
     await stop.wait()
     watch_task.cancel()
-    if stats_task is not None:
-        stats_task.cancel()
     # Drain: stop accepting, let running requests finish, close idle connections.
     for s in servers:
         s.close()
