@@ -6,7 +6,9 @@ import asyncio
 import contextvars
 import errno
 import io
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -28,6 +30,9 @@ from fastactor import (
     StatefulActor,
 )
 from fastactor.testing import RuntimeFactory, crash
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from taskprobe import watch_pending  # noqa: E402
 
 LOG: list[tuple[str, str]] = []
 
@@ -491,6 +496,52 @@ def test_a_turn_is_a_task_to_asyncio(actor_runtime: RuntimeFactory) -> None:
         assert later == [1, "turn of Probe 'p'", "probe", True, 1, True, False]
 
     run(actor_runtime, go, Probe)
+
+
+def test_a_turns_task_runs_done_callbacks_with_its_outcome(
+    actor_runtime: RuntimeFactory,
+) -> None:
+    # A turn that ends in its first step and one a Task carries on: either way the callbacks
+    # get the turn's own task, done, with the method's result or exception.
+    seen: list[Any] = []
+
+    def record(task: Any) -> None:
+        exc = task.exception()
+        seen.append((task.get_name(), task.done(), task.cancelled(), repr(exc)))
+        if exc is None:
+            seen.append(task.result())
+
+    class Probe(StatefulActor):
+        async def run(self, suspend: bool, fail: bool) -> str:
+            t = asyncio.current_task()
+            assert t is not None
+            if suspend:
+                await asyncio.sleep(0)  # a Task carries the turn from here
+            watch_pending(t, record, seen)
+            if fail:
+                raise ValueError("no")
+            return f"ran {suspend}"
+
+    async def go(rt: Runtime) -> None:
+        p = rt.namespace("Probe").id_from_name("p")
+        assert await p.run(False, False) == "ran False"
+        assert await p.run(True, False) == "ran True"
+        for suspend in (False, True):
+            with pytest.raises(ActorMethodError):
+                await p.run(suspend, True)
+        await asyncio.sleep(0.01)
+
+    run(actor_runtime, go, Probe)
+    name = "turn of Probe 'p'"
+    no = repr(ValueError("no"))
+    assert seen == [
+        (name, True, False, "None"),
+        "ran False",
+        (name, True, False, "None"),
+        "ran True",
+        (name, True, False, no),
+        (name, True, False, no),
+    ]
 
 
 def test_a_lone_surrogate_is_a_codec_error_wherever_it_is(actor_runtime: RuntimeFactory) -> None:

@@ -6,7 +6,9 @@ import asyncio
 import contextvars
 import email.utils
 import re
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,6 +17,9 @@ import uvloop
 
 from fastactor import Request, Response
 from fastactor.server.http import HttpProtocol, Limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from taskprobe import watch_pending  # noqa: E402
 
 DATE = re.compile(rb"date: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT\r\n")
 
@@ -126,6 +131,51 @@ def test_fetch_runs_as_the_current_task_so_asyncio_timeout_works() -> None:
     data = uvloop.run(_serve_once(fetch, Limits(), payload))
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"timed"), data
     assert seen == [True, True, True, True, True]
+
+
+def test_a_fetchs_task_runs_done_callbacks_with_its_outcome() -> None:
+    """What a library may ask of the current task besides cancellation: a callback once it
+    is done (a per-request cleanup), then result() and exception(), as on an asyncio Task."""
+    seen: list[Any] = []
+
+    def record(task: Any) -> None:
+        seen.append((req_path(task), task.done(), task.cancelled(), task.exception()))
+        if task.exception() is None:
+            seen.append(task.result().body)
+
+    tasks: dict[int, str] = {}
+
+    def req_path(task: Any) -> str:
+        return tasks[id(task)]
+
+    async def fetch(req: Request, env: Any) -> Response:
+        t = asyncio.current_task()
+        assert t is not None
+        tasks[id(t)] = req.path
+        watch_pending(t, record, seen)
+        if req.path == "/suspends":
+            await asyncio.sleep(0.001)
+        if req.path == "/raises":
+            raise KeyError("k")
+        return Response.text(req.path)
+
+    payload = (
+        b"".join(
+            f"GET {p} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for p in ("/a", "/suspends", "/raises")
+        )
+        + b"GET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    data = uvloop.run(_serve_once(fetch, Limits(), payload))
+    assert data.count(b"HTTP/1.1 200") == 3 and b"HTTP/1.1 500" in data
+    assert seen[:5] == [
+        ("/a", True, False, None),
+        b"/a",
+        ("/suspends", True, False, None),
+        b"/suspends",
+        ("/raises", True, False, seen[4][3]),
+    ]
+    assert isinstance(seen[4][3], KeyError)
+    assert seen[5:] == [("/b", True, False, None), b"/b"]
 
 
 _request_id = contextvars.ContextVar("request_id", default=None)

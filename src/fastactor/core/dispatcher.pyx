@@ -75,14 +75,69 @@ def _task_stack(coro, limit):
     return frames
 
 
+cdef object _Cancelled = asyncio.CancelledError
+cdef object _InvalidState = asyncio.InvalidStateError
+
+
 cdef class _TaskBase:
     """What a turn's and a fetch's stand-ins for an asyncio Task share (_TurnTask,
-    _FetchTask): the loop, the coroutine, the context, the stack."""
+    _FetchTask): the loop, the coroutine, the context, the stack, and the outcome with the
+    done callbacks waiting for it (result, exception, add_done_callback as on a Task)."""
 
     cdef object loop
     cdef object coro
     cdef object context              # the copy of its caller's context it runs in
     cdef object __weakref__          # libraries keep per-task state in weak maps (anyio)
+    cdef bint finished               # its coroutine ended (here, not in a Task carrying it)
+    cdef object outcome              # what the coroutine returned
+    cdef object failure              # or the exception that ended it
+    cdef list callbacks              # [(fn, context)] waiting for the end, or None
+
+    cdef void _finish(self, object outcome, object failure) except *:
+        cdef list cbs = self.callbacks
+        self.finished = True
+        self.outcome = outcome
+        self.failure = failure
+        if cbs is not None:
+            self.callbacks = None
+            for fn, ctx in cbs:
+                self.loop.call_soon(fn, self, context=ctx)
+
+    def add_done_callback(self, fn, *, context=None):
+        if self.finished:
+            self.loop.call_soon(fn, self, context=context)
+            return
+        if self.callbacks is None:
+            self.callbacks = []
+        self.callbacks.append((fn, context))
+
+    def remove_done_callback(self, fn):
+        if not self.callbacks:
+            return 0
+        kept = [(f, c) for f, c in self.callbacks if f != fn]
+        n = len(self.callbacks) - len(kept)
+        self.callbacks = kept
+        return n
+
+    def done(self):
+        return self.finished
+
+    def cancelled(self):
+        return self.finished and isinstance(self.failure, _Cancelled)
+
+    def result(self):
+        if not self.finished:
+            raise _InvalidState("Result is not set.")
+        if self.failure is not None:
+            raise self.failure
+        return self.outcome
+
+    def exception(self):
+        if not self.finished:
+            raise _InvalidState("Exception is not set.")
+        if isinstance(self.failure, _Cancelled):
+            raise self.failure
+        return self.failure
 
     def get_loop(self):
         return self.loop
@@ -118,12 +173,43 @@ cdef class _TurnTask(_TaskBase):
     cdef object task                 # the Task carrying the turn after it suspended
     cdef int cancel_requests         # before there is one
     cdef bint must_cancel
-    cdef bint finished
+    cdef bint hooked                 # the carrying Task calls _carried_done when done
 
     cdef void carried_by(self, object task) except *:
         self.task = task
         if self.must_cancel:          # after the Task's first step, so the turn sees it
             self.loop.call_soon(task.cancel)
+        if self.callbacks:
+            self._hook()
+
+    cdef void _hook(self) except *:
+        self.hooked = True
+        self.task.add_done_callback(self._carried_done)
+
+    def _carried_done(self, task):
+        if task.cancelled():
+            try:
+                task.result()
+            except BaseException as e:   # the CancelledError the Task keeps
+                self._finish(None, e)
+            return
+        exc = task.exception()
+        self._finish(None if exc is not None else task.result(), exc)
+
+    def add_done_callback(self, fn, *, context=None):
+        _TaskBase.add_done_callback(self, fn, context=context)
+        if self.task is not None and not self.hooked and self.callbacks:
+            self._hook()
+
+    def result(self):
+        if self.task is not None:
+            return self.task.result()
+        return _TaskBase.result(self)
+
+    def exception(self):
+        if self.task is not None:
+            return self.task.exception()
+        return _TaskBase.exception(self)
 
     def cancel(self, msg=None):
         if self.task is not None:
@@ -160,7 +246,9 @@ cdef class _TurnTask(_TaskBase):
         return self.task._fut_waiter if self.task is not None else None
 
     def cancelled(self):
-        return self.task is not None and self.task.cancelled()
+        if self.task is not None:
+            return self.task.cancelled()
+        return _TaskBase.cancelled(self)
 
     def get_name(self):
         return f"turn of {self.type_name} {self.inst_name!r}"
@@ -807,11 +895,11 @@ cdef class Shard:
             PyContext_Exit(ctx)
             _restore_task(loop, tt, caller)
         if failure is not None:
-            tt.finished = True
+            tt._finish(None, failure)
             self.end(t, None, failure)
             return True
         if returned:
-            tt.finished = True
+            tt._finish(y, None)
             self.end(t, y, None)
             return True
         # Suspended for real: a Task carries the rest, under the turn's budget.

@@ -463,7 +463,6 @@ cdef class _FetchTask(_TaskBase):
     cdef object waiting              # the future the coroutine waits on
     cdef int cancel_requests
     cdef bint must_cancel            # a cancel came while no future was waited on
-    cdef bint finished
 
     cdef void step(self, object value, object exc):
         cdef int returned = 0
@@ -496,7 +495,7 @@ cdef class _FetchTask(_TaskBase):
             PyContext_Exit(self.context)
             _restore_task(self.loop, self, prev)
         if ended:                           # outside: the next request gets its own task
-            self.finished = True
+            self._finish(y, failure)
             self.conn._fetched(y, failure)
 
     cdef void wait_on(self, object y):
@@ -548,12 +547,6 @@ cdef class _FetchTask(_TaskBase):
         if self.cancel_requests > 0:
             self.cancel_requests -= 1
         return self.cancel_requests
-
-    def done(self):
-        return self.finished
-
-    def cancelled(self):
-        return False
 
     # Read by libraries that drive cancellation themselves (anyio's cancel scopes), as they
     # read them on an asyncio Task.
