@@ -132,7 +132,8 @@ crc_init(void)
     }
     for (uint32_t i = 0; i < 256; i++)
         for (int s = 1; s < 8; s++)
-            crc_table[s][i] = (crc_table[s - 1][i] >> 8) ^ crc_table[0][crc_table[s - 1][i] & 0xff];
+            crc_table[s][i] =
+                (crc_table[s - 1][i] >> 8) ^ crc_table[0][crc_table[s - 1][i] & 0xff];
     crc_impl = crc32c_table;
 #if defined(FA_CRC_X86)
     __builtin_cpu_init();
@@ -513,7 +514,8 @@ list_segments(int dirfd, const char *dir, int remove_tmp, seg_list *out, uint32_
             set_err(err, errlen, "%s/%s: cannot read segment header", dir, name);
             goto fail;
         }
-        why = (size_t)n < sizeof(h) ? "incomplete segment header" : check_seg_header(h, out->v[i].seqno);
+        why = (size_t)n < sizeof(h) ? "incomplete segment header"
+                                    : check_seg_header(h, out->v[i].seqno);
         if (why == NULL) {
             out->v[i].first_lsn = fa_get_le64(h + 16);
             if (i > 0 && out->v[i].first_lsn <= out->v[i - 1].first_lsn)
@@ -622,6 +624,8 @@ struct fa_wal {
     int segfd;
     uint64_t seg_off;            /* bytes in the segment being written */
     uint64_t seg_alloc;          /* bytes of it known written, zeros ahead included; >= seg_off */
+    uint64_t batch_off;          /* where the batch being written starts in the segment */
+    int halted;                  /* FA_FAULT_HALT stopped the log: keep the batch written */
 
     int dirfd;
     int lockfd;
@@ -668,7 +672,7 @@ fault_hit(fa_wal *w, int op)
 int
 fa_wal_inject_fault(fa_wal *w, int op, uint32_t after, int err)
 {
-    if ((op != FA_FAULT_WRITE && op != FA_FAULT_FDATASYNC) || err <= 0)
+    if ((op != FA_FAULT_WRITE && op != FA_FAULT_FDATASYNC && op != FA_FAULT_HALT) || err <= 0)
         return -EINVAL;
     pthread_mutex_lock(&w->mu);
     w->fault_op = op;
@@ -785,10 +789,12 @@ write_batch(fa_wal *w, fa_buf *b, uint64_t first)
         fa_put_le32(h, fa_crc32c(0, h + 4, FA_WAL_REC_HEADER - 4 + (size_t)len));
         off += FA_WAL_REC_HEADER + (size_t)len;
     }
+    w->batch_off = w->seg_off;
     if (w->seg_off >= w->opts.segment_size && w->seg_off > FA_WAL_SEG_HEADER) {
         if ((rc = rotate(w, first)) < 0)
             return rc;
     }
+    w->batch_off = w->seg_off;              /* the segment's end, should the batch fail */
     if ((rc = fault_hit(w, FA_FAULT_WRITE)) < 0)
         return rc;
     if (w->seg_off + b->len > w->seg_alloc)
@@ -800,9 +806,29 @@ write_batch(fa_wal *w, fa_buf *b, uint64_t first)
         w->seg_alloc = w->seg_off;             /* written past the zeros ahead (see above) */
     if ((rc = fault_hit(w, FA_FAULT_FDATASYNC)) < 0)
         return rc;
+    if ((rc = fault_hit(w, FA_FAULT_HALT)) < 0) {
+        w->halted = 1;
+        return rc;
+    }
     if (fa_fdatasync(w->segfd) < 0)
         return -errno;
     return 0;
+}
+
+/*
+ * After a batch failed (flusher thread): cuts the segment back to where the batch began, so
+ * that what of it reached the file (all of it, when fdatasync failed after the write) is not
+ * found by recovery: a turn whose commit failed is not carried out later. Best effort: if the
+ * disk takes neither the cut nor its fdatasync, recovery may still find those records.
+ */
+static void
+discard_failed_batch(fa_wal *w)
+{
+    if (w->segfd < 0 || w->batch_off < FA_WAL_SEG_HEADER || w->halted)
+        return;
+    if (ftruncate(w->segfd, (off_t)w->batch_off) < 0 || fa_fdatasync(w->segfd) < 0)
+        return;
+    w->seg_off = w->seg_alloc = w->batch_off;
 }
 
 /* Adds US microseconds to T. */
@@ -984,6 +1010,8 @@ flusher_main(void *arg)
         nbytes = w->flush.len;
         rc = write_batch(w, &w->flush, first);
         w->flush.len = 0;
+        if (rc < 0)
+            discard_failed_batch(w);
 
         pthread_mutex_lock(&w->mu);
         if (rc < 0) {
@@ -1258,7 +1286,8 @@ fa_wal_append(fa_wal *w, uint16_t type, const void *data, size_t len, uint64_t *
         rc = -EBADF;
         goto out;
     }
-    if (FA_UNLIKELY(w->fill.len > 0 && w->fill.len + FA_WAL_REC_HEADER + len > w->opts.max_pending)) {
+    if (FA_UNLIKELY(w->fill.len > 0 &&
+                    w->fill.len + FA_WAL_REC_HEADER + len > w->opts.max_pending)) {
         rc = -ENOBUFS;
         goto out;
     }

@@ -134,9 +134,12 @@ extern "C" {
 #define FA_WAL_DEFAULT_GROUP_MIN_RECORDS  16
 #define FA_WAL_DEFAULT_GROUP_BYTES        (256u << 10)
 
-/* Operations fa_wal_inject_fault can fail. */
+/* Operations fa_wal_inject_fault can fail. FA_FAULT_HALT fails the fdatasync of a batch
+ * already written and leaves the batch in the file, as a power cut between the write and the
+ * fdatasync would (a real failure cuts it off again); for power-loss simulations. */
 #define FA_FAULT_WRITE      1
 #define FA_FAULT_FDATASYNC  2
+#define FA_FAULT_HALT       3
 
 typedef struct fa_wal fa_wal;
 typedef struct fa_wal_reader fa_wal_reader;

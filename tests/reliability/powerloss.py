@@ -6,8 +6,8 @@ model.
 
 One crash: a runtime runs a random batch of turns (puts, deletes, transactions, failed
 transactions, debits, alarm sets and deletes, delete_all) on 12 instances while a fault armed
-at a random fdatasync stops the log: that batch's write reached the file but was never made
-durable, as in a power cut between write() and fdatasync(). The runtime is dropped like
+at a random fdatasync ("halt") stops the log: that batch's write reached the file but was never
+made durable, as in a power cut between write() and fdatasync(). The runtime is dropped like
 kill -9, and then the "disk" loses power: every 512-byte sector written after the last
 completed fdatasync is independently kept, lost (the file cut there), zeroed or garbled.
 Recovery must then give, for every instance, the state after its turns in order, each
@@ -181,7 +181,7 @@ async def one_crash(data: Path, model: dict[str, State], rnd: random.Random, st:
     acked: dict[str, set[int]] = {n: set() for n in NAMES}  # per instance: acked turns
     fault = rnd.random() < 0.85  # else: a crash with nothing unsynced in flight
     if fault:
-        rt.shard.wal._inject_fault("fdatasync", rnd.randrange(0, 4), errno.EIO)
+        rt.shard.wal._inject_fault("halt", rnd.randrange(0, 4), errno.EIO)
 
     async def run(name: str, op: tuple[Any, ...], index: int) -> None:
         try:

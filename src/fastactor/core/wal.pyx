@@ -3,7 +3,8 @@
 
 cdef object _wal_logger = logging.getLogger("fastactor.wal")
 
-cdef dict _FAULT_OPS = {"write": cwal.FA_FAULT_WRITE, "fdatasync": cwal.FA_FAULT_FDATASYNC}
+cdef dict _FAULT_OPS = {"write": cwal.FA_FAULT_WRITE, "fdatasync": cwal.FA_FAULT_FDATASYNC,
+                        "halt": cwal.FA_FAULT_HALT}
 
 
 cdef object _open_error(int rc, const char *msg):
@@ -299,7 +300,8 @@ cdef class WriteAheadLog:
                          cwal.fa_wal_durable_lsn(self._w) if upto is None else upto)
 
     def _inject_fault(self, str op, uint32_t after, int err):
-        """Test hook: the (AFTER+1)-th next OP ('write' or 'fdatasync') fails with ERR."""
+        """Test hook: the (AFTER+1)-th next OP ('write' or 'fdatasync') fails with ERR; 'halt'
+        fails an fdatasync but leaves its batch in the file, as a power cut would."""
         self._check_open()
         if cwal.fa_wal_inject_fault(self._w, _FAULT_OPS[op], after, err) < 0:
             raise ValueError("bad fault")

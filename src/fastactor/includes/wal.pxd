@@ -48,6 +48,7 @@ cdef extern from "wal.h" nogil:
 
     int FA_FAULT_WRITE
     int FA_FAULT_FDATASYNC
+    int FA_FAULT_HALT
     unsigned int FA_WAL_RECORD_LIMIT
     int FA_WAL_REC_HEADER
 
