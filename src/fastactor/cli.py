@@ -9,10 +9,12 @@ import os
 import re
 import resource
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -347,12 +349,14 @@ def serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError, FastactorError) as e:
         print(f"fastactor: {e}", file=sys.stderr)
         return 2
+    sockets = _socket_dir(data, args.workers)
     cfg = {
         "dirs": dirs,
         "host": args.host,
         "port": args.port,
         "workers": args.workers,
         "data": data,
+        "sockets": sockets,
         "shards": [str(d) for d in layout.shard_dirs(Path(data))],
         "commit_window_us": args.commit_window_us,
     }
@@ -365,15 +369,36 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     sup = Supervisor(cfg)
-    if args.admin_port is not None:
-        from .server.admin import start_admin
+    try:
+        if args.admin_port is not None:
+            from .server.admin import start_admin
 
-        try:
-            start_admin(sup, args.host, args.admin_port)
-        except OSError as e:
-            print(f"fastactor: --admin-port {args.admin_port}: {e.strerror}", file=sys.stderr)
-            return 2
-    return sup.run(functions)
+            try:
+                start_admin(sup, args.host, args.admin_port)
+            except OSError as e:
+                print(f"fastactor: --admin-port {args.admin_port}: {e.strerror}", file=sys.stderr)
+                return 2
+        return sup.run(functions)
+    finally:
+        if sockets != os.path.join(data, "run"):
+            shutil.rmtree(sockets, ignore_errors=True)
+
+
+# A Unix socket's path must fit sun_path: 108 bytes on Linux, 104 on macOS, the NUL included.
+_SOCKET_PATH_MAX = 100
+
+
+def _socket_dir(data: str, workers: int) -> str:
+    """Where the workers' call sockets go: DATA/run, or, where that path is too long for a
+    Unix socket, a private directory (mode 0700) of its own in the temporary directory,
+    removed when serve exits."""
+    run = os.path.join(data, "run")
+    if len(os.fsencode(os.path.join(run, f"worker-{workers - 1}.sock"))) <= _SOCKET_PATH_MAX:
+        return run
+    base = tempfile.gettempdir()
+    if len(os.fsencode(base)) > _SOCKET_PATH_MAX - 40:
+        base = "/tmp"
+    return tempfile.mkdtemp(prefix="fastactor-", dir=base)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import resource
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -216,6 +217,33 @@ def test_sigterm_drains_exits_0_and_state_persists(
     assert s.proc.wait(60) == 0
     s2 = serve(ACCOUNT, data=tmp_path / "keep")
     assert httpx.get(f"{s2.urls[0]}/accounts/eve").json()["balance"] == 5
+
+
+def test_a_data_directory_too_deep_for_unix_sockets_serves(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    # DATA/run/worker-1.sock would not fit a Unix socket's path (108 bytes): the workers'
+    # call sockets go to a private directory of their own, removed when serve exits.
+    data = tmp_path / ("d" * 60) / ("e" * 60)
+    assert len(str(data / "run" / "worker-1.sock")) > 108
+    tmp = Path(tempfile.gettempdir())
+    before = set(tmp.glob("fastactor-*"))
+    admin = free_ports(1)
+    s = serve(ACCOUNT, data=data, extra=("--admin-port", str(admin)))
+    (url,) = s.urls
+    (sockets,) = set(tmp.glob("fastactor-*")) - before
+    assert sorted(p.name for p in sockets.iterdir()) == ["worker-0.sock", "worker-1.sock"]
+    assert sockets.stat().st_mode & 0o777 == 0o700
+    for i in range(20):  # about half of them owned by the other worker: forwarded
+        assert post(f"{url}/accounts/deep{i}/deposit", i).json()["balance"] == i
+    metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics").text
+    assert 'fastactor_http_requests_total{worker="1"}' in metrics
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(30) == 0
+    assert not sockets.exists()
+    (url,) = serve(ACCOUNT, data=data).urls
+    for i in range(20):
+        assert httpx.get(f"{url}/accounts/deep{i}").json()["balance"] == i
 
 
 def test_a_killed_worker_is_restarted_with_its_instances(serve: Callable[..., Server]) -> None:

@@ -72,7 +72,7 @@ def start_admin(sup: Any, host: str, port: int) -> ThreadingHTTPServer:
 
     def read(i: int) -> dict[str, Any] | None:
         try:
-            last[i] = ask_stats(socket_path(sup.cfg["data"], i), STATS_TIMEOUT)
+            last[i] = ask_stats(socket_path(sup.cfg["sockets"], i), STATS_TIMEOUT)
         except (OSError, ValueError):
             pass  # not answering now: what it last said, if it ever did
         return last.get(i)

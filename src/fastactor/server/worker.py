@@ -44,12 +44,13 @@ def tell(line: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def socket_path(data: str, i: int) -> str:
-    return os.path.join(data, "run", f"worker-{i}.sock")
+def socket_path(sockets: str, i: int) -> str:
+    """Worker I's call socket in SOCKETS (the supervisor's cfg["sockets"], see cli.py)."""
+    return os.path.join(sockets, f"worker-{i}.sock")
 
 
 async def serve(cfg: dict[str, Any]) -> None:
-    me, workers, data = cfg["index"], cfg["workers"], cfg["data"]
+    me, workers = cfg["index"], cfg["workers"]
     functions = [load_function(d) for d in cfg["dirs"]]
     owners = resolve(functions)
     loop = asyncio.get_running_loop()
@@ -58,7 +59,7 @@ async def serve(cfg: dict[str, Any]) -> None:
         shard.open()
     except (OSError, FastactorError) as e:  # in use, unreadable, damaged (it says where)
         raise SystemExit(f"fastactor: worker {me}: {e}") from None
-    channel = Channel([socket_path(data, i) for i in range(workers)])
+    channel = Channel([socket_path(cfg["sockets"], i) for i in range(workers)])
     local = {
         f"{acct}/{t}": shard.namespace(t if acct == "default" else f"{acct}/{t}", cls)
         for (acct, t), cls in owners.items()
@@ -79,7 +80,7 @@ async def serve(cfg: dict[str, Any]) -> None:
     for fn, env in zip(functions, envs, strict=True):
         for t in fn.owned:
             local[f"{fn.account}/{t}"].env = env
-    sock = socket_path(data, me)
+    sock = socket_path(cfg["sockets"], me)
     if os.path.exists(sock):
         os.unlink(sock)
     conns: set[HttpProtocol] = set()
