@@ -22,7 +22,7 @@ from typing import Any
 from ._version import __version__
 from .errors import FastactorError
 from .manifest import ManifestError, load_function, resolve
-from .server.http import CONNECTIONS, connection_cap
+from .server.http import CONNECTIONS, base_url, connection_cap
 from .server.layout import Layout, prepare
 
 __all__ = ["main"]
@@ -176,7 +176,7 @@ class Supervisor:
         self.ready = True
         host = self.cfg["host"]
         for i, fn in enumerate(functions):
-            print(f"{fn.name} → http://{host}:{fn.port or self.cfg['port'] + i}", flush=True)
+            print(f"{fn.name} → {base_url(host, fn.port or self.cfg['port'] + i)}", flush=True)
         started = [time.monotonic()] * len(self.procs)
         quick = [0] * len(self.procs)  # restarts in a row that died within a minute
         while not self.stopping:

@@ -674,3 +674,12 @@ def test_a_refused_upload_is_drained_so_the_client_reads_its_answer() -> None:
     data, took = uvloop.run(go())
     assert data.startswith(b"HTTP/1.1 413 ") and data.count(b"HTTP/1.1 ") == 1, data[:200]
     assert took < 2  # closed when the client closed its side, not at the 2 s limit
+
+
+def test_the_url_of_an_ipv6_listener_brackets_the_address() -> None:
+    from fastactor.server.http import base_url
+
+    assert base_url("127.0.0.1", 8787) == "http://127.0.0.1:8787"
+    assert base_url("::1", 8787) == "http://[::1]:8787"
+    r = Request("GET", base_url("::1", 8787) + "/a/b?x=1", [], b"")
+    assert (r.url, r.path, r.query) == ("http://[::1]:8787/a/b?x=1", "/a/b", {"x": "1"})

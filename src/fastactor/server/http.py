@@ -10,7 +10,20 @@ import resource
 from .._core import HttpConnection as HttpProtocol
 from .._core import encode_response
 
-__all__ = ["CONNECTIONS", "HttpProtocol", "Limits", "connection_cap", "encode_response"]
+__all__ = [
+    "CONNECTIONS",
+    "HttpProtocol",
+    "Limits",
+    "base_url",
+    "connection_cap",
+    "encode_response",
+]
+
+
+def base_url(host: str, port: int) -> str:
+    """The URL of a listener on HOST:PORT; an IPv6 address goes in brackets (RFC 3986)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
 
 CONNECTIONS = 10_000  # a worker's connections, by default, before it answers 503
 

@@ -29,7 +29,7 @@ from .._core import Shard
 from ..errors import FastactorError
 from ..manifest import load_function, resolve
 from ..runtime import Env
-from .http import HttpProtocol, Limits, connection_cap
+from .http import HttpProtocol, Limits, base_url, connection_cap
 from .ipc import Channel, RoutedNamespace, serve_calls
 
 log = logging.getLogger("fastactor.worker")
@@ -103,7 +103,7 @@ async def serve(cfg: dict[str, Any]) -> None:
     servers = []
     for i, (fn, env) in enumerate(zip(functions, envs, strict=True)):
         port = fn.port or cfg["port"] + i
-        base = f"http://{cfg['host']}:{port}"
+        base = base_url(cfg["host"], port)
 
         def factory(fn: Any = fn, env: Any = env, base: str = base) -> HttpProtocol:
             return HttpProtocol(fn.fetch, env, limits, base, conns, counters)
