@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import math
 import os
 import re
 import resource
@@ -450,8 +451,23 @@ def actors(args: argparse.Namespace) -> int:
             alarm = stored.pop(STORAGE_ALARM_KEY, None)
             if alarm is not None:
                 shown["alarm"] = alarm  # ms since the epoch
-            print(json.dumps(shown, default=repr))
+            print(json.dumps(_as_json(shown)))
     return 0
+
+
+def _as_json(v: Any) -> Any:
+    """V as strict JSON can hold it: dicts (a key that is not a str as its repr), lists (and
+    tuples), str, int, bool, None and finite floats as they are; anything else (bytes, sets,
+    dates, NaN, ...) as its repr."""
+    if v is None or isinstance(v, (str, bool, int)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else repr(v)
+    if isinstance(v, dict):
+        return {k if isinstance(k, str) else repr(k): _as_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_as_json(x) for x in v]
+    return repr(v)
 
 
 if __name__ == "__main__":

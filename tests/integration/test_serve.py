@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 import os
 import resource
 import signal
@@ -16,9 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvloop
 from conftest import EXAMPLES, Server, free_ports, run_cli
 
 import fastactor
+from fastactor import Runtime, StatefulActor
 
 ACCOUNT = EXAMPLES / "account"
 READONLY = EXAMPLES / "account-readonly"
@@ -447,6 +451,41 @@ def test_actors_commands_show_what_is_stored(serve: Callable[..., Server], tmp_p
         assert s.proc.wait(60) == 0
     assert run_cli("actors", "instances", "Nope", "--data", str(data)).returncode == 1
     assert run_cli("actors", "list", "--data", str(tmp_path / "missing")).returncode == 2
+
+
+class Odd(StatefulActor):
+    async def fill(self) -> None:
+        s = self.ctx.storage
+        await s.put("bytes", b"\x00\xff")
+        await s.put("nan", float("nan"))
+        await s.put("keys", {(1, 2): "tuple key", 3: [float("inf"), (4, "x")], "k": {5}})
+        await s.put("when", datetime.date(2026, 11, 24))
+        await s.put("plain", {"a": [1, 2.5, None, True]})
+
+
+def test_inspect_prints_strict_json_whatever_is_stored(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with Runtime(tmp_path / "rt", [Odd]) as rt:
+            await rt.namespace("Odd").id_from_name("o").fill()
+
+    uvloop.run(go())
+    p = run_cli("actors", "inspect", "Odd", "--data", str(tmp_path / "rt"))
+    assert p.returncode == 0, p.stderr
+
+    def no_constants(c: str) -> None:
+        raise AssertionError(f"not strict JSON: {c}")
+
+    shown = json.loads(p.stdout, parse_constant=no_constants)
+    assert shown == {
+        "id": "o",
+        "storage": {
+            "bytes": repr(b"\x00\xff"),
+            "keys": {"(1, 2)": "tuple key", "3": ["inf", [4, "x"]], "k": "{5}"},
+            "nan": "nan",
+            "plain": {"a": [1, 2.5, None, True]},
+            "when": "datetime.date(2026, 11, 24)",
+        },
+    }
 
 
 def test_other_worker_counts_move_the_instances(
