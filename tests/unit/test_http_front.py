@@ -307,9 +307,29 @@ def test_headers_and_responses() -> None:
         Request("GET", "http://t/", body=5)
     assert asyncio.run(Request("POST", "http://t/", body="é").body()) == "é".encode()
 
-    wire = encode_response(
-        Response(b"hi", 200, [("Content-Length", "99"), ("X-Bad", "a\r\nInjected: 1")]), True
-    )
+    # Headers no HTTP message can carry are refused where user code gives them.
+    for name, value in (
+        ("X-Bad", "a\r\nInjected: 1"),
+        ("X-Nul", "a\x00"),
+        ("X-Euro", "\u20ac"),
+        ("bad name", "v"),
+        ("x:y", "v"),
+        ("", "v"),
+    ):
+        with pytest.raises(ValueError):
+            Response(b"hi", 200, {name: value})
+        with pytest.raises(ValueError):
+            Response.json({}, headers=[(name, value)])
+        with pytest.raises(ValueError):
+            Request("GET", "http://t/", {name: value})
+    assert Headers({"X-Num": 1, "X-Pad": "  v\t"}).raw() == [("X-Num", "1"), ("X-Pad", "v")]
+    assert Response(b"", headers={"X-Latin": "caf\xe9"}).headers["x-latin"] == "caf\xe9"
+    # A str body is text, as in the Fetch API, unless the response names its type.
+    assert Response("é").headers.raw() == [("content-type", "text/plain; charset=utf-8")]
+    assert Response("<p>", headers={"Content-Type": "text/html"}).headers.raw() == [
+        ("Content-Type", "text/html")
+    ]
+    wire = encode_response(Response(b"hi", 200, [("Content-Length", "99")]), True)
     assert _undated(wire, 1) == (
         b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
         b"content-length: 2\r\nconnection: keep-alive\r\n\r\nhi"

@@ -56,7 +56,7 @@ cdef class Headers:
             pairs = list(items.items())
         else:
             pairs = list(items)
-        self._items = [(str(k), str(v)) for k, v in pairs]
+        self._items = [_header_field(k, v) for k, v in pairs]
 
     cdef dict index(self):
         cdef dict ix = self._index
@@ -116,6 +116,25 @@ cdef class Headers:
 
 
 collections.abc.Mapping.register(Headers)
+
+
+cdef object _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
+cdef object _BAD_VALUE = re.compile(r"[\r\n\x00]|[^\x00-\xff]").search
+
+
+cdef tuple _header_field(object name, object value):
+    """A header given by user code, as (name, value) strs: the name an HTTP token, the value
+    without surrounding blanks; ValueError for what no HTTP message can carry (a line break
+    or NUL, a character above U+00FF), as the Fetch API's Headers refuses it."""
+    cdef str k = str(name)
+    cdef str v = str(value).strip(" \t")
+    if _TOKEN(k) is None:
+        raise ValueError(f"{k!r} is not an HTTP header name (a token: letters, digits and "
+                         "!#$%&'*+-.^_`|~)")
+    if _BAD_VALUE(v) is not None:
+        raise ValueError(f"the value of header {k!r} holds a line break, a NUL or a "
+                         f"character above U+00FF: {v!r:.80}")
+    return (k, v)
 
 
 cdef inline Headers _headers_of(list items):
@@ -277,11 +296,15 @@ cdef class Response:
     cdef public object headers
 
     def __init__(self, body=b"", status=200, headers=None):
+        _check_status(status)
+        self.status = status
+        if type(body) is str:            # text, as the Fetch API's Response types it
+            self.body = (<str>body).encode("utf-8")
+            self.headers = _with_type(headers, _TEXT_HEADERS)
+            return
         if type(body) is not bytes:
             body = _body_bytes(body, "Response")
-        _check_status(status)
         self.body = body
-        self.status = status
         self.headers = _as_headers(headers)
 
     @staticmethod
