@@ -306,6 +306,15 @@ def test_headers_and_responses() -> None:
     with pytest.raises(TypeError):
         Request("GET", "http://t/", body=5)
     assert asyncio.run(Request("POST", "http://t/", body="é").body()) == "é".encode()
+    # text() and json() read the body as the Fetch API does: no byte order mark, and text()
+    # never raises on a client's bytes (an invalid sequence is U+FFFD).
+    odd = Request("POST", "http://t/", body=b"\xef\xbb\xbfa\xffb")
+    assert asyncio.run(odd.text()) == "a\ufffdb"
+    assert asyncio.run(Request("POST", "http://t/", body=b'\xef\xbb\xbf{"a": 1}').json()) == {
+        "a": 1
+    }
+    with pytest.raises(ValueError):
+        asyncio.run(Request("POST", "http://t/", body=b'{"a": "\xff"}').json())
 
     # Headers no HTTP message can carry are refused where user code gives them.
     for name, value in (

@@ -118,6 +118,7 @@ cdef class Headers:
 collections.abc.Mapping.register(Headers)
 
 
+cdef bytes _BOM = b"\xef\xbb\xbf"
 cdef object _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
 cdef object _BAD_VALUE = re.compile(r"[\r\n\x00]|[^\x00-\xff]").search
 
@@ -221,11 +222,20 @@ cdef class Request:
         return self._body
 
     async def text(self):
-        return self._body.decode("utf-8")
+        """The body as UTF-8, as the Fetch API's text() reads it: a leading byte order mark
+        dropped, each invalid sequence U+FFFD (so a client's bytes never make it raise)."""
+        cdef bytes b = self._body
+        if b.startswith(_BOM):
+            b = b[3:]
+        return b.decode("utf-8", "replace")
 
     async def json(self):
-        """The body parsed as JSON; a ValueError if it is not JSON."""
-        return _json_decode(self._body)
+        """The body parsed as JSON (a leading byte order mark dropped); a ValueError if it
+        is not JSON."""
+        cdef bytes b = self._body
+        if b.startswith(_BOM):
+            b = b[3:]
+        return _json_decode(b)
 
     def __repr__(self):
         return f"<Request {self.method} {self.url}>"
