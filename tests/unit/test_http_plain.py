@@ -129,6 +129,8 @@ VALUES = [
     b"x" * 300,
 ]
 EOLS = [b"\r\n"] * 8 + [b"\n", b"\r"]
+# Request.url is "http://" and the Host where that is a plain authority, else the listener's.
+HOSTS = [b"t", b"t", b"example.com:8080", b"[::1]:80", b"a/b", b"u@h", b"", b"h\xe9", b"x?y"]
 
 
 @st.composite
@@ -137,7 +139,7 @@ def requests(draw: Any) -> bytes:
     out = draw(st.sampled_from(METHODS)) + draw(st.sampled_from([b" ", b" ", b"  "]))
     out += draw(st.sampled_from(TARGETS)) + b" " + draw(st.sampled_from(VERSIONS)) + draw(eol)
     if draw(st.booleans()):
-        out += b"Host: t" + draw(eol)
+        out += b"Host: " + draw(st.sampled_from(HOSTS)) + draw(eol)
     for _ in range(draw(st.integers(0, 4))):
         out += draw(st.sampled_from(NAMES)) + b":" + draw(st.sampled_from([b" ", b""]))
         out += draw(st.sampled_from(VALUES)) + draw(eol)
@@ -226,3 +228,21 @@ def test_bytes_after_a_request_that_closes_get_a_fin_not_a_reset(plain: bool, sp
         t, p = uvloop.run(run())
     assert t.eof and not t.closed and p.counters["requests"] == 1
     assert bytes(t.out).count(b"HTTP/1.1 200 OK") == 1 and b"/never" not in bytes(t.out)
+
+
+@pytest.mark.parametrize("plain", [True, False])
+def test_the_url_names_the_host_the_client_asked_for(plain: bool) -> None:
+    hosts = [b"api.example.com", b"api.example.com", b"[::1]:8080", b"a/b", b"u@h", b"h\xe9"]
+    chunks = [b"GET /p?q=1 HTTP/1.1\r\nHost: " + h + b"\r\n\r\n" for h in hosts]
+    chunks.append(b"GET /last HTTP/1.0\r\n\r\n")  # no Host: the listener's address
+    out = serve(chunks, plain)[0]
+    urls = re.findall(rb'"url":"([^"]*)"', out)
+    assert urls == [
+        b"http://api.example.com/p?q=1",
+        b"http://api.example.com/p?q=1",
+        b"http://[::1]:8080/p?q=1",
+        b"http://t/p?q=1",
+        b"http://t/p?q=1",
+        b"http://t/p?q=1",
+        b"http://t/last",
+    ]

@@ -181,7 +181,8 @@ cdef bytes _body_bytes(object body, str what):
 
 cdef class Request:
     """An HTTP request: ``method``, ``url``, ``path``, ``query`` (last value wins),
-    ``headers`` (case-insensitive) and the body through ``await body()/text()/json()``."""
+    ``headers`` (case-insensitive) and the body through ``await body()/text()/json()``. From
+    the server, ``url`` is "http://", the request's Host and its target."""
 
     cdef readonly str method
     cdef readonly str url
@@ -636,6 +637,13 @@ cdef inline bint _lower_is(const unsigned char* p, Py_ssize_t n, const char* low
     return True
 
 
+cdef unsigned char _AUTHORITY[256]     # the bytes of a Host taken into Request.url
+for _c in range(256):
+    _AUTHORITY[_c] = chr(_c) in (
+        "-._~!$&'()*+,;=:[]%0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+del _c
+
+
 cdef str _plain_method(const unsigned char* p, Py_ssize_t n):
     if n == 3:
         if memcmp(p, b"GET", 3) == 0:
@@ -670,6 +678,8 @@ cdef class HttpConnection:
     cdef readonly object transport
     cdef object parser
     cdef readonly str base_url
+    cdef bytes host_seen             # the Host of the last request that named a usable one
+    cdef str host_base               # "http://" and it: the base of that request's URL
     cdef object context              # the server's context: each fetch runs in a copy
     cdef set conns
     cdef readonly dict counters
@@ -1048,13 +1058,38 @@ cdef class HttpConnection:
         cdef Response resp = None
         body = (b"" if not self.body else self.body[0] if len(self.body) == 1
                 else b"".join(self.body))
+        cdef bytes host
+        base = self.base_url
+        for k, v in self.headers:
+            if len(<str>k) == 4 and (<str>k).lower() == "host":
+                host = (<str>v).encode("latin-1")
+                base = self._base(<const unsigned char*>PyBytes_AS_STRING(host),
+                                  PyBytes_GET_SIZE(host))
+                break
         try:
-            req = _wire_request(method, self.base_url, (<bytes>raw).decode("utf-8"),
+            req = _wire_request(method, base, (<bytes>raw).decode("utf-8"),
                                 self.headers, body)
         except (UnicodeDecodeError, ValueError) as e:
             resp = _error_response(400, f"bad request target: {e}")
         self._reset()
         self._queue(req, resp, keep)
+
+    cdef str _base(self, const unsigned char* host, Py_ssize_t n):
+        """The base of a request's URL: "http://" and its Host, if that is a plain authority
+        (host, port, IPv6 literal: no "/", "?", "#", "@", blank or non-ASCII byte), else the
+        listener's address. A connection's requests name the same Host: the last is kept."""
+        cdef Py_ssize_t k
+        if (self.host_seen is not None and PyBytes_GET_SIZE(self.host_seen) == n
+                and memcmp(PyBytes_AS_STRING(self.host_seen), host, n) == 0):
+            return self.host_base
+        if n == 0 or n > 255:
+            return self.base_url
+        for k in range(n):
+            if not _AUTHORITY[host[k]]:
+                return self.base_url
+        self.host_seen = PyBytes_FromStringAndSize(<const char*>host, n)
+        self.host_base = "http://" + PyUnicode_DecodeASCII(<const char*>host, n, NULL)
+        return self.host_base
 
     cdef void _queue(self, Request req, Response resp, bint keep) except *:
         if self.closing:
@@ -1077,7 +1112,7 @@ cdef class HttpConnection:
         path accepts only requests httptools reads the same way, and refuses none."""
         cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-        cdef Py_ssize_t pos = 0, i, j, t0, t1, h0, k0, k1, v0, v1, size, length
+        cdef Py_ssize_t pos = 0, i, j, t0, t1, h0, k0, k1, v0, v1, size, length, hv0 = 0, hv1 = 0
         cdef int hosts
         cdef bint keep, has_length
         cdef str method
@@ -1134,6 +1169,8 @@ cdef class HttpConnection:
                     return pos
                 if k1 - k0 == 4 and _lower_is(b + k0, 4, b"host"):
                     hosts += 1
+                    hv0 = v0
+                    hv1 = v1
                 elif k1 - k0 == 14 and _lower_is(b + k0, 14, b"content-length"):
                     if has_length or v1 == v0 or v1 - v0 > 15:
                         return pos
@@ -1160,8 +1197,9 @@ cdef class HttpConnection:
             body = PyBytes_FromStringAndSize(<const char*>b + i, length) if length else b""
             i += length
             self._queue(_wire_request(
-                method, self.base_url, PyUnicode_DecodeASCII(<const char*>b + t0, t1 - t0, NULL),
-                lines, body), None, keep)
+                method, self._base(b + hv0, hv1 - hv0),
+                PyUnicode_DecodeASCII(<const char*>b + t0, t1 - t0, NULL), lines, body),
+                None, keep)
             pos = i
             if not keep:
                 self.ended = True      # what follows a request that closes is no request
