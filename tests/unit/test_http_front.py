@@ -349,6 +349,49 @@ def test_headers_and_responses() -> None:
     )
 
 
+def test_response_headers_change_in_place_and_shared_ones_never() -> None:
+    from fastactor.http import Headers
+    from fastactor.server.http import encode_response
+
+    r = Response.json({"a": 1})
+    r.headers.set("Cache-Control", "no-store")
+    r.headers.append("Set-Cookie", "a=1")
+    r.headers["set-cookie"] = "b=2"  # set: in place of every value
+    r.headers.append("Set-Cookie", "c=3")
+    r.headers["X-Gone"] = "x"
+    del r.headers["x-gone"]
+    r.headers.delete("not-there")
+    with pytest.raises(KeyError):
+        del r.headers["not-there"]
+    with pytest.raises(ValueError):
+        r.headers.set("bad name", "v")
+    assert r.headers.raw() == [
+        ("content-type", "application/json"),
+        ("Cache-Control", "no-store"),
+        ("set-cookie", "b=2"),
+        ("Set-Cookie", "c=3"),
+    ]
+    assert r.headers["SET-COOKIE"] == "b=2, c=3"
+    assert _undated(encode_response(r, True), 1) == (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nCache-Control: no-store\r\n"
+        b"set-cookie: b=2\r\nSet-Cookie: c=3\r\ncontent-length: 7\r\n"
+        b'connection: keep-alive\r\n\r\n{"a":1}'
+    )
+    # Response.json and text share their header objects: changing one response's headers
+    # never reaches another's.
+    for make in (lambda: Response.json({}), lambda: Response.text("t"), lambda: Response(b"")):
+        a, b = make(), make()
+        a.headers["X-A"] = "1"
+        assert "x-a" not in b.headers and "x-a" not in make().headers
+    r.headers = {"X-New": "n"}
+    assert r.headers.raw() == [("X-New", "n")]
+    with pytest.raises(ValueError):
+        r.headers = {"X-Bad": "a\r\nb"}
+    h = Headers({"A": "1"})
+    h["b"] = 2
+    assert dict(h) == {"a": "1", "b": "2"}
+
+
 @pytest.mark.parametrize("body", [b"", b"x", b"0123456789", b"{}" * 70_000])
 @pytest.mark.parametrize("status", [200, 201, 404, 500, 204, 304])
 def test_json_and_text_answers_are_the_bytes_any_answer_would_be(body: bytes, status: int) -> None:

@@ -188,7 +188,7 @@ cdef class _Reply:
             if self.fetch:
                 if isinstance(value, Response):
                     r = <Response>value
-                    value = [r.status, [[k, v] for k, v in _as_headers(r.headers)._items],
+                    value = [r.status, [[k, v] for k, v in r._headers._items],
                              r.body]
                     msg = [self.call_id, True, value]
                 else:

@@ -41,11 +41,13 @@ cdef dict _METHODS = {}              # method bytes from the parser -> str
 
 @cython.final
 cdef class Headers:
-    """Case-insensitive, read-only view of HTTP headers; a repeated header's values are
-    joined with ", " (``getall`` gives them one by one)."""
+    """Case-insensitive HTTP headers; a repeated header's values are joined with ", "
+    (``getall`` gives them one by one). ``set``, ``append`` and ``delete`` (or ``h[name] =
+    value`` and ``del h[name]``) change them, as on a Fetch API Headers object."""
 
     cdef list _items                 # [(name, value)] as given
     cdef dict _index                 # lower-case name -> [values], built on first lookup
+    cdef bint frozen                 # shared by many responses (Response.json's): no changes
 
     def __init__(self, items=None):
         if items is None:
@@ -111,6 +113,39 @@ cdef class Headers:
         """The headers as given: a list of (name, value)."""
         return list(self._items)
 
+    cdef void _changing(self) except *:
+        if self.frozen:
+            raise TypeError("these headers are shared and can not be changed")
+        self._index = None
+
+    def set(self, name, value):
+        """NAME's value becomes VALUE, in place of every value it had."""
+        field = _header_field(name, value)
+        self._changing()
+        lk = (<str>field[0]).lower()
+        self._items = [f for f in self._items if (<str>f[0]).lower() != lk]
+        self._items.append(field)
+
+    def append(self, name, value):
+        """Adds a value of NAME after those it has."""
+        field = _header_field(name, value)
+        self._changing()
+        self._items.append(field)
+
+    def delete(self, str name):
+        """Removes every value of NAME (none: nothing happens)."""
+        self._changing()
+        lk = name.lower()
+        self._items = [f for f in self._items if (<str>f[0]).lower() != lk]
+
+    def __setitem__(self, name, value):
+        self.set(name, value)
+
+    def __delitem__(self, str name):
+        if name.lower() not in self.index():
+            raise KeyError(name)
+        self.delete(name)
+
     def __repr__(self):
         return f"Headers({self._items!r})"
 
@@ -148,6 +183,7 @@ cdef inline Headers _headers_of(list items):
 cdef Headers _JSON_HEADERS = _headers_of([("content-type", "application/json")])
 cdef Headers _TEXT_HEADERS = _headers_of([("content-type", "text/plain; charset=utf-8")])
 cdef Headers _NO_HEADERS = _headers_of([])
+_JSON_HEADERS.frozen = _TEXT_HEADERS.frozen = _NO_HEADERS.frozen = True
 
 
 cdef Headers _as_headers(object headers):
@@ -304,19 +340,30 @@ cdef class Response:
 
     cdef public bytes body
     cdef public int status
-    cdef public object headers
+    cdef Headers _headers            # a frozen one is shared: .headers gives a copy of it
 
     def __init__(self, body=b"", status=200, headers=None):
         _check_status(status)
         self.status = status
         if type(body) is str:            # text, as the Fetch API's Response types it
             self.body = (<str>body).encode("utf-8")
-            self.headers = _with_type(headers, _TEXT_HEADERS)
+            self._headers = _with_type(headers, _TEXT_HEADERS)
             return
         if type(body) is not bytes:
             body = _body_bytes(body, "Response")
         self.body = body
-        self.headers = _as_headers(headers)
+        self._headers = _as_headers(headers)
+
+    @property
+    def headers(self):
+        """The response's Headers, which may be changed in place."""
+        if self._headers.frozen:
+            self._headers = _headers_of(list(self._headers._items))
+        return self._headers
+
+    @headers.setter
+    def headers(self, value):
+        self._headers = _as_headers(value)
 
     @staticmethod
     def json(obj, status=200, headers=None):
@@ -324,7 +371,7 @@ cdef class Response:
         cdef Response r = Response.__new__(Response)
         r.body = _json_encode(obj)
         r.status = status
-        r.headers = _with_type(headers, _JSON_HEADERS)
+        r._headers = _with_type(headers, _JSON_HEADERS)
         return r
 
     @staticmethod
@@ -333,7 +380,7 @@ cdef class Response:
         cdef Response r = Response.__new__(Response)
         r.body = s.encode("utf-8")
         r.status = status
-        r.headers = _with_type(headers, _TEXT_HEADERS)
+        r._headers = _with_type(headers, _TEXT_HEADERS)
         return r
 
     def __repr__(self):
@@ -391,7 +438,7 @@ cdef bytes _wire_response(Response r, bint keep_alive, bint head=False):
     any header with a line break in it. A Date is added unless the response has one. HEAD
     (the answer to a HEAD request) has the head of the answer to a GET, content-length
     included, and no body. 204 and 304 have neither body nor content-length (RFC 9110 8.6)."""
-    cdef Headers h = _as_headers(r.headers)
+    cdef Headers h = r._headers
     cdef bytes body = r.body
     cdef list out
     cdef bint bare = r.status == 204 or r.status == 304
