@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -391,14 +393,25 @@ _SOCKET_PATH_MAX = 100
 
 def _socket_dir(data: str, workers: int) -> str:
     """Where the workers' call sockets go: DATA/run, or, where that path is too long for a
-    Unix socket, a private directory (mode 0700) of its own in the temporary directory,
-    removed when serve exits."""
+    Unix socket, a private directory (mode 0700) in the temporary directory, removed when
+    serve exits. Its name is fixed by DATA and the user, so one left by a serve that was
+    killed is taken again rather than another made; one that is not this user's own private
+    directory is left alone."""
     run = os.path.join(data, "run")
     if len(os.fsencode(os.path.join(run, f"worker-{workers - 1}.sock"))) <= _SOCKET_PATH_MAX:
         return run
     base = tempfile.gettempdir()
-    if len(os.fsencode(base)) > _SOCKET_PATH_MAX - 40:
+    if len(os.fsencode(base)) > _SOCKET_PATH_MAX - 60:
         base = "/tmp"
+    digest = hashlib.sha256(os.fsencode(data)).hexdigest()[:16]
+    path = os.path.join(base, f"fastactor-{os.getuid()}-{digest}")
+    try:
+        os.mkdir(path, 0o700)
+        return path
+    except FileExistsError:
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077:
+            return path
     return tempfile.mkdtemp(prefix="fastactor-", dir=base)
 
 

@@ -236,6 +236,7 @@ def test_a_data_directory_too_deep_for_unix_sockets_serves(
     s = serve(ACCOUNT, data=data, extra=("--admin-port", str(admin)))
     (url,) = s.urls
     (sockets,) = set(tmp.glob("fastactor-*")) - before
+    assert sockets.name.startswith(f"fastactor-{os.getuid()}-")
     assert sorted(p.name for p in sockets.iterdir()) == ["worker-0.sock", "worker-1.sock"]
     assert sockets.stat().st_mode & 0o777 == 0o700
     for i in range(20):  # about half of them owned by the other worker: forwarded
@@ -245,9 +246,20 @@ def test_a_data_directory_too_deep_for_unix_sockets_serves(
     s.proc.send_signal(signal.SIGTERM)
     assert s.proc.wait(30) == 0
     assert not sockets.exists()
-    (url,) = serve(ACCOUNT, data=data).urls
+    # After a kill -9 the directory stays; the next serve of DATA takes it again.
+    s = serve(ACCOUNT, data=data)
+    (url,) = s.urls
     for i in range(20):
         assert httpx.get(f"{url}/accounts/deep{i}").json()["balance"] == i
+    os.killpg(s.proc.pid, signal.SIGKILL)
+    s.proc.wait(30)
+    assert sockets.exists()
+    s = serve(ACCOUNT, data=data)
+    assert set(tmp.glob("fastactor-*")) - before == {sockets}
+    assert httpx.get(f"{s.urls[0]}/accounts/deep3").json()["balance"] == 3
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(30) == 0
+    assert not sockets.exists()
 
 
 def test_a_killed_worker_is_restarted_with_its_instances(serve: Callable[..., Server]) -> None:
