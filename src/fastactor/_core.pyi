@@ -176,6 +176,8 @@ class Shard:
 PARTITIONS: int
 STATS_KIND: int
 
+def encode_frame(msg: object) -> bytes: ...
+
 _HeaderInit = Mapping[str, str] | Iterable[tuple[str, str]] | None
 
 class Headers(Mapping[str, str]):

@@ -107,6 +107,15 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
             p.stdout.close()
 
 
+def function_dir(parent: Path, name: str, app: str) -> Path:
+    """A function directory PARENT/NAME whose app.py is APP (a manifest with no actors)."""
+    d = parent / name
+    d.mkdir()
+    (d / "fastactor.toml").write_text(f'name = "{name}"\nmain = "app.py"\n')
+    (d / "app.py").write_text(app)
+    return d
+
+
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["fastactor", *args], capture_output=True, text=True, timeout=timeout)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvloop
-from conftest import EXAMPLES, Server, free_ports, run_cli
+from conftest import EXAMPLES, Server, free_ports, function_dir, run_cli
 
 import fastactor
 from fastactor import Runtime, StatefulActor
@@ -385,16 +385,15 @@ def test_admin_port_health_and_metrics(serve: Callable[..., Server]) -> None:
 def test_metrics_of_a_worker_stuck_in_a_call_are_its_last_counters(
     serve: Callable[..., Server], tmp_path: Path
 ) -> None:
-    d = tmp_path / "stuck"
-    d.mkdir()
-    (d / "fastactor.toml").write_text('name = "stuck"\nmain = "app.py"\n')
-    (d / "app.py").write_text(
+    d = function_dir(
+        tmp_path,
+        "stuck",
         "import time\n"
         "from fastactor import Response\n"
         "async def fetch(request, env):\n"
         "    if request.path == '/block':\n"
         "        time.sleep(3)  # holds the worker's event loop\n"
-        "    return Response.text('ok')\n"
+        "    return Response.text('ok')\n",
     )
     admin = free_ports(1)
     (url,) = serve(d, workers=1, extra=("--admin-port", str(admin))).urls
@@ -419,10 +418,9 @@ def test_metrics_of_a_worker_stuck_in_a_call_are_its_last_counters(
 def test_fetch_errors_and_timeouts_become_statuses(
     serve: Callable[..., Server], tmp_path: Path
 ) -> None:
-    d = tmp_path / "slow"
-    d.mkdir()
-    (d / "fastactor.toml").write_text('name = "slow"\nmain = "app.py"\n')
-    (d / "app.py").write_text(
+    d = function_dir(
+        tmp_path,
+        "slow",
         "import asyncio\n"
         "from fastactor import Response\n"
         "async def fetch(request, env):\n"
@@ -430,7 +428,7 @@ def test_fetch_errors_and_timeouts_become_statuses(
         "        raise KeyError('secret detail')\n"
         "    if request.path == '/slow':\n"
         "        await asyncio.sleep(float(request.query['t']))\n"
-        "    return Response.text('ok')\n"
+        "    return Response.text('ok')\n",
     )
     import fastactor.server.http as h
 

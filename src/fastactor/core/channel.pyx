@@ -49,6 +49,11 @@ cdef bytes _frame(object msg):
     return out
 
 
+def encode_frame(msg):
+    """MSG as one channel frame, for a client that is not a worker (server/ipc.ask_stats)."""
+    return _frame(msg)
+
+
 cdef list _error_tuple(object e):
     remote = getattr(e, "remote_type", type(e).__name__)
     return [type(e).__name__, str(e), remote if type(remote) is str else type(e).__name__]

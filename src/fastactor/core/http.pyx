@@ -154,8 +154,23 @@ collections.abc.Mapping.register(Headers)
 
 
 cdef bytes _BOM = b"\xef\xbb\xbf"
-cdef object _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
 cdef object _BAD_VALUE = re.compile(r"[\r\n\x00]|[^\x00-\xff]").search
+cdef unsigned char _TCHAR[256]        # RFC 9110 5.6.2: the bytes of a token (header names)
+for _c in range(256):
+    _TCHAR[_c] = chr(_c) in (
+        "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+del _c
+
+
+cdef bint _is_token(str s):
+    """S is an HTTP token (a header name): one or more _TCHAR characters."""
+    cdef Py_UCS4 ch
+    if not s:
+        return False
+    for ch in s:
+        if ch > 255 or not _TCHAR[ch]:
+            return False
+    return True
 
 
 cdef tuple _header_field(object name, object value):
@@ -164,7 +179,7 @@ cdef tuple _header_field(object name, object value):
     or NUL, a character above U+00FF), as the Fetch API's Headers refuses it."""
     cdef str k = str(name)
     cdef str v = str(value).strip(" \t")
-    if _TOKEN(k) is None:
+    if not _is_token(k):
         raise ValueError(f"{k!r} is not an HTTP header name (a token: letters, digits and "
                          "!#$%&'*+-.^_`|~)")
     if _BAD_VALUE(v) is not None:
@@ -666,13 +681,6 @@ def _plain_parsing(on=None):
     if on is not None:
         _PLAIN = bool(on)
     return _PLAIN
-
-
-cdef unsigned char _TCHAR[256]        # RFC 9110 5.6.2: the bytes of a token (header names)
-for _c in range(256):
-    _TCHAR[_c] = chr(_c) in (
-        "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-del _c
 
 
 cdef inline bint _lower_is(const unsigned char* p, Py_ssize_t n, const char* lower):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,7 @@ from .._core import (
     RemoteStub,
     RoutedNamespace,
     decode_value,
-    encode_value,
+    encode_frame,
 )
 
 __all__ = [
@@ -81,8 +80,7 @@ def ask_stats(path: str, timeout: float) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(path)
-        body = encode_value([1, "", "", STATS_KIND, "stats", [], None])
-        s.sendall(struct.pack(">I", len(body)) + body)
+        s.sendall(encode_frame([1, "", "", STATS_KIND, "stats", [], None]))
         buf = bytearray()
         need = 4
         while len(buf) < need:
