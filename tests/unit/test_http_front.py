@@ -253,7 +253,6 @@ def test_request_from_the_wire_matches_request_from_a_url() -> None:
         "/a#f?x",
         "//double/slash",
         "/%20sp?q=%20",
-        "*",
         "http://other:9/p?q=1",
     ]
     got: list[tuple[str, str, dict[str, str], str]] = []
@@ -658,6 +657,41 @@ def test_host_headers_and_unknown_methods_are_refused() -> None:
     assert seen == ["/c", "/d"]
 
 
+def test_request_targets_other_than_a_path_or_url_never_reach_fetch() -> None:
+    seen: list[str] = []
+
+    async def fetch(req: Request, env: Any) -> Response:
+        seen.append(f"{req.method} {req.url}")
+        return Response.text("ok")
+
+    def serve(payload: bytes) -> bytes:
+        return uvloop.run(_serve_once(fetch, Limits(), payload))
+
+    # CONNECT (authority form or not) asks for a tunnel: 501, and the connection ends there.
+    for target in (b"example.com:443", b"/x"):
+        data = serve(b"CONNECT " + target + b" HTTP/1.1\r\nHost: example.com:443\r\n\r\nxx")
+        assert data.startswith(b"HTTP/1.1 501 Not Implemented\r\n"), data
+        assert b"CONNECT is not supported" in data and data.count(b"HTTP/1.1 ") == 1
+    # OPTIONS * is about the server as a whole: the front answers it, the stream goes on.
+    data = serve(
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    )
+    first, _, rest = data.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 204 No Content\r\n"), data
+    assert b"\r\nallow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS" in first
+    assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(b"ok")
+    # Any other method with *, or a URL of another scheme: 400, a refusal like any other.
+    for line in (b"GET * HTTP/1.1", b"GET ftp://a/x HTTP/1.1", b"GET http://u:p@a/ HTTP/1.1"):
+        data = serve(line + b"\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert data.startswith(b"HTTP/1.1 400 "), data
+        assert data.count(b"HTTP/1.1 ") == 1
+    # The absolute form is a URL; scheme and host are case-insensitive, the rest is not.
+    data = serve(b"GET HTTP://Example.org/P?Q=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert seen == ["GET http://a/after", "GET http://example.org/P?Q=1"]
+
+
 def test_an_upgrade_is_ignored_and_the_stream_stays_in_step() -> None:
     async def fetch(req: Request, env: Any) -> Response:
         return Response(f"{req.method} {req.path} {await req.text()}".encode())
@@ -716,9 +750,9 @@ def test_an_upgrade_is_ignored_and_the_stream_stays_in_step() -> None:
         b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
     )
     assert serve([chunked]).startswith(b"HTTP/1.1 400 ")
-    # CONNECT: answered by fetch, and the bytes after it (a tunnel's) are never parsed.
+    # CONNECT: refused (no tunnels), and the bytes after it (a tunnel's) are never parsed.
     data = serve([b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n\x16\x03\x01 not http"])
-    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.count(b"HTTP/1.1 ") == 1
+    assert data.startswith(b"HTTP/1.1 501 ") and data.count(b"HTTP/1.1 ") == 1
     assert b"connection: close" in data
 
 

@@ -318,12 +318,21 @@ cdef list _header_lines(bytes lines):
 
 cdef Request _wire_request(str method, str base, str target, object headers, bytes body):
     """A request as the parser saw it. TARGET is the decoded request target; the origin form
-    ("/path?query") is split here, anything else goes through urlsplit."""
+    ("/path?query") is split here, the absolute form (an http or https URL) goes through
+    Request's own parsing, and any other form is a ValueError."""
     cdef Request r
     cdef Py_ssize_t q, h
     if not target.startswith("/"):
-        url = target if target.startswith(("http://", "https://")) else base + target
-        r = Request(method, url, None, body)
+        if not target[:8].lower().startswith(("http://", "https://")):
+            raise ValueError(f"{target[:100]!r} is neither a path nor an http(s) URL")
+        q = target.find("://") + 3
+        h = q
+        while h < len(target) and target[h] not in "/?#":
+            h += 1
+        if "@" in target[q:h]:
+            raise ValueError("a request target carries no user name or password")
+        # Scheme and host are case-insensitive: lower case, as the Fetch API writes a URL.
+        r = Request(method, target[:h].lower() + target[h:], None, body)
         r._headers = headers
         return r
     r = Request.__new__(Request)
@@ -400,6 +409,10 @@ cdef class Response:
 
     def __repr__(self):
         return f"<Response {self.status} {len(self.body)} bytes>"
+
+
+# What OPTIONS * answers: the methods every function may be asked (each decides per path).
+cdef str _ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 
 cdef Response _error_response(int status, str message):
@@ -1121,11 +1134,20 @@ cdef class HttpConnection:
                 base = self._base(<const unsigned char*>PyBytes_AS_STRING(host),
                                   PyBytes_GET_SIZE(host))
                 break
-        try:
-            req = _wire_request(method, base, (<bytes>raw).decode("utf-8"),
-                                self.headers, body)
-        except (UnicodeDecodeError, ValueError) as e:
-            resp = _error_response(400, f"bad request target: {e}")
+        if method == "CONNECT":
+            resp = _error_response(501, "CONNECT is not supported: a function answers "
+                                        "requests, it opens no tunnels")
+        elif raw == b"*":                  # the asterisk form: the server as a whole
+            if method == "OPTIONS":
+                resp = Response(b"", 204, {"allow": _ALLOW})
+            else:
+                resp = _error_response(400, "the request target * is for OPTIONS only")
+        else:
+            try:
+                req = _wire_request(method, base, (<bytes>raw).decode("utf-8"),
+                                    self.headers, body)
+            except (UnicodeDecodeError, ValueError) as e:
+                resp = _error_response(400, f"bad request target: {e}")
         self._reset()
         self._queue(req, resp, keep)
 
@@ -1271,6 +1293,9 @@ cdef class HttpConnection:
         while self.queue and not self.busy:
             req_, resp, keep = self.queue.popleft()
             if req_ is None:
+                if keep and (<Response>resp).status < 400:   # the front's own (OPTIONS *)
+                    self._send(resp, True)
+                    continue
                 self._send(resp, False)
                 return
             req = <Request>req_
