@@ -1372,7 +1372,8 @@ cdef class HttpConnection:
         elif not isinstance(value, Response):
             _http_log.error("%s %s: fetch returned %r, not a Response", req.method, req.path,
                             value)
-            self._answer(_error_response(500, "fetch did not return a Response"))
+            self._answer(_error_response(
+                500, f"fetch returned {type(value).__name__}, not a Response"))
         elif (<Response>value).status < 200:
             _http_log.error("%s %s: fetch returned status %d, an interim status", req.method,
                             req.path, (<Response>value).status)
