@@ -33,3 +33,17 @@ def test_mypy_strict() -> None:
 def test_tests_import_the_installed_package() -> None:
     assert not Path(fastactor.__file__).resolve().is_relative_to(ROOT / "src")
     assert Path(fastactor._core.__file__).suffix == ".so"
+
+
+def test_lat_http_times_the_stub_call_of_the_example_it_serves(tmp_path: Path) -> None:
+    # benchmarks/lat_http.py serves examples/account with one line of its fetch timed: the
+    # edited module must still be the example, with the call wrapped (not silently untimed).
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import lat_http
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    src = lat_http.timed_app(tmp_path)
+    compile(src, "app.py", "exec")
+    assert src.count("_record(account.id, parts[2], time.perf_counter() - t0)") == 1
+    assert "class Account(StatefulActor)" in src
