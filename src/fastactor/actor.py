@@ -12,7 +12,10 @@ if TYPE_CHECKING:
     from ._core import ActorContext
     from .http import Request, Response
 
-__all__ = ["AlarmInfo", "AlarmRetry", "StatefulActor"]
+__all__ = ["AlarmInfo", "AlarmRetry", "StatefulActor", "check_actor_class"]
+
+#: The budgets an actor class may set, in seconds (SPEC §2); None keeps the runtime's.
+BUDGETS = ("method_timeout", "fetch_timeout", "alarm_timeout", "block_timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,14 @@ class StatefulActor:
     env: Any
     #: How a failing ``alarm`` is retried (default: 3 retries, 1 s apart, then deleted).
     alarm_retry: AlarmRetry = AlarmRetry()
+    #: Budgets in seconds; None keeps the runtime's (30 s each; 15 min for ``alarm``). Past
+    #: its budget a method call fails with ActorMethodTimeoutError, a ``stub.fetch`` with
+    #: ActorFetchTimeoutError, an ``alarm`` run is retried, and ``block_concurrency_while``
+    #: raises BlockConcurrencyTimeoutError and the activation is torn down.
+    method_timeout: float | None = None
+    fetch_timeout: float | None = None
+    alarm_timeout: float | None = None
+    block_timeout: float | None = None
 
     def __init__(self, ctx: ActorContext, env: Any) -> None:
         self.ctx = ctx
@@ -78,4 +89,25 @@ class StatefulActor:
         return Response.text("not found", status=404)
 
 
-_core._set_actor_base(StatefulActor, AlarmInfo, AlarmRetry)
+def check_actor_class(cls: type[StatefulActor]) -> tuple[float | None, ...]:
+    """The budgets CLS sets (None where it keeps the runtime's), in BUDGETS order; TypeError
+    or ValueError naming the class and the attribute if one of its settings is not valid."""
+    if not isinstance(getattr(cls, "alarm_retry", None), AlarmRetry):
+        raise TypeError(f"{cls.__name__}.alarm_retry must be a fastactor.AlarmRetry")
+    out: list[float | None] = []
+    for name in BUDGETS:
+        v = getattr(cls, name, None)
+        if v is not None:
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise TypeError(
+                    f"{cls.__name__}.{name} must be a number of seconds or None, not "
+                    f"{type(v).__name__}"
+                )
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{cls.__name__}.{name} must be a finite number > 0, not {v!r}")
+            v = float(v)
+        out.append(v)
+    return tuple(out)
+
+
+_core._set_actor_base(StatefulActor, AlarmInfo, AlarmRetry, check_actor_class)

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .actor import StatefulActor
+from .actor import StatefulActor, check_actor_class
 
 __all__ = ["Binding", "Function", "ManifestError", "load_function", "resolve"]
 
@@ -151,6 +151,10 @@ def resolve(functions: list[Function]) -> dict[tuple[str, str], type[StatefulAct
                     f"binding {b.binding}: type {b.type} names class "
                     f"{cls.__name__}; the class name must match the type",
                 )
+            try:
+                check_actor_class(cls)
+            except (TypeError, ValueError) as e:
+                raise _fail(fn.path, f"binding {b.binding}: type {b.type}: {e}") from None
             key = (fn.account, b.type)
             if key in owners and owners[key][1] is not cls:
                 raise _fail(

@@ -97,6 +97,21 @@ def test_startup_failures_exit_2_and_name_the_culprit(tmp_path: Path) -> None:
     (bad / "fastactor.toml").write_text('name = "Bad Name"\nmain = "app.py"\n')
     p = run_cli("serve", str(bad), "--port", port, "--data", str(tmp_path / "d"))
     assert p.returncode == 2 and "fastactor.toml" in p.stderr and "'name'" in p.stderr
+    # A setting of an actor class that is not valid stops start-up the same way, before any
+    # worker starts (it used to end in a worker's traceback and exit code 1).
+    (bad / "app.py").write_text(
+        "from fastactor import StatefulActor\n"
+        "class Thing(StatefulActor):\n"
+        "    method_timeout = '30s'\n"
+        "async def fetch(request, env): pass\n"
+    )
+    (bad / "fastactor.toml").write_text(
+        'name = "bad"\nmain = "app.py"\n[[actors]]\nbinding = "THING"\ntype = "Thing"\n'
+    )
+    p = run_cli("serve", str(bad), "--port", port, "--data", str(tmp_path / "d"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert str(bad / "fastactor.toml") in p.stderr and "binding THING: type Thing" in p.stderr
+    assert "Thing.method_timeout must be a number of seconds or None, not str" in p.stderr
     # Ports that are not TCP ports, or that two listeners would share, are usage errors.
     for args in (["--port", "70000"], ["--port", "0"], ["--admin-port", "65536"]):
         p = run_cli("serve", str(ACCOUNT), *args, "--data", str(tmp_path / "d"))

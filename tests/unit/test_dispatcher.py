@@ -274,6 +274,77 @@ def test_timed_out_turn_commits_nothing(actor_runtime: RuntimeFactory) -> None:
     run(actor_runtime, go, T, method_timeout=0.05)
 
 
+def test_a_class_sets_its_own_budgets(actor_runtime: RuntimeFactory) -> None:
+    class Quick(StatefulActor):
+        method_timeout = 0.05
+        fetch_timeout = 0.05
+        block_timeout = 0.05
+
+        async def nap(self, s: float) -> str:
+            await asyncio.sleep(s)
+            return "awake"
+
+        async def fetch(self, request: Request) -> Response:
+            await asyncio.sleep(1)
+            return Response.text("late")
+
+    class Patient(StatefulActor):  # keeps the runtime's budgets
+        async def nap(self, s: float) -> str:
+            await asyncio.sleep(s)
+            return "awake"
+
+    class SlowStart(StatefulActor):
+        block_timeout = 0.05
+
+        def __init__(self, ctx: Any, env: Any) -> None:
+            super().__init__(ctx, env)
+            ctx.block_concurrency_while(self._load)
+
+        async def _load(self) -> None:
+            await asyncio.sleep(1)
+
+        async def hi(self) -> str:
+            return "hi"
+
+    async def go(rt: Runtime) -> None:
+        assert rt.namespace("Quick").method_timeout == 0.05
+        assert rt.namespace("Patient").method_timeout == 0.5
+        quick = rt.namespace("Quick").id_from_name("q")
+        with pytest.raises(ActorMethodTimeoutError, match=r"Quick\.nap ran past 0\.05 s"):
+            await quick.nap(0.3)
+        assert await quick.nap(0) == "awake"  # the instance stays up
+        with pytest.raises(ActorFetchTimeoutError, match=r"Quick\.fetch ran past 0\.05 s"):
+            await quick.fetch(Request("GET", "http://x/"))
+        # 0.3 s is past Quick's budget, inside the runtime's 0.5 s.
+        assert await rt.namespace("Patient").id_from_name("p").nap(0.3) == "awake"
+        with pytest.raises(BlockConcurrencyTimeoutError, match=r"0\.05 s"):
+            await rt.namespace("SlowStart").id_from_name("s").hi()
+
+    run(actor_runtime, go, Quick, Patient, SlowStart, method_timeout=0.5)
+
+
+@pytest.mark.parametrize(
+    ("attr", "value", "error", "message"),
+    [
+        ("method_timeout", "5", TypeError, "Bad.method_timeout must be a number of seconds"),
+        ("fetch_timeout", True, TypeError, "Bad.fetch_timeout must be a number of seconds"),
+        ("alarm_timeout", 0, ValueError, "Bad.alarm_timeout must be a finite number > 0"),
+        ("block_timeout", float("inf"), ValueError, "Bad.block_timeout must be a finite"),
+        ("alarm_retry", 3, TypeError, "Bad.alarm_retry must be a fastactor.AlarmRetry"),
+    ],
+)
+def test_bad_class_settings_are_refused_when_the_type_is_registered(
+    actor_runtime: RuntimeFactory, attr: str, value: Any, error: type[Exception], message: str
+) -> None:
+    Bad = type("Bad", (StatefulActor,), {attr: value})
+
+    async def go(rt: Runtime) -> None:
+        raise AssertionError("the runtime started")
+
+    with pytest.raises(error, match=message):
+        run(actor_runtime, go, Bad)
+
+
 def test_fetch_and_fetch_timeout(actor_runtime: RuntimeFactory) -> None:
     class Plain(StatefulActor):
         pass

@@ -519,6 +519,11 @@ cdef class ActorNamespace:
     cdef Shard shard
     cdef dict _checked            # method name -> None (callable) or the error to raise
     cdef str _prefix
+    # The budgets of this type's turns, in seconds: its class's, else the shard's.
+    cdef readonly double method_timeout
+    cdef readonly double fetch_timeout
+    cdef readonly double alarm_timeout
+    cdef readonly double block_timeout
 
     def __cinit__(self, Shard shard, str type_name, object cls):
         self.shard = shard
@@ -568,13 +573,15 @@ cdef class ActorNamespace:
 cdef object _StatefulActorBase = object     # set by fastactor.actor at import
 cdef object _AlarmInfo = None
 cdef object _AlarmRetry = None
+cdef object _check_actor_class = None      # cls -> its budgets, or TypeError/ValueError
 
 
-def _set_actor_base(cls, alarm_info, alarm_retry):
-    global _StatefulActorBase, _AlarmInfo, _AlarmRetry
+def _set_actor_base(cls, alarm_info, alarm_retry, check_actor_class):
+    global _StatefulActorBase, _AlarmInfo, _AlarmRetry, _check_actor_class
     _StatefulActorBase = cls
     _AlarmInfo = alarm_info
     _AlarmRetry = alarm_retry
+    _check_actor_class = check_actor_class
 
 
 cdef object _alarm_log = logging.getLogger("fastactor.alarm")
@@ -729,9 +736,13 @@ cdef class Shard:
     def namespace(self, str type_name, object cls):
         if type_name in self.namespaces:
             raise ValueError(f"actor type {type_name!r} is already registered")
-        if not isinstance(getattr(cls, "alarm_retry", None), _AlarmRetry):
-            raise TypeError(f"{type_name}.alarm_retry must be a fastactor.AlarmRetry")
-        ns = self.namespaces[type_name] = ActorNamespace(self, type_name, cls)
+        method, fetch, alarm, block = _check_actor_class(cls)
+        ns = ActorNamespace(self, type_name, cls)
+        ns.method_timeout = self.method_timeout if method is None else method
+        ns.fetch_timeout = self.fetch_timeout if fetch is None else fetch
+        ns.alarm_timeout = self.alarm_timeout if alarm is None else alarm
+        ns.block_timeout = self.block_timeout if block is None else block
+        self.namespaces[type_name] = ns
         return ns
 
     # -- calls and turns ----------------------------------------------------------------------
@@ -906,10 +917,11 @@ cdef class Shard:
         t.task = self.loop.create_task(_continue(r, y, tt), name=tt.get_name(), context=ctx)
         tt.carried_by(t.task)
         t.task.add_done_callback(functools.partial(self._task_done, t))
+        cdef ActorNamespace ns = inst.ns
         t.timer = self.loop.call_later(
-            self.method_timeout if c.kind == KIND_CALL else
-            self.fetch_timeout if c.kind == KIND_FETCH else
-            self.alarm_timeout if c.kind == KIND_ALARM else self.block_timeout,
+            ns.method_timeout if c.kind == KIND_CALL else
+            ns.fetch_timeout if c.kind == KIND_FETCH else
+            ns.alarm_timeout if c.kind == KIND_ALARM else ns.block_timeout,
             self._timeout, t)
         return False
 
@@ -938,22 +950,21 @@ cdef class Shard:
             self.pump(inst, None)
 
     def _timeout(self, _Turn t):
+        cdef ActorNamespace ns = t.inst.ns
         if t.finished:
             return
         kind = t.call.kind
         if kind == KIND_CALL:
             err = ActorMethodTimeoutError(
-                f"{t.inst.ns.type_name}.{t.call.method} ran past {self.method_timeout:g} s")
+                f"{ns.type_name}.{t.call.method} ran past {ns.method_timeout:g} s")
         elif kind == KIND_FETCH:
-            err = ActorFetchTimeoutError(
-                f"{t.inst.ns.type_name}.fetch ran past {self.fetch_timeout:g} s")
+            err = ActorFetchTimeoutError(f"{ns.type_name}.fetch ran past {ns.fetch_timeout:g} s")
         elif kind == KIND_ALARM:
-            err = ActorMethodTimeoutError(
-                f"{t.inst.ns.type_name}.alarm ran past {self.alarm_timeout:g} s")
+            err = ActorMethodTimeoutError(f"{ns.type_name}.alarm ran past {ns.alarm_timeout:g} s")
         else:
             err = BlockConcurrencyTimeoutError(
-                f"block_concurrency_while of {t.inst.ns.type_name} {t.inst.name!r} ran past "
-                f"{self.block_timeout:g} s")
+                f"block_concurrency_while of {ns.type_name} {t.inst.name!r} ran past "
+                f"{ns.block_timeout:g} s")
         t.timer = None
         self.finish(t, None, err, True)
         t.task.cancel()
@@ -1094,11 +1105,12 @@ cdef class Shard:
         return self._block_inside_turn(inst, fn)
 
     async def _block_inside_turn(self, _Instance inst, fn):
+        cdef double budget = inst.ns.block_timeout
         try:
-            return await asyncio.wait_for(fn(), self.block_timeout)
+            return await asyncio.wait_for(fn(), budget)
         except asyncio.TimeoutError:
             raise BlockConcurrencyTimeoutError(
-                f"block_concurrency_while ran past {self.block_timeout:g} s") from None
+                f"block_concurrency_while ran past {budget:g} s") from None
 
     # -- alarms ------------------------------------------------------------------------------
     #
