@@ -47,3 +47,15 @@ def test_lat_http_times_the_stub_call_of_the_example_it_serves(tmp_path: Path) -
     compile(src, "app.py", "exec")
     assert src.count("_record(account.id, parts[2], time.perf_counter() - t0)") == 1
     assert "class Account(StatefulActor)" in src
+
+
+def test_alarms_http_serves_a_function_that_compiles(tmp_path: Path) -> None:
+    # benchmarks/alarms_http.py generates its function from a template (not run by pytest).
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import alarms_http
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    src = alarms_http.APP.format(example=str(ROOT / "examples/account/app.py"), out=str(tmp_path))
+    compile(src, "app.py", "exec")
+    assert "class Timer(StatefulActor)" in src and "async def fetch(request, env)" in src
