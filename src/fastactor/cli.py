@@ -41,6 +41,25 @@ def _port(text: str) -> int:
     return port
 
 
+def usable_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The CPUs serve may use, its default --workers: those of this process's affinity mask,
+    at most the CPU quota of its cgroup (CPU_MAX, cgroup v2: "QUOTA PERIOD" or "max PERIOD"),
+    as a container started with --cpus has. A 64-core host giving a container 2 CPUs gets
+    2 workers, not 64."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity masks on this platform
+        n = os.cpu_count() or 1
+    try:
+        with open(cpu_max) as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max" and int(period) > 0:
+            n = min(n, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):  # no cgroup v2 limit here, or not one we read
+        pass
+    return max(1, n)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastactor", description="Stateful actors for Python.")
     p.add_argument("--version", action="version", version=f"fastactor {__version__}")
@@ -49,7 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("dirs", nargs="*", default=["."], metavar="DIR")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=_port, default=8787)
-    s.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=usable_cpus(),
+        help="shard processes, one per core (default: the CPUs this process may use)",
+    )
     s.add_argument("--data", default="./.fastactor")
     s.add_argument(
         "--admin-port",
