@@ -477,7 +477,10 @@ def actors(args: argparse.Namespace) -> int:
         return 0
     names = sorted(name for t, name in state if t == args.type)
     if not names:
-        print(f"fastactor: no stored instances of {args.type}", file=sys.stderr)
+        # A type of another account is stored as "account/Type": name the ones that match.
+        near = sorted({t for t, _ in state if t.rpartition("/")[2] == args.type} - {args.type})
+        hint = f" (stored under another account: {', '.join(near)})" if near else ""
+        print(f"fastactor: no stored instances of {args.type}{hint}", file=sys.stderr)
         return 1
     for name in names:
         if args.what == "instances":

@@ -478,6 +478,33 @@ def test_actors_commands_show_what_is_stored(serve: Callable[..., Server], tmp_p
     assert run_cli("actors", "list", "--data", str(tmp_path / "missing")).returncode == 2
 
 
+def test_actors_commands_name_the_types_of_other_accounts(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    d = tmp_path / "acme"
+    d.mkdir()
+    (d / "app.py").write_text(
+        "from fastactor import Response, StatefulActor\n"
+        "class Widget(StatefulActor):\n"
+        "    async def set(self, v):\n"
+        "        await self.ctx.storage.put('v', v)\n"
+        "async def fetch(request, env):\n"
+        "    await env.W.id_from_name('w1').set(5)\n"
+        "    return Response.text('ok')\n"
+    )
+    (d / "fastactor.toml").write_text(
+        'name = "acme"\nmain = "app.py"\naccount = "acme"\n'
+        '[[actors]]\nbinding = "W"\ntype = "Widget"\n'
+    )
+    data = tmp_path / "data"
+    s = serve(d, data=data)
+    assert httpx.get(s.urls[0] + "/").text == "ok"
+    p = run_cli("actors", "instances", "acme/Widget", "--data", str(data))
+    assert p.returncode == 0 and p.stdout.split() == ["w1"]
+    p = run_cli("actors", "instances", "Widget", "--data", str(data))
+    assert p.returncode == 1 and "stored under another account: acme/Widget" in p.stderr
+
+
 class Odd(StatefulActor):
     async def fill(self) -> None:
         s = self.ctx.storage
