@@ -14,6 +14,7 @@ from ._core import (
 from ._version import __version__
 from .actor import AlarmInfo, AlarmRetry, StatefulActor
 from .errors import (
+    ActorDeadlockError,
     ActorFetchTimeoutError,
     ActorMethodError,
     ActorMethodTimeoutError,
@@ -32,6 +33,7 @@ from .runtime import Env, Runtime
 
 __all__ = [
     "ActorContext",
+    "ActorDeadlockError",
     "ActorFetchTimeoutError",
     "ActorMethodError",
     "ActorMethodTimeoutError",

@@ -56,10 +56,10 @@ import uuid
 import httptools
 import msgspec
 
-from .errors import (ActorFetchTimeoutError, ActorMethodError, ActorMethodTimeoutError,
-                     ActorOutputGateError, ActorPrivateMethodError, ActorUnknownMethodError,
-                     BlockConcurrencyTimeoutError, CodecError, LogCorruptionError,
-                     LogFailedError, StorageLimitError, remote_error)
+from .errors import (ActorDeadlockError, ActorFetchTimeoutError, ActorMethodError,
+                     ActorMethodTimeoutError, ActorOutputGateError, ActorPrivateMethodError,
+                     ActorUnknownMethodError, BlockConcurrencyTimeoutError, CodecError,
+                     LogCorruptionError, LogFailedError, StorageLimitError, remote_error)
 
 include "core/wal.pyx"
 include "core/wheel.pyx"

@@ -6,6 +6,7 @@ import builtins
 from typing import Any
 
 __all__ = [
+    "ActorDeadlockError",
     "ActorFetchTimeoutError",
     "ActorMethodError",
     "ActorMethodTimeoutError",
@@ -101,6 +102,15 @@ class ActorUnknownMethodError(FastactorError, AttributeError):
 class ActorMethodTimeoutError(FastactorError, TimeoutError):
     """The method ran past its budget (30 s by default). Its writes were discarded; the
     instance keeps serving."""
+
+
+class ActorDeadlockError(FastactorError):
+    """The call would wait forever: the instance it calls is in the middle of a turn that is
+    itself waiting, through a chain of calls, for the turn making this call (``A`` calls ``B``,
+    which calls ``A`` back; or an instance calls itself through a stub). One call at a time
+    means the instance can not take the call before that turn ends. Raised at once, in place of
+    a wait until the method's budget runs out; nothing was run. Orleans raises its
+    ``DeadlockException`` for the same chain."""
 
 
 class ActorFetchTimeoutError(FastactorError, TimeoutError):

@@ -15,6 +15,7 @@ import pytest
 import uvloop
 
 from fastactor import (
+    ActorDeadlockError,
     ActorMethodError,
     ActorOutputGateError,
     ActorPrivateMethodError,
@@ -31,6 +32,9 @@ from fastactor.server.layout import owner_of
 
 
 class Account(StatefulActor):
+    # A deadlock the workers missed would end in this budget's timeout, not in 30 s.
+    method_timeout = 5.0
+
     async def debit(self, amount: int) -> dict[str, Any]:
         balance = await self.ctx.storage.get("balance") or 0
         if balance < amount:
@@ -55,6 +59,16 @@ class Account(StatefulActor):
 
     async def unsendable(self) -> Any:
         return object()
+
+    async def ping(self, path: list[str]) -> list[str]:
+        """Calls ping on the first name of PATH with the rest, inside this turn; the names the
+        chain went through, and the deadlock error where it stopped."""
+        if not path:
+            return [self.ctx.id]
+        try:
+            return [self.ctx.id, *await self.env.ACCOUNT.id_from_name(path[0]).ping(path[1:])]
+        except ActorDeadlockError as e:
+            return [self.ctx.id, f"deadlock: {e}"]
 
     async def zeros(self, n: int) -> bytes:
         return bytes(n)
@@ -84,6 +98,7 @@ class Worker:
         self.ns = RoutedNamespace(
             self.local, "default", "Account", self.me, self.workers, self.channel
         )
+        self.local.env = Env({"ACCOUNT": self.ns})
         self.server = await serve_calls(self.sock, {"default/Account": self.local})
 
     async def stop(self) -> None:
@@ -157,6 +172,29 @@ def test_remote_calls_reach_the_owners_one_instance(tmp_path: Path) -> None:
             [1, "two", [3]],
             {"k": {"v": None}},
         ]
+
+    run(tmp_path, body)
+
+
+def test_a_call_chain_crossing_workers_back_into_a_waiting_turn_is_a_deadlock_error(
+    tmp_path: Path,
+) -> None:
+    async def body(ws: list[Worker]) -> None:
+        a, c = names_of(0, 2)
+        b, d = names_of(1, 2)
+        stub = ws[0].ns.id_from_name(a)
+        # A (worker 0) calls B (worker 1), which calls A back: found where A lives.
+        trail = await stub.ping([b, a])
+        assert trail[:2] == [a, b]
+        assert trail[2].startswith(f"deadlock: calling Account '{a}' would wait forever")
+        assert f"(Account '{a}' → Account '{b}' → Account '{a}')" in trail[2]
+        # A, B, D, B: the chain crossed over and back before B is called again.
+        trail = await stub.ping([b, c, d, b])
+        assert trail[:4] == [a, b, c, d]
+        assert f"(Account '{b}' → Account '{c}' → Account '{d}' → Account '{b}')" in trail[4]
+        # No cycle: to and fro between the workers through four instances, either way round.
+        assert await stub.ping([b, c, d]) == [a, b, c, d]
+        assert await ws[1].ns.id_from_name(d).ping([c, b, a]) == [d, c, b, a]
 
     run(tmp_path, body)
 
@@ -261,7 +299,7 @@ def test_a_peer_that_does_not_read_its_replies_is_not_read_either(tmp_path: Path
         big = b"y" * 65536
         sent = 0
         for i in range(1, 3000):  # calls whose replies (64 KiB each) are never read
-            data = encode_value([i, "default/Account", name, 0, "echo", [big], None])
+            data = encode_value([i, "default/Account", name, 0, "echo", [big], None, None])
             try:
                 s.send(len(data).to_bytes(4, "big") + data)
             except BlockingIOError:

@@ -16,6 +16,7 @@ import pytest
 import uvloop
 
 from fastactor import (
+    ActorDeadlockError,
     ActorFetchTimeoutError,
     ActorMethodError,
     ActorMethodTimeoutError,
@@ -109,6 +110,61 @@ class Slow(StatefulActor):
 
     async def set_delay(self, d: float) -> None:
         await self.ctx.storage.put("delay", d)
+
+
+class Ring(StatefulActor):
+    # A deadlock the runtime missed would end in this budget's timeout, not in 30 s.
+    method_timeout = 5.0
+
+    async def ping(self, path: list[str], nap: bool = False) -> list[str]:
+        """Calls ping on the first name of PATH with the rest, inside this turn; the names the
+        chain went through, and the deadlock error where it stopped."""
+        if nap:
+            await asyncio.sleep(0.001)  # the rest of the turn runs in a Task
+        await self.ctx.storage.put("pings", (await self.ctx.storage.get("pings") or 0) + 1)
+        if not path:
+            return [self.ctx.id]
+        try:
+            return [self.ctx.id, *await self.env.RING.id_from_name(path[0]).ping(path[1:], nap)]
+        except ActorDeadlockError as e:
+            return [self.ctx.id, f"deadlock: {e}"]
+
+    async def call_back(self, other: str) -> Any:
+        """Has OTHER call this instance back (OTHER does not catch the error): what this
+        turn gets."""
+        try:
+            return await self.env.RING.id_from_name(other).poke(self.ctx.id)
+        except ActorMethodError as e:
+            return [isinstance(e, ActorDeadlockError), e.remote_type, str(e)]
+
+    async def poke(self, name: str) -> int:
+        return len(await self.env.RING.id_from_name(name).ping([]))
+
+    async def pings(self) -> int:
+        return await self.ctx.storage.get("pings") or 0
+
+
+class Starter(StatefulActor):
+    """Its activation's block_concurrency_while calls the Opener of its own name."""
+
+    def __init__(self, ctx: Any, env: Any) -> None:
+        super().__init__(ctx, env)
+        self.seen: Any = None
+        ctx.block_concurrency_while(self._load)
+
+    async def _load(self) -> None:
+        try:
+            self.seen = await self.env.OPENER.id_from_name(self.ctx.id).ping([])
+        except ActorDeadlockError as e:
+            self.seen = f"deadlock: {e}"
+
+    async def seen_at_start(self) -> Any:
+        return self.seen
+
+
+class Opener(Ring):
+    async def open_starter(self) -> Any:
+        return await self.env.STARTER.id_from_name(self.ctx.id).seen_at_start()
 
 
 def run(
@@ -791,3 +847,49 @@ def test_a_kept_stub_does_not_pin_an_evicted_instance(actor_runtime: RuntimeFact
         assert len(refs) == 2
 
     run(actor_runtime, go, Probe)
+
+
+def test_a_call_back_into_a_waiting_turn_is_a_deadlock_error_at_once(
+    actor_runtime: RuntimeFactory,
+) -> None:
+    async def go(rt: Runtime) -> None:
+        ring = rt.namespace("Ring")
+        a = ring.id_from_name("a")
+        for nap in (False, True):  # the calling turn still in its first step, or in a Task
+            # An instance calling itself through a stub.
+            trail = await a.ping(["a"], nap)
+            assert trail[0] == "a" and trail[1].startswith("deadlock: calling Ring 'a' would")
+            assert "(Ring 'a' → Ring 'a')" in trail[1]
+            # A calls B, which calls A back; C calls D, which calls E, which calls D.
+            trail = await a.ping(["b", "a"], nap)
+            assert trail[:2] == ["a", "b"] and "(Ring 'a' → Ring 'b' → Ring 'a')" in trail[2]
+            trail = await ring.id_from_name("c").ping(["d", "e", "d"], nap)
+            assert trail[:3] == ["c", "d", "e"]
+            assert "(Ring 'd' → Ring 'e' → Ring 'd')" in trail[3]
+            # No cycle: a chain through five instances, and each back the other way later.
+            assert await a.ping(["b", "c", "d", "e"], nap) == ["a", "b", "c", "d", "e"]
+            assert await ring.id_from_name("e").ping(["d", "c", "b", "a"], nap) == [
+                "e",
+                "d",
+                "c",
+                "b",
+                "a",
+            ]
+        # Not caught by the method: the caller gets it, as the error the method raised.
+        caught, remote_type, message = await a.call_back("b")
+        assert caught and remote_type == "ActorDeadlockError"
+        assert message.startswith("Ring.poke raised ActorDeadlockError: calling Ring 'a'")
+        # The refused calls ran nothing (each ping that ran wrote once): A's own pings, twice
+        # over, were the self-call's outer one, A-B-A's outer one, the chain and its reverse.
+        assert await a.pings() == 2 * 4
+        # An activation's block_concurrency_while calling back the instance that called it.
+        seen = await rt.namespace("Opener").id_from_name("x").open_starter()
+        assert seen.startswith("deadlock: calling Opener 'x' would")
+        assert "(Opener 'x' → Starter 'x' → Opener 'x')" in seen
+        # Two calls from one turn at once meet at one instance: no deadlock, they queue.
+        assert await asyncio.gather(a.ping(["b", "d"]), ring.id_from_name("c").ping(["d"])) == [
+            ["a", "b", "d"],
+            ["c", "d"],
+        ]
+
+    run(actor_runtime, go, Ring, Starter, Opener)

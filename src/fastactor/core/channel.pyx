@@ -7,7 +7,8 @@
 # a local call and sends the reply (or the error) back when the output gate releases it.
 #
 # Frames are a 4-byte big-endian length and a codec value: a call is
-# [id, "account/type", name, kind, method, args, kwargs], a reply [id, ok, value or error].
+# [id, "account/type", name, kind, method, args, kwargs, chain], a reply [id, ok, value or
+# error]; chain is the call chain of the turn making the call (dispatcher.pyx), or None.
 # Frames sent in one event loop iteration leave in one write; a received chunk is parsed in
 # place, and only a frame cut by the chunk's end is kept (and copied once, when whole).
 
@@ -241,9 +242,12 @@ cdef class CallServer(_FrameConn):
         cdef ActorNamespace ns
         cdef _Reply reply
         try:
-            call_id, key, name, kind, method, args, kwargs = msg
+            call_id, key, name, kind, method, args, kwargs, chain = msg
         except (TypeError, ValueError):
             self.broken("a malformed call frame")
+            return
+        if chain is not None and type(chain) is not tuple:
+            self.broken("a malformed call chain")
             return
         if kind == _KIND_STATS:
             try:
@@ -260,9 +264,10 @@ cdef class CallServer(_FrameConn):
             if kind == KIND_FETCH:
                 m, url, headers, body = args
                 fut = ns.shard.call(stub, KIND_FETCH, "fetch",
-                                    (Request(m, url, headers, body),), None)
+                                    (Request(m, url, headers, body),), None, chain)
             else:
-                fut = ns.shard.call(stub, KIND_CALL, method, tuple(args), kwargs or None)
+                fut = ns.shard.call(stub, KIND_CALL, method, tuple(args), kwargs or None,
+                                    chain)
         except BaseException as e:     # the caller gets it, as the local call would have
             self.send(_frame([call_id, False, _error_tuple(e)]))
             return
@@ -354,7 +359,8 @@ cdef class Channel:
         call_id = self.next_id
         # Lists, not tuples: plain values take the codec's fast path (args' own items keep
         # their types; the owner makes the list a tuple again).
-        frame = _frame([call_id, key, name, kind, method, list(args), kwargs])
+        frame = _frame([call_id, key, name, kind, method, list(args), kwargs,
+                        _calling_chain(self.loop)])
         peer = self.peers[owner]
         if peer is None:
             peer = self._open(owner)

@@ -9,6 +9,11 @@
 # as one record, the instance may start its next turn right away, and the reply waits in the
 # log's release queue until the record (or, for a turn that wrote nothing, the instance's last
 # record) is durable: the output gate.
+#
+# A call made inside a turn carries its call chain: the turns waiting on it, each as (shard
+# origin, turn serial, type, name), also across workers (channel.pyx). A call to an instance
+# whose running turn is in that chain can never start (the turn waits on this very call), so
+# it raises ActorDeadlockError at once rather than wait out the method's budget.
 
 cdef enum TurnKind:
     KIND_CALL = 0
@@ -170,6 +175,9 @@ cdef class _TurnTask(_TaskBase):
 
     cdef str type_name
     cdef str inst_name
+    cdef object origin               # its shard's (see Shard.origin)
+    cdef uint64_t serial             # its turn's (see _Turn.serial)
+    cdef object chain                # its turn's call chain: tuple of links, or None
     cdef object task                 # the Task carrying the turn after it suspended
     cdef int cancel_requests         # before there is one
     cdef bint must_cancel
@@ -279,6 +287,35 @@ def _continue(coro, yielded, tt):
             _restore_task(loop, tt, task)
 
 
+cdef object _calling_chain(object loop):
+    """The call chain of a call made now: the running turn's own chain with the turn itself
+    last, each turn a (shard origin, serial, type, name) link; None outside a turn (asyncio's
+    current task is a turn's _TurnTask for the whole of the turn, see _continue)."""
+    if _swap_in_place:
+        tt = (<dict>_current_tasks).get(loop)
+    else:
+        tt = _current_task(loop)
+    if type(tt) is not _TurnTask:
+        return None
+    cdef _TurnTask t = <_TurnTask>tt
+    link = (t.origin, t.serial, t.type_name, t.inst_name)
+    return (link,) if t.chain is None else t.chain + (link,)
+
+
+cdef void _check_chain(Shard shard, _Instance inst, tuple chain) except *:
+    """ActorDeadlockError if INST's running turn is in CHAIN: it waits on this call."""
+    cdef Py_ssize_t i
+    serial = inst.turn.serial
+    for i in range(len(chain)):
+        link = chain[i]
+        if link[1] == serial and link[0] == shard.origin:
+            path = " → ".join([f"{l[2]} {l[3]!r}" for l in chain[i:]])
+            raise ActorDeadlockError(
+                f"calling {inst.ns.type_name} {inst.name!r} would wait forever: its running "
+                f"turn is waiting on this call ({path} → {inst.ns.type_name} {inst.name!r}), "
+                "and an instance takes one call at a time")
+
+
 @cython.final
 @cython.no_gc
 @cython.freelist(256)
@@ -288,6 +325,7 @@ cdef class _Call:
     cdef object args
     cdef object kwargs
     cdef object fut
+    cdef object chain         # the turns waiting on this call (see _calling_chain), or None
 
 
 @cython.final
@@ -296,6 +334,7 @@ cdef class _Call:
 cdef class _Turn:
     cdef _Instance inst
     cdef _Call call
+    cdef uint64_t serial      # the shard's count of turns when it started: its identity
     cdef list layers          # write sets, outermost first; None until a transaction opens
     cdef _WriteSet top
     cdef bint poisoned        # a transaction raised: the reply becomes ActorOutputGateError
@@ -588,6 +627,9 @@ cdef object _alarm_log = logging.getLogger("fastactor.alarm")
 cdef object _shard_log = logging.getLogger("fastactor.shard")
 
 
+cdef uint64_t _shards_made = 0
+
+
 cdef inline int64_t _now_ms():
     return <int64_t>(time.time() * 1000.0)
 
@@ -632,6 +674,7 @@ cdef class Shard:
     cdef uint64_t n_turns
     cdef uint64_t n_commits
     cdef bint closed
+    cdef readonly object origin    # this shard's identity in call chains (unique per process)
 
     def __cinit__(self, str data_dir, object env, *, double method_timeout=30.0,
                   double fetch_timeout=30.0, double block_timeout=30.0,
@@ -639,6 +682,9 @@ cdef class Shard:
                   uint64_t checkpoint_bytes=64 << 20, uint32_t group_delay_us=0,
                   uint32_t group_window_us=0,
                   double alarm_timeout=900.0):
+        global _shards_made
+        _shards_made += 1
+        self.origin = (os.getpid() << 20) + _shards_made
         self.data_dir = data_dir
         self.env = env
         self.method_timeout = method_timeout
@@ -747,7 +793,10 @@ cdef class Shard:
 
     # -- calls and turns ----------------------------------------------------------------------
 
-    cpdef object call(self, ActorStub stub, int kind, str method, tuple args, object kwargs):
+    cpdef object call(self, ActorStub stub, int kind, str method, tuple args, object kwargs,
+                      object chain=None):
+        """Posts the call to STUB's instance; the future of its reply. CHAIN: the call chain it
+        came with from another worker (else that of the turn making it, if any)."""
         cdef ActorNamespace ns = stub._ns
         cdef _Instance inst
         cdef _Call c
@@ -764,6 +813,10 @@ cdef class Shard:
         inst = stub._inst
         if inst is None or inst.evicted:
             inst = stub._inst = self.instance(ns, stub.id)
+        if chain is None:
+            chain = _calling_chain(self.loop)
+        if chain is not None and inst.turn is not None:
+            _check_chain(self, inst, <tuple>chain)
         if inst.tick != self.tick:
             del self.instances[inst.key]       # most recently used goes last
             self.instances[inst.key] = inst
@@ -773,6 +826,7 @@ cdef class Shard:
         c.method = method
         c.args = args
         c.kwargs = kwargs
+        c.chain = chain
         c.fut = self.new_future()
         self.post(inst, c)
         return c.fut
@@ -816,10 +870,12 @@ cdef class Shard:
                 if inst.mailbox is None:
                     inst.mailbox = collections.deque()
                 inst.mailbox.appendleft(c)
+                chain = c.chain                  # the block runs for that call
                 c = _Call.__new__(_Call)
                 c.kind = KIND_BLOCK
                 c.args = (inst.blocker,)
                 c.fut = None
+                c.chain = chain
                 inst.blocker = None
             if not self.start_turn(inst, c):
                 return
@@ -863,6 +919,7 @@ cdef class Shard:
         t.top = ws
         inst.turn = t
         self.n_turns += 1
+        t.serial = self.n_turns
         try:
             if c.kind == KIND_CALL:
                 fn = getattr(inst.actor, c.method)
@@ -893,6 +950,9 @@ cdef class Shard:
         tt.coro = r
         tt.type_name = inst.ns.type_name
         tt.inst_name = inst.name
+        tt.origin = self.origin
+        tt.serial = t.serial
+        tt.chain = c.chain
         ctx = tt.context = PyContext_CopyCurrent()
         loop = self.loop
         caller = _swap_task(loop, tt)

@@ -80,7 +80,7 @@ def ask_stats(path: str, timeout: float) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(path)
-        s.sendall(encode_frame([1, "", "", STATS_KIND, "stats", [], None]))
+        s.sendall(encode_frame([1, "", "", STATS_KIND, "stats", [], None, None]))
         buf = bytearray()
         need = 4
         while len(buf) < need:
