@@ -527,13 +527,17 @@ class Overdrawn(Exception):
 
 def test_a_raised_error_keeps_its_built_in_type(actor_runtime: RuntimeFactory) -> None:
     """As Durable Objects' RPC does: a built-in error the method raised reaches the caller
-    as itself (and as ActorMethodError); a user's own class only as ActorMethodError."""
+    as itself (and as ActorMethodError); a user's own class only as ActorMethodError. Through
+    a method that lets another instance's error pass, the class is the one first raised."""
 
     class Raiser(StatefulActor):
         async def raise_(self, kind: str) -> None:
             raise {"overdrawn": Overdrawn, "value": ValueError, "os": FileNotFoundError}[kind](
                 "no"
             )
+
+        async def relay(self, kind: str) -> None:
+            await self.env.RAISER.id_from_name("r").raise_(kind)
 
     async def go(rt: Runtime) -> None:
         r = rt.namespace("Raiser").id_from_name("r")
@@ -547,6 +551,16 @@ def test_a_raised_error_keeps_its_built_in_type(actor_runtime: RuntimeFactory) -
             await r.raise_("overdrawn")
         assert ei.value.remote_type == "Overdrawn"
         assert type(ei.value) is ActorMethodError  # not a built-in: nothing to keep
+        relay = rt.namespace("Raiser").id_from_name("relay")
+        with pytest.raises(ValueError) as ei:
+            await relay.relay("value")
+        assert isinstance(ei.value, ActorMethodError) and ei.value.remote_type == "ValueError"
+        assert str(ei.value) == (
+            "Raiser.relay raised ValueError: Raiser.raise_ raised ValueError: no"
+        )
+        with pytest.raises(ActorMethodError) as ei:
+            await relay.relay("overdrawn")
+        assert ei.value.remote_type == "Overdrawn"
 
     run(actor_runtime, go, Raiser)
 

@@ -1091,7 +1091,9 @@ cdef class Shard:
             self.wal._hold(inst.last_lsn, c.fut, value, 2 if is_exc else 1)
 
     cdef object map_error(self, _Turn t, object exc):
-        name = type(exc).__name__
+        # An error another instance's method raised, let through: the class first raised.
+        name = (<str>exc.remote_type if isinstance(exc, ActorMethodError)
+                and type(exc.remote_type) is str else type(exc).__name__)
         where = (f"{t.inst.ns.type_name}.{t.call.method}" if t.call.kind == KIND_CALL else
                  f"{t.inst.ns.type_name}.fetch" if t.call.kind == KIND_FETCH else
                  f"{t.inst.ns.type_name}.alarm" if t.call.kind == KIND_ALARM else
