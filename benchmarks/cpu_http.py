@@ -7,9 +7,11 @@ Question answered: how many µs of CPU does one request cost the workers' event 
 log flushers, and the load generator, how many context switches does it cause, and how many
 records share an fdatasync? The reference is the trivial uvloop + httptools server of
 bench_http, measured the same way in the same run (workload "trivial"). Workloads: trivial,
-floor (bench_http's durable floor), health, spread, hot (bench_http's). Counters come from
-/proc (utime + stime per thread, context switches) and the server's /metrics; the figures are
-per request answered.
+floor (bench_http's durable floor), health, spread, hot (bench_http's), and pair: the spread
+load on two separate `--workers 1` servers at once, half the connections each (two wrk -t1
+-c32), so two loops and two flushers share the cores as under --workers 2 but no call crosses
+between them. Counters come from /proc (utime + stime per thread, context switches) and the
+servers' /metrics; the figures are per request answered.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,6 +38,7 @@ LUA = {
     "health": bench_http.HEALTH_LUA,
     "spread": bench_http.SPREAD_LUA,
     "hot": bench_http.HOT_LUA,
+    "pair": bench_http.SPREAD_LUA,
 }
 
 
@@ -79,6 +83,22 @@ def machine() -> dict[str, int]:
     return {"user": v[0] + v[1], "system": v[2], "idle": v[3] + v[4], "softirq": v[6]}
 
 
+def load(name: str, urls: list[str], seconds: int) -> dict[str, float]:
+    """Workload NAME's wrk run; with two URLs, one wrk -t1 on each with half the connections,
+    both at once: req/s summed, the higher p50 and p99."""
+    if len(urls) == 1:
+        return bench_http.wrk(urls[0], LUA[name], seconds)
+    half = bench_http.CONNECTIONS // len(urls)
+    with ThreadPoolExecutor(len(urls)) as ex:
+        runs = list(ex.map(lambda u: bench_http.wrk(u, LUA[name], seconds, 1, half), urls))
+    return {
+        "rps": sum(r["rps"] for r in runs),
+        "p50": max(r["p50"] for r in runs),
+        "p99": max(r["p99"] for r in runs),
+        "non2xx": sum(r["non2xx"] for r in runs),
+    }
+
+
 def metrics(port: int) -> dict[str, float]:
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
@@ -92,13 +112,21 @@ def metrics(port: int) -> dict[str, float]:
     return out
 
 
-def measure(name: str, url: str, pids: list[int], seconds: int, admin: int | None) -> str:
-    t0, m0, s0 = threads(pids), metrics(admin) if admin else {}, machine()
+def all_metrics(ports: list[int]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for p in ports:
+        for k, v in metrics(p).items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def measure(name: str, urls: list[str], pids: list[int], seconds: int, admin: list[int]) -> str:
+    t0, m0, s0 = threads(pids), all_metrics(admin), machine()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.time()
-    res = bench_http.wrk(url, LUA[name], seconds)
+    res = load(name, urls, seconds)
     dt = time.time() - start
-    t1, m1, s1 = threads(pids), metrics(admin) if admin else {}, machine()
+    t1, m1, s1 = threads(pids), all_metrics(admin), machine()
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     n = max(1.0, res["rps"] * seconds)
     roles: dict[str, list[float]] = {}
@@ -173,15 +201,35 @@ def main(argv: list[str]) -> str:
             port, int(workers), Path(data), "--admin-port", str(port + 2), *extra
         )
         procs.append(srv)
-        bench_http.wait_serving(srv)
-        bench_http.wrk(f"http://127.0.0.1:{port}/", bench_http.DEPOSIT_LUA, 2, threads=1)
+        pair = []
+        if "pair" in names:  # ports port+4, port+5; admin ports port+6, port+7
+            for i in range(2):
+                pair.append(
+                    bench_http.start_serve(
+                        port + 4 + i,
+                        1,
+                        Path(data) / f"pair-{i}",
+                        "--admin-port",
+                        str(port + 6 + i),
+                        *extra,
+                    )
+                )
+                procs.append(pair[-1])
+        for p in [srv, *pair]:
+            bench_http.wait_serving(p)
+        for p in [port] + [port + 4 + i for i in range(len(pair))]:
+            bench_http.wrk(f"http://127.0.0.1:{p}/", bench_http.DEPOSIT_LUA, 2, threads=1)
         for w in names:
             if w in ("trivial", "floor"):
                 p, ref = (port + 1, triv) if w == "trivial" else (port + 3, floor)
-                out.append(measure(w, f"http://127.0.0.1:{p}/", tree(ref.pid), seconds, None))
+                out.append(measure(w, [f"http://127.0.0.1:{p}/"], tree(ref.pid), seconds, []))
+            elif w == "pair":
+                urls = [f"http://127.0.0.1:{port + 4 + i}/" for i in range(2)]
+                pids = tree(pair[0].pid) + tree(pair[1].pid)
+                out.append(measure(w, urls, pids, seconds, [port + 6, port + 7]))
             else:
                 out.append(
-                    measure(w, f"http://127.0.0.1:{port}/", tree(srv.pid), seconds, port + 2)
+                    measure(w, [f"http://127.0.0.1:{port}/"], tree(srv.pid), seconds, [port + 2])
                 )
     finally:
         bench_http.stop(procs)
