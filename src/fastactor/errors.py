@@ -105,12 +105,12 @@ class ActorMethodTimeoutError(FastactorError, TimeoutError):
 
 
 class ActorDeadlockError(FastactorError):
-    """The call would wait forever: the instance it calls is in the middle of a turn that is
-    itself waiting, through a chain of calls, for the turn making this call (``A`` calls ``B``,
-    which calls ``A`` back; or an instance calls itself through a stub). One call at a time
-    means the instance can not take the call before that turn ends. Raised at once, in place of
-    a wait until the method's budget runs out; nothing was run. Orleans raises its
-    ``DeadlockException`` for the same chain."""
+    """The call would wait forever: the instance it calls is in the middle of a turn that
+    awaits, through a chain of calls, the turn making this call (``A`` calls ``B``, which calls
+    ``A`` back; or an instance calls itself through a stub). One call at a time means the
+    instance can not take the call before that turn ends. Raised as soon as that turn awaits
+    its call, in place of a wait until the method's budget runs out; the call did not run.
+    Orleans raises its ``DeadlockException`` for the same chain."""
 
 
 class ActorFetchTimeoutError(FastactorError, TimeoutError):

@@ -70,6 +70,14 @@ class Account(StatefulActor):
         except ActorDeadlockError as e:
             return [self.ctx.id, f"deadlock: {e}"]
 
+    async def notify(self, other: str) -> None:
+        """Has OTHER call this instance back without awaiting that (fire and forget)."""
+        self.pending = self.env.ACCOUNT.id_from_name(other).ping([self.ctx.id])
+        await asyncio.sleep(0.05)  # the call back arrives meanwhile, and queues
+
+    async def notified(self) -> Any:
+        return await self.pending
+
     async def zeros(self, n: int) -> bytes:
         return bytes(n)
 
@@ -192,6 +200,9 @@ def test_a_call_chain_crossing_workers_back_into_a_waiting_turn_is_a_deadlock_er
         trail = await stub.ping([b, c, d, b])
         assert trail[:4] == [a, b, c, d]
         assert f"(Account '{b}' → Account '{c}' → Account '{d}' → Account '{b}')" in trail[4]
+        # A call back that A did not await (fire and forget) queues behind A's turn and runs.
+        await stub.notify(b)
+        assert await stub.notified() == [b, a]
         # No cycle: to and fro between the workers through four instances, either way round.
         assert await stub.ping([b, c, d]) == [a, b, c, d]
         assert await ws[1].ns.id_from_name(d).ping([c, b, a]) == [d, c, b, a]

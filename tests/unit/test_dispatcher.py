@@ -140,6 +140,18 @@ class Ring(StatefulActor):
     async def poke(self, name: str) -> int:
         return len(await self.env.RING.id_from_name(name).ping([]))
 
+    async def notify(self, other: str, then: str) -> None:
+        """Has OTHER call this instance back without awaiting that (fire and forget), then
+        awaits a call to THEN (or a sleep): this turn never waits on the call back."""
+        self.pending = self.env.RING.id_from_name(other).ping([self.ctx.id])
+        if then:
+            await self.env.RING.id_from_name(then).ping([])
+        else:
+            await asyncio.sleep(0.01)
+
+    async def notified(self) -> Any:
+        return await self.pending
+
     async def pings(self) -> int:
         return await self.ctx.storage.get("pings") or 0
 
@@ -900,6 +912,11 @@ def test_a_call_back_into_a_waiting_turn_is_a_deadlock_error_at_once(
         seen = await rt.namespace("Opener").id_from_name("x").open_starter()
         assert seen.startswith("deadlock: calling Opener 'x' would")
         assert "(Opener 'x' → Starter 'x' → Opener 'x')" in seen
+        # A call back into a turn that made its call without awaiting it only queues: that
+        # turn ends, then the call back runs (whatever the turn awaits meanwhile).
+        for then in ("", "c"):
+            await a.notify("b", then)
+            assert await a.notified() == ["b", "a"]
         # Two calls from one turn at once meet at one instance: no deadlock, they queue.
         assert await asyncio.gather(a.ping(["b", "d"]), ring.id_from_name("c").ping(["d"])) == [
             ["a", "b", "d"],

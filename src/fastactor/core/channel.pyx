@@ -355,16 +355,19 @@ cdef class Channel:
         """Sends the call to worker OWNER; the future of its reply. CodecError at once if an
         argument can not be sent."""
         cdef _Peer peer
+        cdef _TurnTask caller = _calling_turn(self.loop)
         self.next_id += 1
         call_id = self.next_id
         # Lists, not tuples: plain values take the codec's fast path (args' own items keep
         # their types; the owner makes the list a tuple again).
         frame = _frame([call_id, key, name, kind, method, list(args), kwargs,
-                        _calling_chain(self.loop)])
+                        None if caller is None else _outgoing_chain(caller)])
         peer = self.peers[owner]
         if peer is None:
             peer = self._open(owner)
         fut = self.loop.create_future()
+        if caller is not None:
+            _made_call(caller, fut)
         peer.waiting[call_id] = fut
         if kind == KIND_FETCH:
             peer.fetches.add(call_id)

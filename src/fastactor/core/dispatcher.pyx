@@ -10,10 +10,12 @@
 # log's release queue until the record (or, for a turn that wrote nothing, the instance's last
 # record) is durable: the output gate.
 #
-# A call made inside a turn carries its call chain: the turns waiting on it, each as (shard
-# origin, turn serial, type, name), also across workers (channel.pyx). A call to an instance
-# whose running turn is in that chain can never start (the turn waits on this very call), so
-# it raises ActorDeadlockError at once rather than wait out the method's budget.
+# A call made inside a turn carries its call chain: a link for each turn it comes through,
+# (shard origin, turn serial, index of the turn's outgoing call, type, name), also across
+# workers (channel.pyx). A call queued behind a turn that is in its chain and awaits the very
+# call of its link can never start: it fails with ActorDeadlockError, at once or as soon as
+# that turn suspends on it, rather than wait out the method's budget. A turn that made the
+# call without awaiting it (fire and forget) is not waiting on it: the call just queues.
 
 cdef enum TurnKind:
     KIND_CALL = 0
@@ -178,6 +180,9 @@ cdef class _TurnTask(_TaskBase):
     cdef object origin               # its shard's (see Shard.origin)
     cdef uint64_t serial             # its turn's (see _Turn.serial)
     cdef object chain                # its turn's call chain: tuple of links, or None
+    cdef _Instance inst
+    cdef list out                    # futures of the calls the turn made, in order, or None
+    cdef object waiting_on           # what the turn awaits while suspended in its Task
     cdef object task                 # the Task carrying the turn after it suspended
     cdef int cancel_requests         # before there is one
     cdef bint must_cancel
@@ -274,10 +279,14 @@ def _continue(coro, yielded, tt):
     loop = (<_TurnTask>tt).loop
     while True:
         exc = None
+        (<_TurnTask>tt).waiting_on = yielded
+        if (<_TurnTask>tt).inst.turn is not None and (<_TurnTask>tt).inst.turn.suspects:
+            _refuse_cycles(<_TurnTask>tt)
         try:
             sent = yield yielded
         except BaseException as e:
             exc = e
+        (<_TurnTask>tt).waiting_on = None
         task = _swap_task(loop, tt)
         try:
             yielded = coro.send(sent) if exc is None else coro.throw(exc)
@@ -287,33 +296,82 @@ def _continue(coro, yielded, tt):
             _restore_task(loop, tt, task)
 
 
-cdef object _calling_chain(object loop):
-    """The call chain of a call made now: the running turn's own chain with the turn itself
-    last, each turn a (shard origin, serial, type, name) link; None outside a turn (asyncio's
-    current task is a turn's _TurnTask for the whole of the turn, see _continue)."""
+cdef _TurnTask _calling_turn(object loop):
+    """The turn making a call now (asyncio's current task is a turn's _TurnTask for the whole
+    of the turn, see _continue), or None."""
     if _swap_in_place:
         tt = (<dict>_current_tasks).get(loop)
     else:
         tt = _current_task(loop)
-    if type(tt) is not _TurnTask:
-        return None
-    cdef _TurnTask t = <_TurnTask>tt
-    link = (t.origin, t.serial, t.type_name, t.inst_name)
+    return <_TurnTask>tt if type(tt) is _TurnTask else None
+
+
+cdef tuple _outgoing_chain(_TurnTask t):
+    """The call chain of the call turn T makes next: T's own, and T's link last."""
+    link = (t.origin, t.serial, 0 if t.out is None else len(t.out), t.type_name, t.inst_name)
     return (link,) if t.chain is None else t.chain + (link,)
 
 
-cdef void _check_chain(Shard shard, _Instance inst, tuple chain) except *:
-    """ActorDeadlockError if INST's running turn is in CHAIN: it waits on this call."""
+cdef void _made_call(_TurnTask t, object fut) except *:
+    """Records FUT as the future of T's call (the one _outgoing_chain just named)."""
+    if t.out is None:
+        t.out = [fut]
+    else:
+        t.out.append(fut)
+
+
+cdef Py_ssize_t _cycle_at(_Instance inst, tuple chain) except -2:
+    """Where INST's running turn is in CHAIN, if it is suspended awaiting the call of that
+    link (so a call with CHAIN queued behind it could never start); else -1."""
+    cdef _Turn t = inst.turn
+    cdef _TurnTask tt = t.tt
     cdef Py_ssize_t i
-    serial = inst.turn.serial
+    cdef list out
+    if tt is None or tt.out is None or tt.waiting_on is None:
+        return -1
+    out = tt.out
     for i in range(len(chain)):
         link = chain[i]
-        if link[1] == serial and link[0] == shard.origin:
-            path = " → ".join([f"{l[2]} {l[3]!r}" for l in chain[i:]])
-            raise ActorDeadlockError(
-                f"calling {inst.ns.type_name} {inst.name!r} would wait forever: its running "
-                f"turn is waiting on this call ({path} → {inst.ns.type_name} {inst.name!r}), "
-                "and an instance takes one call at a time")
+        if link[1] == t.serial and link[0] == inst.shard.origin:
+            k = link[2]
+            if type(k) is int and 0 <= k < len(out) and out[k] is tt.waiting_on:
+                return i
+    return -1
+
+
+cdef bint _in_chain(_Instance inst, tuple chain) except -1:
+    """True if INST's running turn is in CHAIN."""
+    cdef uint64_t serial = inst.turn.serial
+    for link in chain:
+        if link[1] == serial and link[0] == inst.shard.origin:
+            return True
+    return False
+
+
+cdef object _deadlock(_Instance inst, tuple chain, Py_ssize_t i):
+    path = " → ".join([f"{l[3]} {l[4]!r}" for l in chain[i:]])
+    return ActorDeadlockError(
+        f"calling {inst.ns.type_name} {inst.name!r} would wait forever: its running turn is "
+        f"waiting on this call ({path} → {inst.ns.type_name} {inst.name!r}), and an instance "
+        "takes one call at a time")
+
+
+cdef void _refuse_cycles(_TurnTask tt) except *:
+    """TT's turn is about to suspend on tt.waiting_on: fails the calls queued behind it that
+    wait on that very call (see _cycle_at)."""
+    cdef _Instance inst = tt.inst
+    cdef _Call c
+    cdef Py_ssize_t i
+    if inst.turn.tt is not tt or not inst.mailbox:
+        return
+    for c in list(inst.mailbox):
+        if c.chain is None or c.fut is None:
+            continue
+        i = _cycle_at(inst, <tuple>c.chain)
+        if i >= 0:
+            inst.mailbox.remove(c)
+            inst.turn.suspects -= 1
+            inst.shard.resolve(c.fut, _deadlock(inst, <tuple>c.chain, i), True)
 
 
 @cython.final
@@ -335,6 +393,8 @@ cdef class _Turn:
     cdef _Instance inst
     cdef _Call call
     cdef uint64_t serial      # the shard's count of turns when it started: its identity
+    cdef _TurnTask tt         # its stand-in task, once its coroutine started
+    cdef int suspects         # calls queued behind it with it in their chain
     cdef list layers          # write sets, outermost first; None until a transaction opens
     cdef _WriteSet top
     cdef bint poisoned        # a transaction raised: the reply becomes ActorOutputGateError
@@ -800,6 +860,8 @@ cdef class Shard:
         cdef ActorNamespace ns = stub._ns
         cdef _Instance inst
         cdef _Call c
+        cdef _TurnTask caller = None
+        cdef Py_ssize_t at
         if self.closed:
             raise RuntimeError("the runtime is closed")
         if kind == KIND_CALL:
@@ -814,9 +876,15 @@ cdef class Shard:
         if inst is None or inst.evicted:
             inst = stub._inst = self.instance(ns, stub.id)
         if chain is None:
-            chain = _calling_chain(self.loop)
+            caller = _calling_turn(self.loop)
+            if caller is not None:
+                chain = _outgoing_chain(caller)
         if chain is not None and inst.turn is not None:
-            _check_chain(self, inst, <tuple>chain)
+            at = _cycle_at(inst, <tuple>chain)
+            if at >= 0:
+                raise _deadlock(inst, <tuple>chain, at)
+            if _in_chain(inst, <tuple>chain):
+                inst.turn.suspects += 1     # checked again when that turn suspends
         if inst.tick != self.tick:
             del self.instances[inst.key]       # most recently used goes last
             self.instances[inst.key] = inst
@@ -828,6 +896,8 @@ cdef class Shard:
         c.kwargs = kwargs
         c.chain = chain
         c.fut = self.new_future()
+        if caller is not None:
+            _made_call(caller, c.fut)
         self.post(inst, c)
         return c.fut
 
@@ -953,6 +1023,8 @@ cdef class Shard:
         tt.origin = self.origin
         tt.serial = t.serial
         tt.chain = c.chain
+        tt.inst = inst
+        t.tt = tt
         ctx = tt.context = PyContext_CopyCurrent()
         loop = self.loop
         caller = _swap_task(loop, tt)
