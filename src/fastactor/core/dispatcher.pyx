@@ -181,7 +181,8 @@ cdef class _TurnTask(_TaskBase):
     cdef uint64_t serial             # its turn's (see _Turn.serial)
     cdef object chain                # its turn's call chain: tuple of links, or None
     cdef _Instance inst
-    cdef list out                    # futures of the calls the turn made, in order, or None
+    cdef Py_ssize_t calls            # calls the turn made so far
+    cdef object last_call            # the future of the last of them (index calls - 1)
     cdef object waiting_on           # what the turn awaits while suspended in its Task
     cdef object task                 # the Task carrying the turn after it suspended
     cdef int cancel_requests         # before there is one
@@ -308,16 +309,16 @@ cdef _TurnTask _calling_turn(object loop):
 
 cdef tuple _outgoing_chain(_TurnTask t):
     """The call chain of the call turn T makes next: T's own, and T's link last."""
-    link = (t.origin, t.serial, 0 if t.out is None else len(t.out), t.type_name, t.inst_name)
+    link = (t.origin, t.serial, t.calls, t.type_name, t.inst_name)
     return (link,) if t.chain is None else t.chain + (link,)
 
 
 cdef void _made_call(_TurnTask t, object fut) except *:
-    """Records FUT as the future of T's call (the one _outgoing_chain just named)."""
-    if t.out is None:
-        t.out = [fut]
-    else:
-        t.out.append(fut)
+    """Records FUT as the future of T's call (the one _outgoing_chain just named). Only the
+    last call's is kept: a turn awaiting an earlier call while later ones run is not seen
+    waiting (its cycle waits out the budget), and a turn making many calls holds no more."""
+    t.calls += 1
+    t.last_call = fut
 
 
 cdef Py_ssize_t _cycle_at(_Instance inst, tuple chain) except -2:
@@ -326,16 +327,12 @@ cdef Py_ssize_t _cycle_at(_Instance inst, tuple chain) except -2:
     cdef _Turn t = inst.turn
     cdef _TurnTask tt = t.tt
     cdef Py_ssize_t i
-    cdef list out
-    if tt is None or tt.out is None or tt.waiting_on is None:
+    if tt is None or tt.waiting_on is None or tt.last_call is not tt.waiting_on:
         return -1
-    out = tt.out
     for i in range(len(chain)):
         link = chain[i]
-        if link[1] == t.serial and link[0] == inst.shard.origin:
-            k = link[2]
-            if type(k) is int and 0 <= k < len(out) and out[k] is tt.waiting_on:
-                return i
+        if link[1] == t.serial and link[0] == inst.shard.origin and link[2] == tt.calls - 1:
+            return i
     return -1
 
 
