@@ -41,23 +41,47 @@ def _port(text: str) -> int:
     return port
 
 
-def usable_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+def usable_cpus(
+    cpu_max: str = "/sys/fs/cgroup/cpu.max", cfs_dir: str = "/sys/fs/cgroup/cpu"
+) -> int:
     """The CPUs serve may use, its default --workers: those of this process's affinity mask,
-    at most the CPU quota of its cgroup (CPU_MAX, cgroup v2: "QUOTA PERIOD" or "max PERIOD"),
-    as a container started with --cpus has. A 64-core host giving a container 2 CPUs gets
-    2 workers, not 64."""
+    at most the CPU quota of its cgroup, as a container started with --cpus has: cgroup v2's
+    CPU_MAX ("QUOTA PERIOD" or "max PERIOD"), else cgroup v1's cpu.cfs_quota_us and
+    cpu.cfs_period_us in CFS_DIR (a quota of -1: none). A 64-core host giving a container 2
+    CPUs gets 2 workers, not 64."""
     try:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # no affinity masks on this platform
         n = os.cpu_count() or 1
+    quota = _cgroup_quota(cpu_max, cfs_dir)
+    if quota is not None:
+        n = min(n, math.ceil(quota))
+    return max(1, n)
+
+
+def _cgroup_quota(cpu_max: str, cfs_dir: str) -> float | None:
+    """The cgroup's CPU quota in CPUs (see usable_cpus), or None if it sets none we read."""
     try:
         with open(cpu_max) as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max" and int(period) > 0:
-            n = min(n, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):  # no cgroup v2 limit here, or not one we read
+            text = f.read()
+    except OSError:  # no cgroup v2 file here: try v1's
         pass
-    return max(1, n)
+    else:
+        try:
+            quota, period = text.split()[:2]
+            if quota != "max" and int(quota) > 0 and int(period) > 0:
+                return int(quota) / int(period)
+        except ValueError:  # not one we read
+            pass
+        return None
+    try:
+        with open(os.path.join(cfs_dir, "cpu.cfs_quota_us")) as f:
+            v1_quota = int(f.read())
+        with open(os.path.join(cfs_dir, "cpu.cfs_period_us")) as f:
+            v1_period = int(f.read())
+    except (OSError, ValueError):
+        return None
+    return v1_quota / v1_period if v1_quota > 0 and v1_period > 0 else None
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -15,7 +15,20 @@ def test_usable_cpus_follow_the_affinity_mask_and_the_cgroup_quota(
 ) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     cpu_max = tmp_path / "cpu.max"
-    assert usable_cpus(str(cpu_max)) == 8  # no cgroup v2 file: the mask
+    v1 = tmp_path / "cpu"
+    assert usable_cpus(str(cpu_max), str(v1)) == 8  # no cgroup file at all: the mask
+    # cgroup v1 (no cpu.max): cpu.cfs_quota_us over cpu.cfs_period_us, -1 for none.
+    v1.mkdir()
+    for quota, period, want in [
+        ("250000", "100000", 3),
+        ("-1", "100000", 8),
+        ("100000", "0", 8),
+        ("lots", "100000", 8),
+    ]:
+        (v1 / "cpu.cfs_quota_us").write_text(quota + "\n")
+        (v1 / "cpu.cfs_period_us").write_text(period + "\n")
+        assert usable_cpus(str(cpu_max), str(v1)) == want, (quota, period)
+    (v1 / "cpu.cfs_quota_us").write_text("200000\n")  # under v2's file, which wins
     for text, want in [
         ("max 100000\n", 8),  # no quota
         ("150000 100000\n", 2),  # --cpus=1.5: rounded up
@@ -25,7 +38,7 @@ def test_usable_cpus_follow_the_affinity_mask_and_the_cgroup_quota(
         ("100000 0\n", 8),
     ]:
         cpu_max.write_text(text)
-        assert usable_cpus(str(cpu_max)) == want, text
+        assert usable_cpus(str(cpu_max), str(v1)) == want, text
 
     def no_affinity(pid: int) -> set[int]:
         raise OSError("not here")
@@ -33,4 +46,4 @@ def test_usable_cpus_follow_the_affinity_mask_and_the_cgroup_quota(
     monkeypatch.setattr(os, "sched_getaffinity", no_affinity)
     monkeypatch.setattr(os, "cpu_count", lambda: 3)
     cpu_max.write_text("max 100000\n")
-    assert usable_cpus(str(cpu_max)) == 3
+    assert usable_cpus(str(cpu_max), str(v1)) == 3
