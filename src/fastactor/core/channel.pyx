@@ -9,8 +9,9 @@
 # Frames are a 4-byte big-endian length and a codec value: a call is
 # [id, "account/type", name, kind, method, args, kwargs, chain], a reply [id, ok, value or
 # error]; chain is the call chain of the turn making the call (dispatcher.pyx), or None.
-# Frames sent in one event loop iteration leave in one write; a received chunk is parsed in
-# place, and only a frame cut by the chunk's end is kept (and copied once, when whole).
+# Frames sent in one event loop iteration are encoded one after another into one buffer and
+# leave in one write; a received chunk is parsed in place, and only a frame cut by the
+# chunk's end is kept (and copied once, when whole).
 
 from . import errors as _errors_mod
 
@@ -32,27 +33,37 @@ def _frame_limit(uint32_t limit=0):
     return _MAX_FRAME
 
 
-cdef bytes _frame(object msg):
-    """MSG as one frame; CodecError if it holds a value the codec does not take, or if it is
-    larger than a frame may be (a call's arguments or a reply over 1 GiB encoded)."""
-    cdef bytes data = encode_value(msg)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+cdef int _append_frame(bytearray out, object msg) except -1:
+    """Appends MSG as one frame to OUT; CodecError, and OUT as it was, if MSG holds a value
+    the codec does not take or is larger than a frame may be (a call's arguments or a reply
+    over 1 GiB encoded)."""
+    cdef Py_ssize_t start = PyByteArray_GET_SIZE(out)
+    cdef Py_ssize_t n
+    cdef unsigned char *p
+    out += b"\0\0\0\0"
+    try:
+        append_value(out, msg)
+    except BaseException:
+        del out[start:]
+        raise
+    n = PyByteArray_GET_SIZE(out) - start - 4
     if n > <Py_ssize_t>_MAX_FRAME:
+        del out[start:]
         raise CodecError(f"a call or reply of {n} bytes encoded is larger than a call between "
                          f"workers may be ({_MAX_FRAME} bytes)")
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, n + 4)
-    cdef unsigned char *p = <unsigned char *>PyBytes_AS_STRING(out)
+    p = <unsigned char *>PyByteArray_AS_STRING(out) + start
     p[0] = (n >> 24) & 0xFF
     p[1] = (n >> 16) & 0xFF
     p[2] = (n >> 8) & 0xFF
     p[3] = n & 0xFF
-    memcpy(p + 4, PyBytes_AS_STRING(data), n)
-    return out
+    return 0
 
 
 def encode_frame(msg):
     """MSG as one channel frame, for a client that is not a worker (server/ipc.ask_stats)."""
-    return _frame(msg)
+    cdef bytearray out = bytearray()
+    _append_frame(out, msg)
+    return bytes(out)
 
 
 cdef list _error_tuple(object e):
@@ -84,29 +95,33 @@ cdef class _FrameConn:
 
     cdef object loop
     cdef object transport
-    cdef list out                    # frames waiting for the end of this loop iteration
+    cdef bytearray out               # frames waiting for the end of this loop iteration
     cdef bint scheduled
     cdef bint lost                   # the connection is gone: frames are dropped
     cdef bytearray buf               # the start of a frame cut by a chunk's end
     cdef Py_ssize_t need             # bytes buf must hold before it is parsed again
 
     def __cinit__(self):
-        self.out = []
+        self.out = bytearray()
 
-    cdef void send(self, bytes frame):
+    cdef int send(self, object msg) except -1:
+        """Queues MSG's frame for the end of this loop iteration (see _append_frame for the
+        CodecError; nothing is queued then); dropped if the connection is gone."""
+        _append_frame(self.out, msg)
         if self.lost:
-            return
-        self.out.append(frame)
+            self.out.clear()
+            return 0
         if not self.scheduled and self.transport is not None:
             self.scheduled = True
             self.loop.call_soon(self.flush)
+        return 0
 
     def flush(self):
         self.scheduled = False
         if not self.out or self.transport is None:
             return
         if not self.transport.is_closing():
-            self.transport.write(self.out[0] if len(self.out) == 1 else b"".join(self.out))
+            self.transport.write(bytes(self.out))
         self.out.clear()
 
     def connection_made(self, transport):
@@ -176,37 +191,49 @@ cdef class _FrameConn:
 @cython.final
 @cython.freelist(256)
 cdef class _Reply:
-    """Sends the reply of one call when its future (the output gate) resolves."""
+    """The owner's end of one call, given to the shard in place of the call's future: the
+    shard (or the output gate, once the turn's writes are durable) resolves it as it would
+    the future, and that sends the reply or the error to the caller at once. No future and no
+    loop callback per call; done, set_result and set_exception never raise (they run inside
+    the gate's release of a whole batch)."""
 
     cdef CallServer conn
     cdef object call_id
     cdef bint fetch
+    cdef bint sent
 
-    def __call__(self, fut):
+    def done(self):
+        return self.sent
+
+    def set_result(self, value):
         cdef Response r
-        if fut.cancelled():
-            msg = [self.call_id, False, _error_tuple(
-                ActorOutputGateError("the call was cancelled in the owning worker"))]
-        elif fut.exception() is not None:
-            msg = [self.call_id, False, _error_tuple(fut.exception())]
+        if self.sent:
+            return
+        self.sent = True
+        if not self.fetch:
+            self._send([self.call_id, True, value])
+        elif isinstance(value, Response):
+            r = <Response>value
+            self._send([self.call_id, True,
+                        [r.status, [[k, v] for k, v in r._headers._items], r.body]])
         else:
-            value = fut.result()
-            if self.fetch:
-                if isinstance(value, Response):
-                    r = <Response>value
-                    value = [r.status, [[k, v] for k, v in r._headers._items],
-                             r.body]
-                    msg = [self.call_id, True, value]
-                else:
-                    msg = [self.call_id, False, _error_tuple(ActorMethodError(
-                        f"fetch returned {type(value).__name__}, not a Response", "TypeError"))]
-            else:
-                msg = [self.call_id, True, value]
+            self._send([self.call_id, False, _error_tuple(ActorMethodError(
+                f"fetch returned {type(value).__name__}, not a Response", "TypeError"))])
+
+    def set_exception(self, exc):
+        if self.sent:
+            return
+        self.sent = True
+        self._send([self.call_id, False, _error_tuple(exc)])
+
+    cdef void _send(self, list msg):
         try:
-            frame = _frame(msg)
-        except CodecError as e:
-            frame = _frame([self.call_id, False, _error_tuple(e)])
-        self.conn.send(frame)
+            try:
+                self.conn.send(msg)
+            except CodecError as e:
+                self.conn.send([self.call_id, False, _error_tuple(e)])
+        except BaseException:          # not the gate's to handle: log it, go on
+            _ipc_log.exception("sending the reply of call %r", self.call_id)
 
 
 cdef class CallServer(_FrameConn):
@@ -253,29 +280,28 @@ cdef class CallServer(_FrameConn):
             try:
                 if self.stats is None:
                     raise LookupError("this worker keeps no counters")
-                frame = _frame([call_id, True, self.stats()])
+                self.send([call_id, True, self.stats()])
             except Exception as e:
-                frame = _frame([call_id, False, _error_tuple(e)])
-            self.send(frame)
-            return
-        try:
-            ns = self.namespaces[key]
-            stub = ns.stub(name)
-            if kind == KIND_FETCH:
-                m, url, headers, body = args
-                fut = ns.shard.call(stub, KIND_FETCH, "fetch",
-                                    (Request(m, url, headers, body),), None, chain)
-            else:
-                fut = ns.shard.call(stub, KIND_CALL, method, tuple(args), kwargs or None,
-                                    chain)
-        except BaseException as e:     # the caller gets it, as the local call would have
-            self.send(_frame([call_id, False, _error_tuple(e)]))
+                self.send([call_id, False, _error_tuple(e)])
             return
         reply = _Reply.__new__(_Reply)
         reply.conn = self
         reply.call_id = call_id
         reply.fetch = kind == KIND_FETCH
-        fut.add_done_callback(reply)
+        try:
+            ns = self.namespaces[key]
+            stub = ns.stub(name)
+            # The arguments were decoded from the frame: nobody else holds them, so the
+            # shard need not copy them.
+            if kind == KIND_FETCH:
+                m, url, headers, body = args
+                ns.shard.call(stub, KIND_FETCH, "fetch", (Request(m, url, headers, body),),
+                              None, chain, reply, True)
+            else:
+                ns.shard.call(stub, KIND_CALL, method, tuple(args), kwargs or None, chain,
+                              reply, True)
+        except BaseException as e:     # the caller gets it, as the local call would have
+            reply.set_exception(e)
 
 
 cdef class _Peer(_FrameConn):
@@ -358,20 +384,19 @@ cdef class Channel:
         cdef _TurnTask caller = _calling_turn(self.loop)
         self.next_id += 1
         call_id = self.next_id
-        # Lists, not tuples: plain values take the codec's fast path (args' own items keep
-        # their types; the owner makes the list a tuple again).
-        frame = _frame([call_id, key, name, kind, method, list(args), kwargs,
-                        None if caller is None else _outgoing_chain(caller)])
         peer = self.peers[owner]
         if peer is None:
             peer = self._open(owner)
+        # Lists, not tuples: plain values take the codec's fast path (args' own items keep
+        # their types; the owner makes the list a tuple again). A CodecError leaves nothing.
+        peer.send([call_id, key, name, kind, method, list(args), kwargs,
+                   None if caller is None else _outgoing_chain(caller)])
         fut = self.loop.create_future()
         if caller is not None:
             _made_call(caller, fut)
         peer.waiting[call_id] = fut
         if kind == KIND_FETCH:
             peer.fetches.add(call_id)
-        peer.send(frame)
         return fut
 
     cdef _Peer _open(self, int owner):

@@ -24,6 +24,7 @@ cdef enum:
 cdef object _Ext = msgspec.msgpack.Ext
 cdef object _encoder = msgspec.msgpack.Encoder()
 cdef object _encode = _encoder.encode
+cdef object _encode_into = _encoder.encode_into
 cdef object _int64_min = -(1 << 63)
 cdef object _uint64_max = (1 << 64) - 1
 cdef type _datetime = datetime.datetime
@@ -197,6 +198,18 @@ cpdef bytes encode_value(object v):
         return _encode(_Walk().walk(v, 0))
     except UnicodeEncodeError as e:
         raise _surrogate_error(e) from None
+
+
+cdef int append_value(bytearray buf, object v) except -1:
+    """Appends what encode_value(V) returns to BUF (no bytes object of its own), or raises
+    as encode_value does; BUF may then hold part of it."""
+    try:
+        if not _plain(v, 0):
+            v = _Walk().walk(v, 0)
+        _encode_into(v, buf, -1)
+    except UnicodeEncodeError as e:
+        raise _surrogate_error(e) from None
+    return 0
 
 
 cpdef object decode_value(object data):

@@ -851,9 +851,12 @@ cdef class Shard:
     # -- calls and turns ----------------------------------------------------------------------
 
     cpdef object call(self, ActorStub stub, int kind, str method, tuple args, object kwargs,
-                      object chain=None):
-        """Posts the call to STUB's instance; the future of its reply. CHAIN: the call chain it
-        came with from another worker (else that of the turn making it, if any)."""
+                      object chain=None, object reply=None, bint fresh=False):
+        """Posts the call to STUB's instance; the future of its reply. From another worker:
+        CHAIN, the call chain it came with (else that of the turn making it, if any); REPLY,
+        what takes the reply in place of a future (done, set_result and set_exception, see
+        channel.pyx); FRESH, its arguments are the call's own (decoded from its frame), not
+        to be copied."""
         cdef ActorNamespace ns = stub._ns
         cdef _Instance inst
         cdef _Call c
@@ -865,9 +868,9 @@ cdef class Shard:
             err = ns.check_method(method)
             if err is not None:
                 raise err
-            if args:
+            if args and not fresh:
                 args = <tuple>copy_value(args)
-            if kwargs:
+            if kwargs and not fresh:
                 kwargs = copy_value(kwargs)
         inst = stub._inst
         if inst is None or inst.evicted:
@@ -892,7 +895,7 @@ cdef class Shard:
         c.args = args
         c.kwargs = kwargs
         c.chain = chain
-        c.fut = self.new_future()
+        c.fut = self.new_future() if reply is None else reply
         if caller is not None:
             _made_call(caller, c.fut)
         self.post(inst, c)
