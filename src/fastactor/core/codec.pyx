@@ -25,8 +25,19 @@ cdef object _Ext = msgspec.msgpack.Ext
 cdef object _encoder = msgspec.msgpack.Encoder()
 cdef object _encode = _encoder.encode
 cdef object _encode_into = _encoder.encode_into
-cdef object _int64_min = -(1 << 63)
 cdef object _uint64_max = (1 << 64) - 1
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object v, int *overflow) except? -1
+
+
+cdef inline bint _fits_64(object v) except -1:
+    """True if the int V fits MessagePack's 64 bits (signed, or unsigned): a C conversion, and
+    the comparison with the bounds only past the signed range."""
+    cdef int overflow = 0
+    PyLong_AsLongLongAndOverflow(v, &overflow)
+    return overflow == 0 or (overflow > 0 and v <= _uint64_max)
+
+
 cdef type _datetime = datetime.datetime
 cdef type _date = datetime.date
 cdef type _time = datetime.time
@@ -61,7 +72,7 @@ cdef class _Walk:
         if t is str or t is float or t is bool or v is None or t is bytes:
             return v
         if t is int:
-            if _int64_min <= v <= _uint64_max:
+            if _fits_64(v):
                 return v
             n = (v.bit_length() + 8) // 8
             return _Ext(EXT_BIGINT, v.to_bytes(n, "big", signed=True))
@@ -191,7 +202,7 @@ cpdef bytes encode_value(object v):
     cdef type t = type(v)
     try:
         if t is str or t is float or t is bool or v is None or t is bytes or (
-                t is int and _int64_min <= v <= _uint64_max):
+                t is int and _fits_64(v)):
             return _encode(v)
         if _plain(v, 0):
             return _encode(v)
@@ -234,7 +245,7 @@ cdef bint _plain(object v, int depth):
     if t is str or t is float or t is bool or v is None or t is bytes:
         return True
     if t is int:
-        return _int64_min <= v <= _uint64_max
+        return _fits_64(v)
     if depth > 16:
         return False
     if t is dict:
@@ -265,7 +276,7 @@ cdef object _plain_copy(object v, int depth):
     if t is float or t is bool or v is None or t is bytes:
         return v
     if t is int:
-        return v if _int64_min <= v <= _uint64_max else _NOT_PLAIN
+        return v if _fits_64(v) else _NOT_PLAIN
     if depth > 16:
         return _NOT_PLAIN
     if t is dict:
