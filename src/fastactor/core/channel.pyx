@@ -273,7 +273,7 @@ cdef class CallServer(_FrameConn):
         except (TypeError, ValueError):
             self.broken("a malformed call frame")
             return
-        if chain is not None and type(chain) is not tuple:
+        if chain is not None and type(chain) is not list:
             self.broken("a malformed call chain")
             return
         if kind == _KIND_STATS:

@@ -179,7 +179,7 @@ cdef class _TurnTask(_TaskBase):
     cdef str inst_name
     cdef object origin               # its shard's (see Shard.origin)
     cdef uint64_t serial             # its turn's (see _Turn.serial)
-    cdef object chain                # its turn's call chain: tuple of links, or None
+    cdef object chain                # its turn's call chain: list of links, or None
     cdef _Instance inst
     cdef Py_ssize_t calls            # calls the turn made so far
     cdef object last_call            # the future of the last of them (index calls - 1)
@@ -307,10 +307,11 @@ cdef _TurnTask _calling_turn(object loop):
     return <_TurnTask>tt if type(tt) is _TurnTask else None
 
 
-cdef tuple _outgoing_chain(_TurnTask t):
-    """The call chain of the call turn T makes next: T's own, and T's link last."""
-    link = (t.origin, t.serial, t.calls, t.type_name, t.inst_name)
-    return (link,) if t.chain is None else t.chain + (link,)
+cdef list _outgoing_chain(_TurnTask t):
+    """The call chain of the call turn T makes next: T's own, and T's link last. Lists, not
+    tuples, so that a frame carrying it stays on the codec's fast path."""
+    link = [t.origin, t.serial, t.calls, t.type_name, t.inst_name]
+    return [link] if t.chain is None else t.chain + [link]
 
 
 cdef void _made_call(_TurnTask t, object fut) except *:
@@ -321,7 +322,7 @@ cdef void _made_call(_TurnTask t, object fut) except *:
     t.last_call = fut
 
 
-cdef Py_ssize_t _cycle_at(_Instance inst, tuple chain) except -2:
+cdef Py_ssize_t _cycle_at(_Instance inst, list chain) except -2:
     """Where INST's running turn is in CHAIN, if it is suspended awaiting the call of that
     link (so a call with CHAIN queued behind it could never start); else -1."""
     cdef _Turn t = inst.turn
@@ -336,7 +337,7 @@ cdef Py_ssize_t _cycle_at(_Instance inst, tuple chain) except -2:
     return -1
 
 
-cdef bint _in_chain(_Instance inst, tuple chain) except -1:
+cdef bint _in_chain(_Instance inst, list chain) except -1:
     """True if INST's running turn is in CHAIN."""
     cdef uint64_t serial = inst.turn.serial
     for link in chain:
@@ -345,7 +346,7 @@ cdef bint _in_chain(_Instance inst, tuple chain) except -1:
     return False
 
 
-cdef object _deadlock(_Instance inst, tuple chain, Py_ssize_t i):
+cdef object _deadlock(_Instance inst, list chain, Py_ssize_t i):
     path = " → ".join([f"{l[3]} {l[4]!r}" for l in chain[i:]])
     return ActorDeadlockError(
         f"calling {inst.ns.type_name} {inst.name!r} would wait forever: its running turn is "
@@ -364,11 +365,11 @@ cdef void _refuse_cycles(_TurnTask tt) except *:
     for c in list(inst.mailbox):
         if c.chain is None or c.fut is None:
             continue
-        i = _cycle_at(inst, <tuple>c.chain)
+        i = _cycle_at(inst, <list>c.chain)
         if i >= 0:
             inst.mailbox.remove(c)
             inst.turn.suspects -= 1
-            inst.shard.resolve(c.fut, _deadlock(inst, <tuple>c.chain, i), True)
+            inst.shard.resolve(c.fut, _deadlock(inst, <list>c.chain, i), True)
 
 
 @cython.final
@@ -880,10 +881,10 @@ cdef class Shard:
             if caller is not None:
                 chain = _outgoing_chain(caller)
         if chain is not None and inst.turn is not None:
-            at = _cycle_at(inst, <tuple>chain)
+            at = _cycle_at(inst, <list>chain)
             if at >= 0:
-                raise _deadlock(inst, <tuple>chain, at)
-            if _in_chain(inst, <tuple>chain):
+                raise _deadlock(inst, <list>chain, at)
+            if _in_chain(inst, <list>chain):
                 inst.turn.suspects += 1     # checked again when that turn suspends
         if inst.tick != self.tick:
             del self.instances[inst.key]       # most recently used goes last
