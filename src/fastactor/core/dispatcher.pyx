@@ -381,7 +381,7 @@ cdef class _Call:
     cdef object args
     cdef object kwargs
     cdef object fut
-    cdef object chain         # the turns waiting on this call (see _calling_chain), or None
+    cdef object chain         # the call chain it came with (see _outgoing_chain), or None
 
 
 @cython.final
