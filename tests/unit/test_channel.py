@@ -4,6 +4,7 @@ Unix socket, and each worker's env routing stubs to the owner (server/ipc.py).""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -206,6 +207,25 @@ def test_a_call_chain_crossing_workers_back_into_a_waiting_turn_is_a_deadlock_er
         # No cycle: to and fro between the workers through four instances, either way round.
         assert await stub.ping([b, c, d]) == [a, b, c, d]
         assert await ws[1].ns.id_from_name(d).ping([c, b, a]) == [d, c, b, a]
+
+    run(tmp_path, body)
+
+
+def test_a_failed_commit_at_the_owner_reaches_the_caller(tmp_path: Path) -> None:
+    async def body(ws: list[Worker]) -> None:
+        name = names_of(1, 1)[0]
+        remote = ws[0].ns.id_from_name(name)
+        assert await remote.deposit(10) == 10
+        ws[1].shard.wal._inject_fault("fdatasync", 0, errno.EIO)
+        # The replies wait for a commit that fails: each caller gets the output gate's error,
+        # never the value its turn computed.
+        results = await asyncio.gather(
+            remote.deposit(1), remote.echo("x"), remote.deposit(1), return_exceptions=True
+        )
+        assert all(isinstance(r, ActorOutputGateError) for r in results), results
+        with pytest.raises(ActorOutputGateError):
+            await remote.deposit(1)  # the owner's log takes no more writes
+        ws[1].shard.abandon()  # as its worker would be: restarted to recover
 
     run(tmp_path, body)
 
