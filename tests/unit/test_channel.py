@@ -82,7 +82,9 @@ class Account(StatefulActor):
     async def zeros(self, n: int) -> bytes:
         return bytes(n)
 
-    async def fetch(self, request: Request) -> Response:
+    async def fetch(self, request: Request) -> Any:
+        if request.path == "/sloppy":
+            return {"not": "a Response"}
         body = await request.body()
         return Response.json(
             {"m": request.method, "p": request.path, "q": request.query, "n": len(body)},
@@ -274,6 +276,8 @@ def test_remote_fetch(tmp_path: Path) -> None:
         assert r.body == b'{"m":"POST","p":"/p/q","q":{"a":"1"},"n":3145728}'
         with pytest.raises(TypeError):
             remote.fetch("not a request")
+        with pytest.raises(TypeError, match="Account.fetch returned dict, not a Response"):
+            await remote.fetch(Request("GET", "http://h/sloppy"))
 
     run(tmp_path, body)
 

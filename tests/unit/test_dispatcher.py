@@ -417,6 +417,14 @@ def test_fetch_and_fetch_timeout(actor_runtime: RuntimeFactory) -> None:
     class Plain(StatefulActor):
         pass
 
+    class Sloppy(StatefulActor):
+        async def fetch(self, request: Request) -> Any:
+            await self.ctx.storage.put("seen", True)
+            return {"not": "a Response"}
+
+        async def seen(self) -> Any:
+            return await self.ctx.storage.get("seen")
+
     async def go(rt: Runtime) -> None:
         a = acct(rt, "carol")
         r = await a.fetch(Request("GET", "http://x/deposit?n=4"))
@@ -425,8 +433,13 @@ def test_fetch_and_fetch_timeout(actor_runtime: RuntimeFactory) -> None:
             await a.fetch(Request("GET", "http://x/slow"))
         r = await rt.namespace("Plain").id_from_name("p").fetch(Request("GET", "http://x/"))
         assert r.status == 404
+        # A fetch that returns something else fails as if it raised TypeError: nothing commits.
+        s = rt.namespace("Sloppy").id_from_name("s")
+        with pytest.raises(TypeError, match="Sloppy.fetch returned dict, not a Response"):
+            await s.fetch(Request("GET", "http://x/"))
+        assert await s.seen() is None
 
-    run(actor_runtime, go, Account, Plain, fetch_timeout=0.1)
+    run(actor_runtime, go, Account, Plain, Sloppy, fetch_timeout=0.1)
 
 
 def test_block_concurrency_while(actor_runtime: RuntimeFactory) -> None:

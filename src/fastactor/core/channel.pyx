@@ -212,13 +212,10 @@ cdef class _Reply:
         self.sent = True
         if not self.fetch:
             self._send([self.call_id, True, value])
-        elif isinstance(value, Response):
+        else:                           # the shard only resolves a fetch with a Response
             r = <Response>value
             self._send([self.call_id, True,
                         [r.status, [[k, v] for k, v in r._headers._items], r.body]])
-        else:
-            self._send([self.call_id, False, _error_tuple(ActorMethodError(
-                f"fetch returned {type(value).__name__}, not a Response", "TypeError"))])
 
     def set_exception(self, exc):
         if self.sent:

@@ -1125,6 +1125,11 @@ cdef class Shard:
                     value = copy_value(result)
                 elif c.kind == KIND_FETCH:
                     value = result
+                    if not isinstance(result, Response):
+                        # As a raise: the caller gets a TypeError, and nothing commits.
+                        exc = value = remote_error(
+                            f"{inst.ns.type_name}.fetch returned {type(result).__name__}, "
+                            "not a Response", "TypeError")
             except CodecError as e:
                 exc = value = CodecError(
                     f"the result of {inst.ns.type_name}.{c.method} can not be sent: {e}")
