@@ -197,6 +197,11 @@ cdef inline int check_str(str s) except -1:
     return 0
 
 
+cdef inline object _encodable(object v):
+    """V as msgspec is given it: V itself if plain, else its walk (CodecError there)."""
+    return v if _plain(v, 0) else _Walk().walk(v, 0)
+
+
 cpdef bytes encode_value(object v):
     """Encodes V, or raises CodecError if a part of it is not a type the codec keeps."""
     cdef type t = type(v)
@@ -204,9 +209,7 @@ cpdef bytes encode_value(object v):
         if t is str or t is float or t is bool or v is None or t is bytes or (
                 t is int and _fits_64(v)):
             return _encode(v)
-        if _plain(v, 0):
-            return _encode(v)
-        return _encode(_Walk().walk(v, 0))
+        return _encode(_encodable(v))
     except UnicodeEncodeError as e:
         raise _surrogate_error(e) from None
 
@@ -215,9 +218,7 @@ cdef int append_value(bytearray buf, object v) except -1:
     """Appends what encode_value(V) returns to BUF (no bytes object of its own), or raises
     as encode_value does; BUF may then hold part of it."""
     try:
-        if not _plain(v, 0):
-            v = _Walk().walk(v, 0)
-        _encode_into(v, buf, -1)
+        _encode_into(_encodable(v), buf, -1)
     except UnicodeEncodeError as e:
         raise _surrogate_error(e) from None
     return 0

@@ -177,7 +177,6 @@ cdef class _TurnTask(_TaskBase):
 
     cdef str type_name
     cdef str inst_name
-    cdef object origin               # its shard's (see Shard.origin)
     cdef uint64_t serial             # its turn's (see _Turn.serial)
     cdef object chain                # its turn's call chain: list of links, or None
     cdef _Instance inst
@@ -310,7 +309,7 @@ cdef _TurnTask _calling_turn(object loop):
 cdef list _outgoing_chain(_TurnTask t):
     """The call chain of the call turn T makes next: T's own, and T's link last. Lists, not
     tuples, so that a frame carrying it stays on the codec's fast path."""
-    link = [t.origin, t.serial, t.calls, t.type_name, t.inst_name]
+    link = [t.inst.shard.origin, t.serial, t.calls, t.type_name, t.inst_name]
     return [link] if t.chain is None else t.chain + [link]
 
 
@@ -1021,7 +1020,6 @@ cdef class Shard:
         tt.coro = r
         tt.type_name = inst.ns.type_name
         tt.inst_name = inst.name
-        tt.origin = self.origin
         tt.serial = t.serial
         tt.chain = c.chain
         tt.inst = inst
