@@ -228,6 +228,10 @@ class Supervisor:
         host = self.cfg["host"]
         for i, fn in enumerate(functions):
             print(f"{fn.name} → {base_url(host, fn.port or self.cfg['port'] + i)}", flush=True)
+        if self.cfg.get("admin_port") is not None:
+            # No arrow: "NAME → URL" lines are the functions (scripts read them).
+            url = base_url(host, self.cfg["admin_port"])
+            print(f"admin: {url}/health/readiness, {url}/metrics", flush=True)
         started = [time.monotonic()] * len(self.procs)
         quick = [0] * len(self.procs)  # restarts in a row that died within a minute
         while not self.stopping:
@@ -410,6 +414,7 @@ def serve(args: argparse.Namespace) -> int:
         "sockets": sockets,
         "shards": [str(d) for d in layout.shard_dirs(Path(data))],
         "commit_window_us": args.commit_window_us,
+        "admin_port": args.admin_port,
     }
     limit = _open_files(CONNECTIONS + 1024)
     if limit < CONNECTIONS + 1024:

@@ -358,8 +358,15 @@ def test_new_scaffolds_functions_that_serve_as_is(
 
 def test_admin_port_health_and_metrics(serve: Callable[..., Server]) -> None:
     admin = free_ports(1)
-    (url,) = serve(ACCOUNT, extra=("--admin-port", str(admin))).urls
+    srv = serve(ACCOUNT, extra=("--admin-port", str(admin)))
+    (url,) = srv.urls
     base = f"http://127.0.0.1:{admin}"
+    # Printed after the functions' lines, without their arrow (scripts read those).
+    deadline = time.time() + 10
+    while not any(x.startswith("admin: ") for x in srv.lines) and time.time() < deadline:
+        time.sleep(0.01)
+    (line,) = [x for x in srv.lines if x.startswith("admin: ")]
+    assert line.split() == ["admin:", f"{base}/health/readiness,", f"{base}/metrics"]
     assert httpx.get(f"{base}/health/liveness").status_code == 200
     assert httpx.get(f"{base}/health/readiness").status_code == 200
     for i in range(6):
