@@ -79,6 +79,13 @@ class Account(StatefulActor):
     async def notified(self) -> Any:
         return await self.pending
 
+    async def fan(self, back: str, other: str) -> Any:
+        """Has BACK call this instance back and OTHER ping, at once, and gathers both."""
+        ns = self.env.ACCOUNT
+        return await asyncio.gather(
+            ns.id_from_name(back).ping([self.ctx.id]), ns.id_from_name(other).ping([])
+        )
+
     async def zeros(self, n: int) -> bytes:
         return bytes(n)
 
@@ -203,6 +210,10 @@ def test_a_call_chain_crossing_workers_back_into_a_waiting_turn_is_a_deadlock_er
         trail = await stub.ping([b, c, d, b])
         assert trail[:4] == [a, b, c, d]
         assert f"(Account '{b}' → Account '{c}' → Account '{d}' → Account '{b}')" in trail[4]
+        # A gathering the call to B with another one: the call back is found all the same.
+        back, other = await stub.fan(b, d)
+        assert back[0] == b and other == [d]
+        assert f"(Account '{a}' → Account '{b}' → Account '{a}')" in back[1]
         # A call back that A did not await (fire and forget) queues behind A's turn and runs.
         await stub.notify(b)
         assert await stub.notified() == [b, a]

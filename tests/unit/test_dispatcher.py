@@ -152,6 +152,20 @@ class Ring(StatefulActor):
     async def notified(self) -> Any:
         return await self.pending
 
+    async def fan(self, names: list[str], back: str, how: str) -> Any:
+        """Calls ping([]) on each of NAMES and ping([self]) on BACK, all at once, and awaits
+        them HOW: "gather" (all of them), "first" (the call back, the first one made, once the
+        others are done) or "others" (only the others: the call back is never awaited)."""
+        others = [self.env.RING.id_from_name(n) for n in names]
+        first = self.env.RING.id_from_name(back).ping([self.ctx.id])
+        if how == "gather":
+            return await asyncio.gather(first, *[o.ping([]) for o in others])
+        done = [await o.ping([]) for o in others]
+        if how == "others":
+            self.pending = first
+            return done
+        return [await first, *done]
+
     async def pings(self) -> int:
         return await self.ctx.storage.get("pings") or 0
 
@@ -930,6 +944,19 @@ def test_a_call_back_into_a_waiting_turn_is_a_deadlock_error_at_once(
         for then in ("", "c"):
             await a.notify("b", then)
             assert await a.notified() == ["b", "a"]
+        # A cycle through one of several calls in flight: awaited with gather, or awaited
+        # after the later calls are done; each call back ran nothing.
+        before = await ring.id_from_name("b").pings()
+        for how in ("gather", "first"):
+            trails = await a.fan(["c", "d"], "b", how)
+            (back,) = [t for t in trails if t[0] == "b"]
+            assert sorted(trails) == [back, ["c"], ["d"]]
+            assert back[1].startswith("deadlock: calling Ring 'a' would"), back
+            assert "(Ring 'a' → Ring 'b' → Ring 'a')" in back[1]
+        assert await ring.id_from_name("b").pings() == before + 2
+        # The same calls with the call back never awaited: it only queues.
+        assert await a.fan(["c", "d"], "b", "others") == [["c"], ["d"]]
+        assert await a.notified() == ["b", "a"]
         # Two calls from one turn at once meet at one instance: no deadlock, they queue.
         assert await asyncio.gather(a.ping(["b", "d"]), ring.id_from_name("c").ping(["d"])) == [
             ["a", "b", "d"],

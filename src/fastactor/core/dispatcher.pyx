@@ -32,6 +32,8 @@ cdef object _current_task = asyncio.current_task
 # _leave_task). Where the map is not a dict (other Pythons), the calls are made instead.
 cdef object _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
 cdef bint _swap_in_place = type(_current_tasks) is dict
+# What asyncio.gather returns (its _children are what it waits on), for deadlock detection.
+cdef object _GatheringFuture = getattr(asyncio.tasks, "_GatheringFuture", None)
 cdef object _record_encode = msgspec.msgpack.Encoder().encode
 cdef object _record_decode = msgspec.msgpack.Decoder().decode
 cdef frozenset _NOT_RPC = frozenset({"fetch", "alarm"})
@@ -182,6 +184,8 @@ cdef class _TurnTask(_TaskBase):
     cdef _Instance inst
     cdef Py_ssize_t calls            # calls the turn made so far
     cdef object last_call            # the future of the last of them (index calls - 1)
+    cdef list earlier                # [index, future] of earlier calls not done, or None
+    cdef Py_ssize_t earlier_cap      # pruned of done calls when it grows past this
     cdef object waiting_on           # what the turn awaits while suspended in its Task
     cdef object task                 # the Task carrying the turn after it suspended
     cdef int cancel_requests         # before there is one
@@ -314,11 +318,48 @@ cdef list _outgoing_chain(_TurnTask t):
 
 
 cdef void _made_call(_TurnTask t, object fut) except *:
-    """Records FUT as the future of T's call (the one _outgoing_chain just named). Only the
-    last call's is kept: a turn awaiting an earlier call while later ones run is not seen
-    waiting (its cycle waits out the budget), and a turn making many calls holds no more."""
+    """Records FUT as the future of T's call (the one _outgoing_chain just named). The
+    previous call moves to t.earlier if it is not done yet (calls in flight together, say for
+    a gather); done ones are dropped from there as it grows, so a turn holds no more futures
+    than it has calls in flight."""
+    cdef list kept
+    prev = t.last_call
+    if prev is not None and not prev.done():
+        if t.earlier is None:
+            t.earlier = []
+            t.earlier_cap = 8
+        elif len(t.earlier) >= t.earlier_cap:
+            kept = [e for e in t.earlier if not e[1].done()]
+            t.earlier = kept
+            t.earlier_cap = max(8, 2 * len(kept))
+        t.earlier.append([t.calls - 1, prev])
     t.calls += 1
     t.last_call = fut
+
+
+cdef bint _awaits_call(_TurnTask tt, object index) except -1:
+    """True if TT's turn is suspended on its call number INDEX: awaiting that call's future,
+    or an asyncio.gather over it."""
+    cdef object fut = None
+    w = tt.waiting_on
+    if w is None:
+        return False
+    if index == tt.calls - 1:
+        fut = tt.last_call
+    elif tt.earlier is not None:
+        for e in tt.earlier:
+            if e[0] == index:
+                fut = e[1]
+                break
+    if fut is None or fut.done():
+        return False
+    if w is fut:
+        return True
+    if type(w) is _GatheringFuture:
+        for child in w._children:
+            if child is fut:
+                return True
+    return False
 
 
 cdef Py_ssize_t _cycle_at(_Instance inst, list chain) except -2:
@@ -327,12 +368,12 @@ cdef Py_ssize_t _cycle_at(_Instance inst, list chain) except -2:
     cdef _Turn t = inst.turn
     cdef _TurnTask tt = t.tt
     cdef Py_ssize_t i
-    if tt is None or tt.waiting_on is None or tt.last_call is not tt.waiting_on:
+    if tt is None or tt.waiting_on is None:
         return -1
     for i in range(len(chain)):
         link = chain[i]
-        if link[1] == t.serial and link[0] == inst.shard.origin and link[2] == tt.calls - 1:
-            return i
+        if link[1] == t.serial and link[0] == inst.shard.origin:
+            return i if _awaits_call(tt, link[2]) else -1
     return -1
 
 
