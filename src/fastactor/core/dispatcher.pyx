@@ -356,7 +356,7 @@ cdef bint _awaits_call(_TurnTask tt, object index) except -1:
     if w is fut:
         return True
     if type(w) is _GatheringFuture:
-        for child in w._children:
+        for child in getattr(w, "_children", ()):
             if child is fut:
                 return True
     return False
