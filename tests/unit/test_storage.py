@@ -61,6 +61,12 @@ class Box(StatefulActor):
 
         return await self.ctx.storage.transaction(body)
 
+    async def tx_many(self) -> Any:
+        async with self.ctx.storage.transaction() as txn:
+            await txn.put({"t1": 1, "t2": 2, "t3": 3})
+            assert await txn.delete(["t3", "t4"]) == 1
+            return await txn.get(["t1", "t2", "t3"])
+
     async def tx_fn_fail(self) -> None:
         async def body(txn: Any) -> None:
             await txn.put("t", 1)
@@ -100,6 +106,18 @@ class Box(StatefulActor):
                 await s.put("k\udcff", 1)
             elif what == "surrogate value":
                 await s.put("k", ["\udcff"])
+            elif what == "many values":  # one bad value: none of the entries is stored
+                await s.put({"a": 1, "b": object(), "c": 3})
+            elif what == "many keys":
+                await s.put({"a": 1, "__fastactor_x": 2})
+            elif what == "too many":
+                await s.put({f"k{i}": i for i in range(129)})
+            elif what == "too many gets":
+                await s.get([f"k{i}" for i in range(129)])
+            elif what == "no value":
+                await s.put("k")
+            elif what == "batch key type":
+                await s.delete(["a", 2])
         finally:
             await s.delete("ok")
 
@@ -133,6 +151,34 @@ def test_get_put_delete(actor_runtime: RuntimeFactory) -> None:
         await b.do([("put", "k", (1, 2))])
         assert await b.do([("get", "k")]) == [(1, 2)]
         assert await box(rt, "other").do([("get", "k")]) == [None]
+
+    run(actor_runtime, go)
+
+
+def test_many_keys_at_once(actor_runtime: RuntimeFactory) -> None:
+    """Durable Objects' batch forms: get(keys), put(entries), delete(keys), in one turn and
+    in a transaction, up to 128 keys."""
+
+    async def go(rt: Runtime) -> None:
+        b = box(rt)
+        entries = {f"k{i:03}": i for i in range(128)}
+        assert await b.do([("put", entries), ("put", {"z": [1]})]) == [None, None]
+        # Only the keys that exist, in key order whatever the order asked; a tuple works too.
+        assert await b.do([("get", ["z", "nope", "k001", "k000", "k001"])]) == [
+            {"k000": 0, "k001": 1, "z": [1]}
+        ]
+        assert await b.do([("get", ("k127",)), ("get", [])]) == [{"k127": 127}, {}]
+        assert await b.do([("get", list(entries))]) == [entries]
+        # delete(keys): how many existed; read-your-writes inside the turn.
+        assert await b.do(
+            [("delete", ["k000", "k001", "nope", "k001"]), ("get", ["k000", "k002"])]
+        ) == [2, {"k002": 2}]
+        assert await b.do([("delete", ["k000"]), ("get", "k001", "gone")]) == [0, "gone"]
+        # Values are copies, as with put(key, value).
+        assert await b.do([("get", ["z"])]) == [{"z": [1]}]
+        assert await b.tx_many() == {"t1": 1, "t2": 2}
+        assert await b.do([("get", ["t1", "t2", "t3"])]) == [{"t1": 1, "t2": 2}]
+        assert len((await b.do([("list", {"prefix": "k", "limit": 1000})]))[0]) == 126
 
     run(actor_runtime, go)
 
@@ -256,6 +302,12 @@ def test_values_are_copied_in_and_out(actor_runtime: RuntimeFactory) -> None:
         ("both", "ValueError"),
         ("surrogate", "ValueError"),
         ("surrogate value", "CodecError"),
+        ("many values", "CodecError"),
+        ("many keys", "ValueError"),
+        ("too many", "ValueError"),
+        ("too many gets", "ValueError"),
+        ("no value", "TypeError"),
+        ("batch key type", "TypeError"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_stores_nothing(

@@ -13,6 +13,8 @@ cdef str RESERVED_PREFIX = "__fastactor_"
 cdef Py_ssize_t MAX_KEY_BYTES = 2048
 cdef Py_ssize_t MAX_VALUE_BYTES = 2 * 1024 * 1024
 cdef Py_ssize_t MAX_LIST_LIMIT = 1000
+cdef Py_ssize_t MAX_BATCH_KEYS = 128      # get, put and delete of many keys at once
+cdef object _NO_VALUE = object()          # put(entries) has no value argument
 # The instance's alarm: a reserved key of its own storage, so setting, deleting and keeping
 # it through delete_all are writes of the turn like any other (one record, one output gate).
 cdef str ALARM_KEY = "__fastactor_alarm"
@@ -74,22 +76,71 @@ cdef int64_t alarm_time(object when) except? -1:
 # top write set takes the writes.
 
 cdef object _get(_Turn t, object key, object default):
+    if type(key) is not str and (type(key) is list or type(key) is tuple):
+        return _get_many(t, key)
     check_key(key)
     v = t.read(key)
     return default if v is _ABSENT else decode_value(v)
 
 
 cdef int _put(_Turn t, object key, object value) except -1:
+    if value is _NO_VALUE:
+        return _put_many(t, key)
     check_key(key)
     cdef bytes data = encode_stored(value)
     t.top.puts[key] = data
     return 0
 
 
-cdef bint _delete(_Turn t, object key) except -1:
+cdef object _delete(_Turn t, object key):
+    if type(key) is not str and (type(key) is list or type(key) is tuple):
+        return _delete_many(t, key)
     check_key(key)
     existed = t.read(key) is not _ABSENT
     t.top.puts[key] = _ABSENT
+    return existed
+
+
+# Many keys at once, as Durable Objects has them: get(keys) -> dict of those that exist, in
+# key order; put(entries); delete(keys) -> how many existed. At most 128 keys, all checked
+# (and put's values all encoded) before anything is read or written.
+
+cdef list _batch_keys(object keys, str what):
+    cdef list ks = list(keys)
+    if len(ks) > MAX_BATCH_KEYS:
+        raise ValueError(f"{what} takes at most {MAX_BATCH_KEYS} keys at once, not {len(ks)}")
+    for k in ks:
+        check_key(k)
+    return ks
+
+
+cdef dict _get_many(_Turn t, object keys):
+    cdef dict out = {}
+    for k in sorted(set(_batch_keys(keys, "get"))):
+        v = t.read(k)
+        if v is not _ABSENT:
+            out[k] = decode_value(v)
+    return out
+
+
+cdef int _put_many(_Turn t, object entries) except -1:
+    if type(entries) is not dict:
+        raise TypeError("put takes a key and a value, or a dict of entries "
+                        f"(not {type(entries).__name__} alone)")
+    cdef list ks = _batch_keys(entries, "put")
+    cdef list data = [encode_stored(v) for v in (<dict>entries).values()]
+    cdef dict puts = t.top.puts
+    for i in range(len(ks)):
+        puts[ks[i]] = data[i]
+    return 0
+
+
+cdef int _delete_many(_Turn t, object keys) except -1:
+    cdef int existed = 0
+    for k in set(_batch_keys(keys, "delete")):
+        if t.read(k) is not _ABSENT:
+            existed += 1
+        t.top.puts[k] = _ABSENT
     return existed
 
 
@@ -337,12 +388,17 @@ cdef class Storage:
         return t
 
     async def get(self, key, default=None):
+        """The value stored under KEY, or DEFAULT; with a list of keys (at most 128), a dict
+        of those stored, in key order."""
         return _get(self._turn(), key, default)
 
-    async def put(self, key, value):
+    async def put(self, key, value=_NO_VALUE):
+        """Stores VALUE under KEY; with a dict alone (at most 128 entries), each of its
+        entries, all or none."""
         _put(self._turn(), key, value)
 
     async def delete(self, key):
+        """True if KEY existed; with a list of keys (at most 128), how many existed."""
         return _delete(self._turn(), key)
 
     async def list(self, prefix=None, start=None, start_after=None, end=None,
@@ -436,7 +492,7 @@ cdef class Transaction:
     async def get(self, key, default=None):
         return _get(self._t(), key, default)
 
-    async def put(self, key, value):
+    async def put(self, key, value=_NO_VALUE):
         _put(self._t(), key, value)
 
     async def delete(self, key):
