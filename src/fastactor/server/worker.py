@@ -16,6 +16,7 @@ way an operator's restart would."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -163,7 +164,7 @@ async def serve(cfg: dict[str, Any]) -> None:
             await shard.close()
         except (OSError, FastactorError):
             pass  # the log failed: what is durable is what recovery finds
-        os.unlink(sock)
+        _remove(sock)
         raise SystemExit(LOG_FAILED)
     tell("drained")
     # Keep answering the other workers until the supervisor says all have drained.
@@ -171,7 +172,14 @@ async def serve(cfg: dict[str, Any]) -> None:
     ipc_server.close()
     channel.close()
     await shard.close()
-    os.unlink(sock)
+    _remove(sock)
+
+
+def _remove(sock: str) -> None:
+    """Removes this worker's call socket, if closing its server has not already (asyncio and
+    uvloop do on Python 3.13)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(sock)
 
 
 def main() -> None:
