@@ -126,9 +126,16 @@ class Runtime:
             raise RuntimeError("the runtime is already started")
         shard = _core.Shard(self.data_dir, self.env, **self._opts)
         shard.open()
+        try:
+            for type_name, cls in self._classes.items():
+                self._namespaces[type_name] = shard.namespace(type_name, cls)
+        except BaseException:
+            # A class refused (bad settings): close what opened, so that the directory is
+            # free for the next start (its log's lock, the flusher thread, the snapshot).
+            self._namespaces.clear()
+            shard.abandon()
+            raise
         self._shard = shard
-        for type_name, cls in self._classes.items():
-            self._namespaces[type_name] = shard.namespace(type_name, cls)
         values = dict(self._extra)
         for binding, cls in self._bindings.items():
             values[binding] = self._namespaces[cls.__name__]

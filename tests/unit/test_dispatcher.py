@@ -426,6 +426,12 @@ def test_bad_class_settings_are_refused_when_the_type_is_registered(
     with pytest.raises(error, match=message):
         run(actor_runtime, go, Bad)
 
+    # Nothing stays open: the same directory starts again at once (its log's lock is free).
+    async def again(rt: Runtime) -> Any:
+        return await acct(rt).deposit(1)
+
+    assert run(actor_runtime, again, Account) == 1
+
 
 def test_fetch_and_fetch_timeout(actor_runtime: RuntimeFactory) -> None:
     class Plain(StatefulActor):

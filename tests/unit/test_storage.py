@@ -366,8 +366,14 @@ def test_a_damaged_snapshot_value_is_an_error_never_a_different_value(
 
     # A damaged alarm stops start-up, naming the file (alarms are read when the shard opens).
     _flip_a_bit(snapshot, "__fastactor_alarm")
-    with pytest.raises(LogCorruptionError, match="state.sqlite3.*__fastactor_alarm"):
-        run(actor_runtime, lambda rt: box(rt).do([]))
+    for _ in range(2):  # the failed start left nothing open: the second fails the same way
+        with pytest.raises(LogCorruptionError, match="state.sqlite3.*__fastactor_alarm"):
+            run(actor_runtime, lambda rt: box(rt).do([]))
+    # Mended (the alarm removed by hand), the directory opens again in this process.
+    db = sqlite3.connect(snapshot, isolation_level=None)
+    db.execute("DELETE FROM kv WHERE key = '__fastactor_alarm'")
+    db.close()
+    assert run(actor_runtime, lambda rt: box(rt).do([("get", "balance")])) == [7]
 
 
 def test_a_snapshot_of_the_first_format_is_sealed_when_opened(

@@ -828,25 +828,28 @@ cdef class Shard:
         except BaseException:
             self.store.close()
             raise
-        self.wal.reply_error = ActorOutputGateError
-        self.wal.bind_loop(self.loop)
-        applied = self.store.applied_lsn
-        last = self.wal.last_lsn
-        if last < applied:
+        try:
+            self.wal.reply_error = ActorOutputGateError
+            self.wal.bind_loop(self.loop)
+            applied = self.store.applied_lsn
+            last = self.wal.last_lsn
+            if last < applied:
+                raise LogCorruptionError(
+                    f"{self.data_dir}: the log ends at LSN {last} but the snapshot already "
+                    f"holds LSN {applied}: the log directory was replaced or truncated")
+            if last > applied:
+                if applied + 1 < self.wal.first_lsn:
+                    raise LogCorruptionError(
+                        f"{self.data_dir}: the snapshot holds LSN {applied} but the log starts "
+                        f"at LSN {self.wal.first_lsn}: records in between are missing")
+                self._replay(applied + 1)
+            self._load_alarms()
+        except BaseException:
+            # A damaged record or alarm: nothing stays open (the log's lock included), so the
+            # directory can be opened again once it is mended.
             self.store.close()
             self.wal.close()
-            raise LogCorruptionError(
-                f"{self.data_dir}: the log ends at LSN {last} but the snapshot already holds "
-                f"LSN {applied}: the log directory was replaced or truncated")
-        if last > applied:
-            if applied + 1 < self.wal.first_lsn:
-                self.store.close()
-                self.wal.close()
-                raise LogCorruptionError(
-                    f"{self.data_dir}: the snapshot holds LSN {applied} but the log starts at "
-                    f"LSN {self.wal.first_lsn}: records in between are missing")
-            self._replay(applied + 1)
-        self._load_alarms()
+            raise
         self.executor = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="fastactor-checkpoint")
         self.idle_ticks = 4

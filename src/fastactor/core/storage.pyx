@@ -282,23 +282,30 @@ cdef class _Store:
     def __cinit__(self, str path):
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
+        try:
+            self._setup()
+        except BaseException:
+            self._db.close()           # not a database, damaged, a format we do not read
+            raise
+
+    cdef void _setup(self) except *:
+        db = self._db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute(
             "CREATE TABLE IF NOT EXISTS kv (inst TEXT NOT NULL, key TEXT NOT NULL, "
             "value BLOB NOT NULL, PRIMARY KEY (inst, key)) WITHOUT ROWID")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER)")
+        db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER)")
         # Pending alarms, read at start from this index alone (it holds their values).
-        self._db.execute(f"CREATE INDEX IF NOT EXISTS kv_alarms ON kv (inst, value) "
-                         f"WHERE key = '{ALARM_KEY}'")
-        row = self._db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
+        db.execute(f"CREATE INDEX IF NOT EXISTS kv_alarms ON kv (inst, value) "
+                   f"WHERE key = '{ALARM_KEY}'")
+        row = db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
         self.applied_lsn = row[0] if row else 0
-        row = self._db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
+        row = db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
         if row is None:
             self._seal_all()
         elif row[0] != SNAPSHOT_FORMAT:
-            self._db.close()
-            raise LogCorruptionError(f"{path}: snapshot format {row[0]} is not one this "
+            raise LogCorruptionError(f"{self.path}: snapshot format {row[0]} is not one this "
                                      f"version of fastactor reads ({SNAPSHOT_FORMAT})")
 
     cdef void _seal_all(self) except *:
