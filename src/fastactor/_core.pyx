@@ -53,6 +53,7 @@ import traceback
 import types
 import urllib.parse
 import uuid
+import zoneinfo
 
 import httptools
 import msgspec

@@ -101,10 +101,39 @@ def test_every_spec_type_round_trips(value: Any) -> None:
     assert same(value, copy_value(value))
 
 
-def test_zoneinfo_datetime_keeps_its_instant_and_offset() -> None:
-    v = dt.datetime(2024, 7, 1, 12, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
+def test_zoneinfo_datetime_keeps_its_zone_and_fold() -> None:
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    v = dt.datetime(2024, 7, 1, 12, tzinfo=paris)
     back = decode_value(encode_value(v))
-    assert type(back) is dt.datetime and back == v and back.utcoffset() == v.utcoffset()
+    assert type(back) is dt.datetime and back == v and back.tzinfo is paris
+    # Arithmetic across the DST change gives what it gave before the round trip.
+    assert back + dt.timedelta(days=120) == v + dt.timedelta(days=120)
+    assert (back + dt.timedelta(days=120)).utcoffset() == dt.timedelta(hours=1)
+    # Times a zone makes ambiguous (repeated) or skips compare unequal to any other zone
+    # (PEP 495): they come back with their zone and fold, so equal to what was stored.
+    for t in (
+        dt.datetime(2024, 10, 27, 2, 30, tzinfo=paris),
+        dt.datetime(2024, 10, 27, 2, 30, tzinfo=paris, fold=1),
+        dt.datetime(2024, 3, 31, 2, 30, tzinfo=paris),
+        dt.datetime(2014, 9, 7, 2, 0, tzinfo=zoneinfo.ZoneInfo("Africa/Windhoek")),
+        dt.datetime(2024, 1, 1, fold=1),  # naive: the fold stays too
+    ):
+        back = decode_value(encode_value(t))
+        assert same(t, back) and back.fold == t.fold and back.tzinfo is t.tzinfo, (t, back)
+    # Written by an older fastactor (offset only), or naming a zone this host lacks: the
+    # written offset, the same instant.
+    old = decode_value(b"\xc7\x19\x062024-07-01T12:00:00+02:00")
+    assert old == v and old.utcoffset() == dt.timedelta(hours=2)
+
+    def ext6(text: bytes) -> bytes:
+        return b"\xc7" + bytes([len(text), 6]) + text
+
+    odd = decode_value(ext6(b"2024-07-01T12:00:00+02:00[Nowhere/Atlantis]"))
+    assert odd == v and odd.tzinfo == dt.timezone(dt.timedelta(hours=2))
+    with pytest.raises(CodecError):
+        decode_value(ext6(b"2024-07-01T12:00:00+02:00]x]"))  # a "]" with no "["
+    # A zone name that is a path is refused by zoneinfo: the written offset stays.
+    assert decode_value(ext6(b"2024-07-01T12:00:00+02:00[../../etc]")) == v
 
 
 def test_values_are_copied() -> None:

@@ -42,6 +42,8 @@ cdef type _datetime = datetime.datetime
 cdef type _date = datetime.date
 cdef type _time = datetime.time
 cdef type _timedelta = datetime.timedelta
+cdef type _ZoneInfo = zoneinfo.ZoneInfo
+cdef type _ZoneInfoNotFound = zoneinfo.ZoneInfoNotFoundError
 cdef type _Decimal = decimal.Decimal
 cdef type _UUID = uuid.UUID
 cdef type _Pattern = re.Pattern
@@ -103,7 +105,7 @@ cdef class _Walk:
             self.active.discard(i)
             return r
         if t is _datetime:
-            return _Ext(EXT_DATETIME, v.isoformat().encode())
+            return _Ext(EXT_DATETIME, _datetime_text(v).encode())
         if t is _date:
             return _Ext(EXT_DATE, v.isoformat().encode())
         if t is _time:
@@ -119,6 +121,48 @@ cdef class _Walk:
         raise CodecError(f"cannot store or send a value of type {t.__module__}.{t.__qualname__}"
                          if t.__module__ != "builtins" else
                          f"cannot store or send a value of type {t.__qualname__}")
+
+
+# A datetime is its ISO 8601 text (with the UTC offset if aware), then, for a zone of the tz
+# database, "[Zone/Name]" (as RFC 9557 writes it), then "|1" if its fold is 1: it comes back
+# in its zone, so that arithmetic across a DST change and the comparison of an ambiguous or
+# skipped time (PEP 495) stay as they were. A reader without that zone, or whose tz database
+# gives the time another offset, keeps the written offset: the instant never moves.
+
+cdef str _datetime_text(object v):
+    cdef str text = v.isoformat()
+    tz = v.tzinfo
+    if type(tz) is _ZoneInfo and tz.key is not None:
+        text += f"[{tz.key}]"
+    if v.fold:
+        text += "|1"
+    return text
+
+
+cdef object _datetime_from(str text):
+    cdef int fold = 0
+    cdef Py_ssize_t i
+    key = None
+    if text.endswith("|1"):
+        fold = 1
+        text = text[:len(text) - 2]
+    if text.endswith("]"):
+        i = text.rfind("[")
+        if i < 0:
+            raise ValueError(f"a malformed datetime: {text!r}")
+        key = text[i + 1:len(text) - 1]
+        text = text[:i]
+    v = _datetime.fromisoformat(text)
+    if fold:
+        v = v.replace(fold=1)
+    if key is not None and v.tzinfo is not None:
+        try:
+            zoned = v.replace(tzinfo=_ZoneInfo(key))
+        except (ValueError, OSError, _ZoneInfoNotFound):
+            return v
+        if zoned.utcoffset() == v.utcoffset():
+            return zoned
+    return v
 
 
 cdef object _ext_hook(int code, object data):
@@ -137,7 +181,7 @@ cdef object _ext_hook(int code, object data):
             raise CodecError("a dict extension value must be a flat list of pairs")
         return {flat[j]: flat[j + 1] for j in range(0, len(<list>flat), 2)}
     if code == EXT_DATETIME:
-        return _datetime.fromisoformat(bytes(data).decode())
+        return _datetime_from(bytes(data).decode())
     if code == EXT_DATE:
         return _date.fromisoformat(bytes(data).decode())
     if code == EXT_TIME:
