@@ -155,7 +155,8 @@ class Ring(StatefulActor):
     async def fan(self, names: list[str], back: str, how: str) -> Any:
         """Calls ping([]) on each of NAMES and ping([self]) on BACK, all at once, and awaits
         them HOW: "gather" (all of them), "first" (the call back, the first one made, once the
-        others are done) or "others" (only the others: the call back is never awaited)."""
+        others are done; "wait_for": the same through asyncio.wait_for) or "others" (only the
+        others: the call back is never awaited)."""
         others = [self.env.RING.id_from_name(n) for n in names]
         first = self.env.RING.id_from_name(back).ping([self.ctx.id])
         if how == "gather":
@@ -164,6 +165,8 @@ class Ring(StatefulActor):
         if how == "others":
             self.pending = first
             return done
+        if how == "wait_for":
+            return [await asyncio.wait_for(first, 4), *done]
         return [await first, *done]
 
     async def pings(self) -> int:
@@ -953,13 +956,13 @@ def test_a_call_back_into_a_waiting_turn_is_a_deadlock_error_at_once(
         # A cycle through one of several calls in flight: awaited with gather, or awaited
         # after the later calls are done; each call back ran nothing.
         before = await ring.id_from_name("b").pings()
-        for how in ("gather", "first"):
+        for how in ("gather", "first", "wait_for"):
             trails = await a.fan(["c", "d"], "b", how)
             (back,) = [t for t in trails if t[0] == "b"]
             assert sorted(trails) == [back, ["c"], ["d"]]
             assert back[1].startswith("deadlock: calling Ring 'a' would"), back
             assert "(Ring 'a' → Ring 'b' → Ring 'a')" in back[1]
-        assert await ring.id_from_name("b").pings() == before + 2
+        assert await ring.id_from_name("b").pings() == before + 3
         # The same calls with the call back never awaited: it only queues.
         assert await a.fan(["c", "d"], "b", "others") == [["c"], ["d"]]
         assert await a.notified() == ["b", "a"]

@@ -34,6 +34,9 @@ cdef object _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
 cdef bint _swap_in_place = type(_current_tasks) is dict
 # What asyncio.gather returns (its _children are what it waits on), for deadlock detection.
 cdef object _GatheringFuture = getattr(asyncio.tasks, "_GatheringFuture", None)
+# What asyncio.wait_for awaits on Python 3.11 is a waiter the awaited future's done callback
+# (a partial of this) releases; from 3.12 it awaits the future itself.
+cdef object _release_waiter = getattr(asyncio.tasks, "_release_waiter", None)
 cdef object _record_encode = msgspec.msgpack.Encoder().encode
 cdef object _record_decode = msgspec.msgpack.Decoder().decode
 cdef frozenset _NOT_RPC = frozenset({"fetch", "alarm"})
@@ -339,7 +342,7 @@ cdef void _made_call(_TurnTask t, object fut) except *:
 
 cdef bint _awaits_call(_TurnTask tt, object index) except -1:
     """True if TT's turn is suspended on its call number INDEX: awaiting that call's future,
-    or an asyncio.gather over it."""
+    an asyncio.gather over it, or asyncio.wait_for's waiter for it."""
     cdef object fut = None
     w = tt.waiting_on
     if w is None:
@@ -358,6 +361,12 @@ cdef bint _awaits_call(_TurnTask tt, object index) except -1:
     if type(w) is _GatheringFuture:
         for child in getattr(w, "_children", ()):
             if child is fut:
+                return True
+    elif _release_waiter is not None:
+        for entry in getattr(fut, "_callbacks", None) or ():
+            cb = entry[0]
+            if (type(cb) is functools.partial and (<object>cb).func is _release_waiter
+                    and (<object>cb).args and (<object>cb).args[0] is w):
                 return True
     return False
 
