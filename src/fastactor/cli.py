@@ -89,16 +89,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"fastactor {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve function directories over HTTP")
-    s.add_argument("dirs", nargs="*", default=["."], metavar="DIR")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=_port, default=8787)
+    s.add_argument(
+        "dirs",
+        nargs="*",
+        default=["."],
+        metavar="DIR",
+        help="function directories, each with a fastactor.toml (default: .)",
+    )
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    s.add_argument(
+        "--port",
+        type=_port,
+        default=8787,
+        help="function i listens on its manifest's port, else on PORT + i (default: 8787)",
+    )
     s.add_argument(
         "--workers",
         type=int,
         default=usable_cpus(),
         help="shard processes, one per core (default: the CPUs this process may use)",
     )
-    s.add_argument("--data", default="./.fastactor")
+    s.add_argument(
+        "--data",
+        default="./.fastactor",
+        help="where the logs and stored state live (default: ./.fastactor)",
+    )
     s.add_argument(
         "--admin-port",
         type=_port,
@@ -116,9 +131,11 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("actors", help="what a data directory stores")
     a.add_argument("what", choices=["list", "inspect", "instances"])
     a.add_argument("type", nargs="?", help="the actor type (inspect, instances)")
-    a.add_argument("--data", default="./.fastactor")
+    a.add_argument(
+        "--data", default="./.fastactor", help="the data directory (default: ./.fastactor)"
+    )
     n = sub.add_parser("new", help="scaffold a function directory that serves as is")
-    n.add_argument("name")
+    n.add_argument("name", help="the function's name, and the directory made for it")
     n.add_argument("--actor", action="store_true", help="include an actor class and binding")
     return p
 

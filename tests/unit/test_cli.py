@@ -1,12 +1,16 @@
-"""serve's default number of workers: the CPUs the process may use."""
+"""The command line: serve's default number of workers (the CPUs the process may use), and
+`python -m fastactor`."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from fastactor import __version__
 from fastactor.cli import usable_cpus
 
 
@@ -47,3 +51,23 @@ def test_usable_cpus_follow_the_affinity_mask_and_the_cgroup_quota(
     monkeypatch.setattr(os, "cpu_count", lambda: 3)
     cpu_max.write_text("max 100000\n")
     assert usable_cpus(str(cpu_max), str(v1)) == 3
+
+
+def test_python_dash_m_runs_the_same_command_line(tmp_path: Path) -> None:
+    version = subprocess.run(
+        [sys.executable, "-m", "fastactor", "--version"], capture_output=True, text=True
+    )
+    assert (version.returncode, version.stdout.strip()) == (0, f"fastactor {__version__}")
+    bad = subprocess.run(
+        [sys.executable, "-m", "fastactor", "new", "Bad_Name"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 2 and "[a-z0-9-]+" in bad.stderr
+    assert list(tmp_path.iterdir()) == []
+    usage = subprocess.run(
+        [sys.executable, "-m", "fastactor", "serve", "--help"], capture_output=True, text=True
+    )
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: fastactor serve")
+    assert "--commit-window-us" in usage.stdout and "./.fastactor" in usage.stdout

@@ -1,0 +1,7 @@
+"""``python -m fastactor``: the same command line as the ``fastactor`` script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
