@@ -155,8 +155,9 @@ class Ring(StatefulActor):
     async def fan(self, names: list[str], back: str, how: str) -> Any:
         """Calls ping([]) on each of NAMES and ping([self]) on BACK, all at once, and awaits
         them HOW: "gather" (all of them), "first" (the call back, the first one made, once the
-        others are done; "wait_for": the same through asyncio.wait_for) or "others" (only the
-        others: the call back is never awaited)."""
+        others are done; "wait_for": the same through asyncio.wait_for; "wait": through an
+        asyncio.wait for it and a sleep, all completed) or "others" (only the others: the call
+        back is never awaited)."""
         others = [self.env.RING.id_from_name(n) for n in names]
         first = self.env.RING.id_from_name(back).ping([self.ctx.id])
         if how == "gather":
@@ -167,7 +168,20 @@ class Ring(StatefulActor):
             return done
         if how == "wait_for":
             return [await asyncio.wait_for(first, 4), *done]
+        if how == "wait":
+            await asyncio.wait([first, asyncio.ensure_future(asyncio.sleep(0.01))])
+            return [first.result(), *done]
         return [await first, *done]
+
+    async def race(self, back: str) -> Any:
+        """Calls ping([self]) on BACK and awaits whichever ends first, that call or a short
+        sleep (asyncio.wait, FIRST_COMPLETED): the sleep does, and the call back, not refused,
+        runs once this turn is over."""
+        first = self.env.RING.id_from_name(back).ping([self.ctx.id])
+        nap = asyncio.ensure_future(asyncio.sleep(0.05))
+        done, _ = await asyncio.wait([first, nap], return_when=asyncio.FIRST_COMPLETED)
+        self.pending = first
+        return [first in done, nap in done]
 
     async def pings(self) -> int:
         return await self.ctx.storage.get("pings") or 0
@@ -956,13 +970,17 @@ def test_a_call_back_into_a_waiting_turn_is_a_deadlock_error_at_once(
         # A cycle through one of several calls in flight: awaited with gather, or awaited
         # after the later calls are done; each call back ran nothing.
         before = await ring.id_from_name("b").pings()
-        for how in ("gather", "first", "wait_for"):
+        for how in ("gather", "first", "wait_for", "wait"):
             trails = await a.fan(["c", "d"], "b", how)
             (back,) = [t for t in trails if t[0] == "b"]
             assert sorted(trails) == [back, ["c"], ["d"]]
             assert back[1].startswith("deadlock: calling Ring 'a' would"), back
             assert "(Ring 'a' → Ring 'b' → Ring 'a')" in back[1]
-        assert await ring.id_from_name("b").pings() == before + 3
+        assert await ring.id_from_name("b").pings() == before + 4
+        # asyncio.wait for the first of the call back and a sleep: the sleep ends the wait,
+        # so the call back only queues.
+        assert await a.race("b") == [False, True]
+        assert await a.notified() == ["b", "a"]
         # The same calls with the call back never awaited: it only queues.
         assert await a.fan(["c", "d"], "b", "others") == [["c"], ["d"]]
         assert await a.notified() == ["b", "a"]

@@ -37,6 +37,18 @@ cdef object _GatheringFuture = getattr(asyncio.tasks, "_GatheringFuture", None)
 # What asyncio.wait_for awaits on Python 3.11 is a waiter the awaited future's done callback
 # (a partial of this) releases; from 3.12 it awaits the future itself.
 cdef object _release_waiter = getattr(asyncio.tasks, "_release_waiter", None)
+# What asyncio.wait awaits is a waiter that a closure of asyncio.tasks._wait, added as a done
+# callback to each future waited on, releases: this is that closure's code.
+cdef object _wait_callback():
+    code = getattr(getattr(asyncio.tasks, "_wait", None), "__code__", None)
+    for c in getattr(code, "co_consts", ()):
+        if (type(c) is types.CodeType and c.co_name == "_on_completion"
+                and {"counter", "return_when", "waiter"} <= set(c.co_freevars)):
+            return c
+    return None
+
+cdef object _wait_callback_code = _wait_callback()
+
 cdef object _record_encode = msgspec.msgpack.Encoder().encode
 cdef object _record_decode = msgspec.msgpack.Decoder().decode
 cdef frozenset _NOT_RPC = frozenset({"fetch", "alarm"})
@@ -342,7 +354,8 @@ cdef void _made_call(_TurnTask t, object fut) except *:
 
 cdef bint _awaits_call(_TurnTask tt, object index) except -1:
     """True if TT's turn is suspended on its call number INDEX: awaiting that call's future,
-    an asyncio.gather over it, or asyncio.wait_for's waiter for it."""
+    an asyncio.gather over it, asyncio.wait_for's waiter for it, or an asyncio.wait that
+    cannot end without it."""
     cdef object fut = None
     w = tt.waiting_on
     if w is None:
@@ -362,13 +375,28 @@ cdef bint _awaits_call(_TurnTask tt, object index) except -1:
         for child in getattr(w, "_children", ()):
             if child is fut:
                 return True
-    elif _release_waiter is not None:
+    else:
         for entry in getattr(fut, "_callbacks", None) or ():
             cb = entry[0]
             if (type(cb) is functools.partial and (<object>cb).func is _release_waiter
                     and (<object>cb).args and (<object>cb).args[0] is w):
                 return True
+            if (_wait_callback_code is not None and type(cb) is types.FunctionType
+                    and (<object>cb).__code__ is _wait_callback_code):
+                return _wait_needs(cb, w)
     return False
+
+
+cdef bint _wait_needs(object on_completion, object w) except -1:
+    """True if W is the waiter of the asyncio.wait whose done callback ON_COMPLETION is on a
+    call's future, and that wait cannot end before the call does (or its timeout, as with
+    wait_for): it waits for all of its futures, or the call is the last one it waits for.
+    FIRST_COMPLETED and FIRST_EXCEPTION over others may end the wait before the call."""
+    cells = dict(zip(on_completion.__code__.co_freevars,
+                     [c.cell_contents for c in on_completion.__closure__]))
+    if cells.get("waiter") is not w:
+        return False
+    return cells.get("return_when") == asyncio.ALL_COMPLETED or cells.get("counter", 2) <= 1
 
 
 cdef Py_ssize_t _cycle_at(_Instance inst, list chain) except -2:
