@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import fcntl
 import hashlib
 import json
@@ -131,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("actors", help="what a data directory stores")
     a.add_argument("what", choices=["list", "inspect", "instances"])
     a.add_argument("type", nargs="?", help="the actor type (inspect, instances)")
+    a.add_argument(
+        "names", nargs="*", metavar="NAME", help="inspect: only these instances (default: all)"
+    )
     a.add_argument(
         "--data", default="./.fastactor", help="the data directory (default: ./.fastactor)"
     )
@@ -499,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
 def actors(args: argparse.Namespace) -> int:
     from ._core import STORAGE_ALARM_KEY
     from .errors import LogCorruptionError
-    from .inspect_data import stored_state
+    from .inspect_data import stored_instances
 
     data = Path(args.data)
     if not data.is_dir():
@@ -508,37 +512,40 @@ def actors(args: argparse.Namespace) -> int:
     if args.what != "list" and not args.type:
         print(f"fastactor: actors {args.what} needs a TYPE", file=sys.stderr)
         return 2
+    if args.names and args.what != "inspect":
+        print("fastactor: only actors inspect takes instance names", file=sys.stderr)
+        return 2
+    shown = 0
     try:
-        state = stored_state(data)
+        if args.what == "list":
+            counts = collections.Counter(t for t, _, _ in stored_instances(data, values=False))
+            for type_name in sorted(counts):
+                n = counts[type_name]
+                print(f"{type_name}\t{n} instance{'' if n == 1 else 's'}")
+            return 0
+        values = args.what == "inspect"
+        for _, name, stored in stored_instances(data, args.type, args.names or None, values):
+            shown += 1
+            if not values:
+                print(name)
+                continue
+            out: dict[str, Any] = {"id": name, "storage": stored}
+            alarm = stored.pop(STORAGE_ALARM_KEY, None)
+            if alarm is not None:
+                out["alarm"] = alarm  # ms since the epoch
+            print(json.dumps(_as_json(out)))
+        if shown:
+            return 0
+        # A type of another account is stored as "account/Type": name the ones that match.
+        types = {t for t, _, _ in stored_instances(data, values=False)}
+        near = sorted({t for t in types if t.rpartition("/")[2] == args.type} - {args.type})
     except (LogCorruptionError, OSError, ValueError) as e:
         print(f"fastactor: {e}", file=sys.stderr)
         return 1
-    if args.what == "list":
-        counts: dict[str, int] = {}
-        for type_name, _ in state:
-            counts[type_name] = counts.get(type_name, 0) + 1
-        for type_name in sorted(counts):
-            n = counts[type_name]
-            print(f"{type_name}\t{n} instance{'' if n == 1 else 's'}")
-        return 0
-    names = sorted(name for t, name in state if t == args.type)
-    if not names:
-        # A type of another account is stored as "account/Type": name the ones that match.
-        near = sorted({t for t, _ in state if t.rpartition("/")[2] == args.type} - {args.type})
-        hint = f" (stored under another account: {', '.join(near)})" if near else ""
-        print(f"fastactor: no stored instances of {args.type}{hint}", file=sys.stderr)
-        return 1
-    for name in names:
-        if args.what == "instances":
-            print(name)
-        else:
-            stored = dict(state[(args.type, name)])
-            shown: dict[str, Any] = {"id": name, "storage": stored}
-            alarm = stored.pop(STORAGE_ALARM_KEY, None)
-            if alarm is not None:
-                shown["alarm"] = alarm  # ms since the epoch
-            print(json.dumps(_as_json(shown)))
-    return 0
+    hint = f" (stored under another account: {', '.join(near)})" if near else ""
+    which = f" named {', '.join(map(repr, args.names))}" if args.names else ""
+    print(f"fastactor: no stored instances of {args.type}{which}{hint}", file=sys.stderr)
+    return 1
 
 
 def _as_json(v: Any) -> Any:

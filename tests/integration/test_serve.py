@@ -479,6 +479,14 @@ def test_actors_commands_show_what_is_stored(serve: Callable[..., Server], tmp_p
         assert p.stdout.split() == [f"n{i}" for i in range(5)]
         p = run_cli("actors", "inspect", "Account", "--data", str(data))
         assert '{"id": "n3", "storage": {"balance": 31}}' in p.stdout
+        # Some instances only, whichever worker holds them, in name order.
+        p = run_cli("actors", "inspect", "Account", "n4", "n0", "n9", "--data", str(data))
+        assert [json.loads(line) for line in p.stdout.splitlines()] == [
+            {"id": "n0", "storage": {"balance": 1}},
+            {"id": "n4", "storage": {"balance": 41}},
+        ]
+        p = run_cli("actors", "inspect", "Account", "n9", "--data", str(data))
+        assert p.returncode == 1 and "no stored instances of Account named 'n9'" in p.stderr
         s.proc.send_signal(signal.SIGTERM)
         assert s.proc.wait(60) == 0
     assert run_cli("actors", "instances", "Nope", "--data", str(data)).returncode == 1
