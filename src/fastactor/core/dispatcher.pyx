@@ -26,12 +26,28 @@ cdef enum TurnKind:
 cdef object _MISSING = object()
 cdef object _enter_task = asyncio.tasks._enter_task
 cdef object _leave_task = asyncio.tasks._leave_task
+cdef object _swap_current_task = getattr(asyncio.tasks, "_swap_current_task", None)
 cdef object _current_task = asyncio.current_task
-# CPython's map of running loop -> current task, which current_task() reads: a turn's first
-# step swaps its entry in place (two dict stores, against four calls of _enter_task and
-# _leave_task). Where the map is not a dict (other Pythons), the calls are made instead.
+# CPython's map of running loop -> current task, which current_task() reads up to 3.13: a
+# turn's first step swaps its entry in place (two dict stores, against four calls of
+# _enter_task and _leave_task). From 3.14 the current task lives in the thread state and
+# asyncio.tasks keeps the map only for its pure-Python current_task, so a store there would
+# change nothing: the map is used only where it is the one current_task reads, else
+# _swap_current_task (3.12+) or the _enter_task and _leave_task calls.
 cdef object _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
-cdef bint _swap_in_place = type(_current_tasks) is dict
+
+
+cdef bint _map_is_read():
+    try:
+        import _asyncio
+    except ImportError:
+        _asyncio = None
+    if asyncio.tasks.current_task is getattr(asyncio.tasks, "_py_current_task", None):
+        return True
+    return _asyncio is not None and getattr(_asyncio, "_current_tasks", None) is _current_tasks
+
+
+cdef bint _swap_in_place = type(_current_tasks) is dict and _map_is_read()
 # What asyncio.gather returns (its _children are what it waits on), for deadlock detection.
 cdef object _GatheringFuture = getattr(asyncio.tasks, "_GatheringFuture", None)
 # What asyncio.wait_for awaits on Python 3.11 is a waiter the awaited future's done callback
@@ -61,6 +77,8 @@ cdef object _swap_task(object loop, object task):
         prev = (<dict>_current_tasks).get(loop)
         (<dict>_current_tasks)[loop] = task
         return prev
+    if _swap_current_task is not None:
+        return _swap_current_task(loop, task)
     prev = _current_task(loop)
     if prev is not None:
         _leave_task(loop, prev)
@@ -75,6 +93,8 @@ cdef void _restore_task(object loop, object task, object prev) except *:
             del (<dict>_current_tasks)[loop]
         else:
             (<dict>_current_tasks)[loop] = prev
+    elif _swap_current_task is not None:
+        _swap_current_task(loop, prev)
     else:
         _leave_task(loop, task)
         if prev is not None:
