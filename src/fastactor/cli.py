@@ -522,6 +522,7 @@ def actors(args: argparse.Namespace) -> int:
             for type_name in sorted(counts):
                 n = counts[type_name]
                 print(f"{type_name}\t{n} instance{'' if n == 1 else 's'}")
+            sys.stdout.flush()  # here, where a reader gone away is caught, not at exit
             return 0
         values = args.what == "inspect"
         for _, name, stored in stored_instances(data, args.type, args.names or None, values):
@@ -535,10 +536,14 @@ def actors(args: argparse.Namespace) -> int:
                 out["alarm"] = alarm  # ms since the epoch
             print(json.dumps(_as_json(out)))
         if shown:
+            sys.stdout.flush()
             return 0
         # A type of another account is stored as "account/Type": name the ones that match.
         types = {t for t, _, _ in stored_instances(data, values=False)}
         near = sorted({t for t in types if t.rpartition("/")[2] == args.type} - {args.type})
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as on SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (LogCorruptionError, OSError, ValueError) as e:
         print(f"fastactor: {e}", file=sys.stderr)
         return 1

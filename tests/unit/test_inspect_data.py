@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,23 @@ def test_a_file_that_is_not_a_snapshot_is_named(tmp_path: Path) -> None:
     (tmp_path / "state.sqlite3").write_bytes(b"not a database, whatever its name" * 100)
     with pytest.raises(LogCorruptionError, match="state.sqlite3: the snapshot is damaged"):
         list(stored_instances(tmp_path))
+
+
+def test_actors_stops_quietly_when_its_reader_goes_away(actor_runtime: RuntimeFactory) -> None:
+    async def go() -> None:
+        async with actor_runtime(Box) as rt:
+            for i in range(20):
+                await rt.namespace("Box").id_from_name(f"b{i}").put({"k": i})
+
+    uvloop.run(go())
+    for what in (["list"], ["instances", "Box"], ["inspect", "Box"]):
+        p = subprocess.Popen(
+            ["fastactor", "actors", *what, "--data", str(actor_runtime.data_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert p.stdout is not None and p.stderr is not None
+        p.stdout.close()  # `| head -0`: every write finds the pipe closed
+        with p.stderr:
+            err = p.stderr.read()
+        assert p.wait(30) == 1 and err == b"", (what, err)
