@@ -25,6 +25,9 @@ cdef extern from "Python.h":
     object PyContext_Copy(object ctx)
     int PyContext_Enter(object ctx) except -1
     int PyContext_Exit(object ctx) except -1
+    ctypedef struct PyFrameObject
+    PyFrameObject *PyEval_GetFrame()
+    object PyFrame_GetCode(PyFrameObject *frame)
 
 cdef extern from "pysend.h":
     object fa_coro_send(object coro, object arg, int *returned)

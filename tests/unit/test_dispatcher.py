@@ -173,6 +173,33 @@ class Ring(StatefulActor):
             return [first.result(), *done]
         return [await first, *done]
 
+    async def _ping_back(self, back: str) -> Any:
+        return await self.env.RING.id_from_name(back).ping([self.ctx.id])
+
+    async def in_tasks(self, back: str, how: str) -> Any:
+        """Calls ping([self]) on BACK from a Task this turn starts, and awaits it HOW: "task"
+        (create_task, then await it), "gather" (gather over coroutines: Tasks of their own,
+        one of them sleeping first), "group" (a TaskGroup), "wait_for" (the Task awaits the
+        call through wait_for) or "later" (the Task calls while the turn sleeps, and the turn
+        ends without awaiting it)."""
+        if how == "task":
+            return [await asyncio.create_task(self._ping_back(back))]
+        if how == "gather":
+            return await asyncio.gather(asyncio.sleep(0.01, "slept"), self._ping_back(back))
+        if how == "group":
+            async with asyncio.TaskGroup() as tg:
+                t = tg.create_task(self._ping_back(back))
+            return [t.result()]
+        if how == "wait_for":
+
+            async def bounded() -> Any:
+                return await asyncio.wait_for(self._ping_back(back), 4)
+
+            return [await asyncio.create_task(bounded())]
+        self.pending = asyncio.create_task(self._ping_back(back))
+        await asyncio.sleep(0.02)
+        return []
+
     async def race(self, back: str) -> Any:
         """Calls ping([self]) on BACK and awaits whichever ends first, that call or a short
         sleep (asyncio.wait, FIRST_COMPLETED): the sleep does, and the call back, not refused,
@@ -977,6 +1004,15 @@ def test_a_call_back_into_a_waiting_turn_is_a_deadlock_error_at_once(
             assert back[1].startswith("deadlock: calling Ring 'a' would"), back
             assert "(Ring 'a' → Ring 'b' → Ring 'a')" in back[1]
         assert await ring.id_from_name("b").pings() == before + 4
+        # Through Tasks the turn started: their calls carry its chain.
+        for how in ("task", "gather", "group", "wait_for"):
+            trails = await a.in_tasks("b", how)
+            back = trails[-1]
+            assert back[0] == "b" and back[1].startswith("deadlock: calling Ring 'a' would")
+            assert "(Ring 'a' → Ring 'b' → Ring 'a')" in back[1], (how, back)
+        assert (await a.in_tasks("b", "gather"))[0] == "slept"
+        assert await a.in_tasks("b", "later") == []  # not awaited: the call back queues
+        assert await a.notified() == ["b", "a"]
         # asyncio.wait for the first of the call back and a sleep: the sleep ends the wait,
         # so the call back only queues.
         assert await a.race("b") == [False, True]

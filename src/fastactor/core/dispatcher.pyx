@@ -48,6 +48,8 @@ cdef bint _map_is_read():
 
 
 cdef bint _swap_in_place = type(_current_tasks) is dict and _map_is_read()
+cdef object _Task = asyncio.Task
+cdef object _TaskGroup = getattr(asyncio, "TaskGroup", None)
 # What asyncio.gather returns (its _children are what it waits on), for deadlock detection.
 cdef object _GatheringFuture = getattr(asyncio.tasks, "_GatheringFuture", None)
 # What asyncio.wait_for awaits on Python 3.11 is a waiter the awaited future's done callback
@@ -337,12 +339,57 @@ def _continue(coro, yielded, tt):
 
 cdef _TurnTask _calling_turn(object loop):
     """The turn making a call now (asyncio's current task is a turn's _TurnTask for the whole
-    of the turn, see _continue), or None."""
+    of the turn, see _continue), or the running turn that started the Task making it; or
+    None."""
     if _swap_in_place:
         tt = (<dict>_current_tasks).get(loop)
     else:
         tt = _current_task(loop)
-    return <_TurnTask>tt if type(tt) is _TurnTask else None
+    if type(tt) is _TurnTask:
+        return <_TurnTask>tt
+    if tt is None or isinstance(tt, _TaskBase):   # no task, or a function's fetch
+        return None
+    return _turn_of_task(tt)
+
+
+cdef _TurnTask _turn_of_task(object task):
+    """For a Task a turn started (create_task, gather over coroutines, a TaskGroup), when the
+    code making the call is the actor's (a method, or a function in one that uses ``self``):
+    the running turn of that actor's instance; else None. Its calls then carry that turn's
+    chain, and a call back is refused only if that turn awaits the call. Turns pay nothing
+    for this, and other code calling from a Task a frame lookup and a set lookup."""
+    cdef _Instance inst
+    cdef PyFrameObject *f = PyEval_GetFrame()
+    if f is NULL or PyFrame_GetCode(f) not in _actor_codes:
+        return None
+    ctx = getattr((<object>f).f_locals.get("self"), "ctx", None)
+    if type(ctx) is not ActorContext:
+        return None
+    inst = (<ActorContext>ctx)._inst
+    if inst is None or inst.turn is None:
+        return None
+    return inst.turn.tt
+
+
+# The code of every function that actor classes define (and of what those define inside),
+# so that _turn_of_task reads the frame only of a Task running an actor's own code.
+cdef set _actor_codes = set()
+
+
+cdef void _note_actor_codes(object cls) except *:
+    todo = []
+    for klass in getattr(cls, "__mro__", ()):
+        if klass is object or getattr(klass, "__module__", None) == "fastactor.actor":
+            continue
+        for v in vars(klass).values():
+            code = getattr(getattr(v, "__func__", v), "__code__", None)
+            if type(code) is types.CodeType:
+                todo.append(code)
+    while todo:
+        code = todo.pop()
+        if code not in _actor_codes:
+            _actor_codes.add(code)
+            todo.extend([c for c in code.co_consts if type(c) is types.CodeType])
 
 
 cdef list _outgoing_chain(_TurnTask t):
@@ -373,9 +420,7 @@ cdef void _made_call(_TurnTask t, object fut) except *:
 
 
 cdef bint _awaits_call(_TurnTask tt, object index) except -1:
-    """True if TT's turn is suspended on its call number INDEX: awaiting that call's future,
-    an asyncio.gather over it, asyncio.wait_for's waiter for it, or an asyncio.wait that
-    cannot end without it."""
+    """True if TT's turn is suspended on its call number INDEX (see _waits_on)."""
     cdef object fut = None
     w = tt.waiting_on
     if w is None:
@@ -389,21 +434,53 @@ cdef bint _awaits_call(_TurnTask tt, object index) except -1:
                 break
     if fut is None or fut.done():
         return False
+    return _waits_on(w, fut, 0)
+
+
+cdef bint _waits_on(object w, object fut, int depth) except -1:
+    """True if what awaits W cannot go on before FUT is done: W is FUT, an asyncio.gather
+    with a child that waits on it, a Task suspended on something that does (a Task the turn
+    started), asyncio.wait_for's waiter for it, or an asyncio.wait that cannot end without
+    it."""
     if w is fut:
         return True
+    if depth >= 16:
+        return False
     if type(w) is _GatheringFuture:
         for child in getattr(w, "_children", ()):
-            if child is fut:
+            if _waits_on(child, fut, depth + 1):
                 return True
+    elif isinstance(w, _Task):
+        inner = getattr(w, "_fut_waiter", None)
+        return inner is not None and _waits_on(inner, fut, depth + 1)
     else:
-        for entry in getattr(fut, "_callbacks", None) or ():
+        return _released_by(w, fut)
+    return False
+
+
+cdef bint _released_by(object w, object fut) except -1:
+    """True if the waiter W is released by a done callback of FUT, or of a Task that awaits
+    FUT (maybe through other Tasks): asyncio.wait_for's on 3.11, asyncio.wait's, the end of
+    a TaskGroup's block."""
+    cdef list todo = [fut]
+    cdef int seen = 0
+    while todo and seen < 16:
+        x = todo.pop()
+        seen += 1
+        for entry in getattr(x, "_callbacks", None) or ():
             cb = entry[0]
             if (type(cb) is functools.partial and (<object>cb).func is _release_waiter
                     and (<object>cb).args and (<object>cb).args[0] is w):
                 return True
             if (_wait_callback_code is not None and type(cb) is types.FunctionType
-                    and (<object>cb).__code__ is _wait_callback_code):
-                return _wait_needs(cb, w)
+                    and (<object>cb).__code__ is _wait_callback_code and _wait_needs(cb, w)):
+                return True
+            awaiting = getattr(cb, "__self__", None)   # a Task's wake-up: that Task awaits X
+            if isinstance(awaiting, _Task):
+                todo.append(awaiting)
+            elif (type(awaiting) is _TaskGroup
+                    and getattr(awaiting, "_on_completed_fut", None) is w):
+                return True                             # a TaskGroup waits for all its Tasks
     return False
 
 
@@ -449,6 +526,12 @@ cdef object _deadlock(_Instance inst, list chain, Py_ssize_t i):
         f"calling {inst.ns.type_name} {inst.name!r} would wait forever: its running turn is "
         f"waiting on this call ({path} → {inst.ns.type_name} {inst.name!r}), and an instance "
         "takes one call at a time")
+
+
+def _recheck_cycles(_TurnTask tt):
+    """_refuse_cycles for TT's turn, if it still runs and is suspended."""
+    if tt.waiting_on is not None and tt.inst.turn is not None and tt.inst.turn.suspects:
+        _refuse_cycles(tt)
 
 
 cdef void _refuse_cycles(_TurnTask tt) except *:
@@ -725,6 +808,8 @@ cdef class ActorNamespace:
         self.cls = cls
         self._checked = {}
         self._prefix = type_name + "\0"
+        if cls is not None:
+            _note_actor_codes(cls)
 
     def id_from_name(self, name, *, location_hint=None):
         """The stub of the instance called NAME (any non-empty str)."""
@@ -985,7 +1070,12 @@ cdef class Shard:
             if at >= 0:
                 raise _deadlock(inst, <list>chain, at)
             if _in_chain(inst, <list>chain):
-                inst.turn.suspects += 1     # checked again when that turn suspends
+                # Checked again when that turn suspends, and one loop iteration from now: a
+                # Task the turn started may be still in the step that made the call, not
+                # yet awaiting it.
+                inst.turn.suspects += 1
+                if inst.turn.tt is not None:
+                    self.loop.call_soon(_recheck_cycles, inst.turn.tt)
         if inst.tick != self.tick:
             del self.instances[inst.key]       # most recently used goes last
             self.instances[inst.key] = inst
