@@ -1027,3 +1027,24 @@ def test_a_call_back_into_a_waiting_turn_is_a_deadlock_error_at_once(
         ]
 
     run(actor_runtime, go, Ring, Starter, Opener)
+
+
+class _Touchy:
+    """A class attribute that raises whatever one asks of it."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"do not look at {name}")
+
+
+class WithTouchy(StatefulActor):
+    touchy = _Touchy()
+
+    async def hello(self) -> str:
+        return "hello"
+
+
+def test_odd_class_attributes_do_not_stop_registration(actor_runtime: RuntimeFactory) -> None:
+    async def go(rt: Runtime) -> None:
+        assert await rt.namespace("WithTouchy").id_from_name("x").hello() == "hello"
+
+    run(actor_runtime, go, WithTouchy)

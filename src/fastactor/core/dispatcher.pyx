@@ -382,7 +382,10 @@ cdef void _note_actor_codes(object cls) except *:
         if klass is object or getattr(klass, "__module__", None) == "fastactor.actor":
             continue
         for v in vars(klass).values():
-            code = getattr(getattr(v, "__func__", v), "__code__", None)
+            try:
+                code = getattr(getattr(v, "__func__", v), "__code__", None)
+            except Exception:       # an attribute that refuses to be looked at: not code
+                continue
             if type(code) is types.CodeType:
                 todo.append(code)
     while todo:
