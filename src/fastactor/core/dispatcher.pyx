@@ -48,6 +48,8 @@ cdef bint _map_is_read():
 
 
 cdef bint _swap_in_place = type(_current_tasks) is dict and _map_is_read()
+# What a turn may await its calls through, for deadlock detection: Tasks (their _fut_waiter)
+# and the end of a TaskGroup's block (its _on_completed_fut).
 cdef object _Task = asyncio.Task
 cdef object _TaskGroup = getattr(asyncio, "TaskGroup", None)
 # What asyncio.gather returns (its _children are what it waits on), for deadlock detection.
@@ -349,15 +351,16 @@ cdef _TurnTask _calling_turn(object loop):
         return <_TurnTask>tt
     if tt is None or isinstance(tt, _TaskBase):   # no task, or a function's fetch
         return None
-    return _turn_of_task(tt)
+    return _turn_of_caller()
 
 
-cdef _TurnTask _turn_of_task(object task):
-    """For a Task a turn started (create_task, gather over coroutines, a TaskGroup), when the
-    code making the call is the actor's (a method, or a function in one that uses ``self``):
-    the running turn of that actor's instance; else None. Its calls then carry that turn's
-    chain, and a call back is refused only if that turn awaits the call. Turns pay nothing
-    for this, and other code calling from a Task a frame lookup and a set lookup."""
+cdef _TurnTask _turn_of_caller():
+    """For a call from a Task a turn started (create_task, gather over coroutines, a
+    TaskGroup), when the code making it is the actor's (a method, or a function in one that
+    uses ``self``): the running turn of that actor's instance; else None. The call then
+    carries that turn's chain, and a call back is refused only if that turn awaits it.
+    Turns pay nothing for this; other code calling from a Task pays a frame and a set
+    lookup."""
     cdef _Instance inst
     cdef PyFrameObject *f = PyEval_GetFrame()
     if f is NULL or PyFrame_GetCode(f) not in _actor_codes:
@@ -372,7 +375,7 @@ cdef _TurnTask _turn_of_task(object task):
 
 
 # The code of every function that actor classes define (and of what those define inside),
-# so that _turn_of_task reads the frame only of a Task running an actor's own code.
+# so that _turn_of_caller reads the frame only of a Task running an actor's own code.
 cdef set _actor_codes = set()
 
 
