@@ -28,6 +28,7 @@ from .errors import FastactorError
 from .manifest import ManifestError, load_function, resolve
 from .server.http import CONNECTIONS, base_url, connection_cap
 from .server.layout import Layout, prepare
+from .server.watchdog import STACKS_SIGNAL, STALLED_S, Watch
 
 __all__ = ["main"]
 
@@ -129,6 +130,15 @@ def _parser() -> argparse.ArgumentParser:
         help="hold each log batch open up to this long (or until 64 records) before its "
         "fdatasync: fewer flushes, more CPU for requests; 0 flushes at once (default 750)",
     )
+    s.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="restart a worker whose event loop has not run for S seconds (a fetch, method or "
+        "alarm that blocks without awaiting), after writing its stacks to stderr; it recovers "
+        "from its log; 0: never (default 60)",
+    )
     a = sub.add_parser("actors", help="what a data directory stores")
     a.add_argument("what", choices=["list", "inspect", "instances"])
     a.add_argument("type", nargs="?", help="the actor type (inspect, instances)")
@@ -211,6 +221,8 @@ class Supervisor:
         self.procs: list[subprocess.Popen[str]] = []
         self.stopping = False
         self.ready = False
+        self.restarts = [0] * cfg["workers"]  # per worker, for /metrics
+        self.stalls = [0.0] * cfg["workers"]  # seconds each worker's loop has not run
 
     def spawn(self, i: int) -> subprocess.Popen[str]:
         cfg = dict(self.cfg, index=i)
@@ -239,11 +251,13 @@ class Supervisor:
     def run(self, functions: list[Any]) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        watch = Watch(self.cfg["heartbeat"], self.cfg["workers"], time.monotonic())
         self.procs = [self.spawn(i) for i in range(self.cfg["workers"])]
         for i, p in enumerate(self.procs):
             if not self.wait_line(p, "ready", 120):
                 print(f"fastactor: worker {i} failed to start", file=sys.stderr)
                 self._kill_all()
+                watch.close()
                 return 1
         self.ready = True
         host = self.cfg["host"]
@@ -256,7 +270,10 @@ class Supervisor:
         started = [time.monotonic()] * len(self.procs)
         quick = [0] * len(self.procs)  # restarts in a row that died within a minute
         while not self.stopping:
+            self.stalls = watch.stalls(time.monotonic())
             for i, p in enumerate(self.procs):
+                if self._stalled_too_long(i, p):
+                    watch.restarted(i, time.monotonic())
                 if p.poll() is not None and not self.stopping:
                     # A worker that keeps dying (a failing disk, say) is restarted less
                     # and less often, up to every 10 s, rather than in a tight loop.
@@ -275,12 +292,49 @@ class Supervisor:
                     if self.stopping:
                         break
                     started[i] = time.monotonic()
+                    self.restarts[i] += 1
                     self.procs[i] = self.spawn(i)
                     if not self.wait_line(self.procs[i], "ready", 120):
                         print(f"fastactor: worker {i} failed to restart", file=sys.stderr)
+                    watch.restarted(i, time.monotonic())
                     self.ready = all(q.poll() is None for q in self.procs)
             time.sleep(0.05)
+        watch.close()
         return self._drain()
+
+    def unready(self) -> str | None:
+        """Why /health/readiness says 503, or None: every worker is up, its event loop
+        running (none stalled STALLED_S or more), and no drain has begun."""
+        if self.stopping:
+            return "draining"
+        if not self.ready:
+            return "starting"
+        for i, stalled in enumerate(self.stalls):
+            if stalled >= STALLED_S:
+                return f"worker {i}'s event loop has not run for {stalled:.1f} s"
+        return None
+
+    def _stalled_too_long(self, i: int, p: subprocess.Popen[str]) -> bool:
+        """Kills worker I (process P) if its event loop has not run for --stall-timeout, after
+        asking it for its Python stacks (written to stderr): the caller restarts it."""
+        limit = self.cfg.get("stall_timeout", 0)
+        if not limit or self.stalls[i] < limit or p.poll() is not None:
+            return False
+        print(
+            f"fastactor: worker {i}'s event loop has not run for {self.stalls[i]:.0f} s (a fetch, "
+            "method or alarm that blocks without awaiting?): killing it to restart it; its "
+            "Python stacks follow",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            p.send_signal(STACKS_SIGNAL)
+            time.sleep(0.2)  # faulthandler writes from the signal handler itself
+            p.kill()
+            p.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # already gone, or stuck in the kernel: the exit is seen on a later tick
+        return True
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stopping = True
@@ -370,6 +424,10 @@ def serve(args: argparse.Namespace) -> int:
     if not 0 <= args.commit_window_us <= 100_000:
         print("fastactor: --commit-window-us must be between 0 and 100000", file=sys.stderr)
         return 2
+    if not (args.stall_timeout == 0 or 1 <= args.stall_timeout <= 86_400):
+        print("fastactor: --stall-timeout must be 0 (never) or between 1 and 86400 seconds",
+              file=sys.stderr)  # fmt: skip
+        return 2
     dirs = [str(Path(d).resolve()) for d in args.dirs]
     try:
         functions = [load_function(d) for d in dirs]
@@ -436,6 +494,8 @@ def serve(args: argparse.Namespace) -> int:
         "shards": [str(d) for d in layout.shard_dirs(Path(data))],
         "commit_window_us": args.commit_window_us,
         "admin_port": args.admin_port,
+        "heartbeat": os.path.join(data, "run", "heartbeat"),
+        "stall_timeout": args.stall_timeout,
     }
     limit = _open_files(CONNECTIONS + 1024)
     if limit < CONNECTIONS + 1024:

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -120,6 +121,9 @@ def test_startup_failures_exit_2_and_name_the_culprit(tmp_path: Path) -> None:
     for workers in ("0", "100000"):  # 100000 used to end in a traceback (argv too long)
         p = run_cli("serve", str(ACCOUNT), "--workers", workers, "--data", str(tmp_path / "d"))
         assert p.returncode == 2 and "--workers must be between 1 and 512" in p.stderr, p.stderr
+    for stall in ("0.5", "-1", "nan", "1e9"):
+        p = run_cli("serve", str(ACCOUNT), "--stall-timeout", stall, "--data", str(tmp_path / "d"))
+        assert p.returncode == 2 and "--stall-timeout must be 0 (never) or" in p.stderr, p.stderr
     p = run_cli(
         "serve", str(ACCOUNT), str(READONLY), "--port", "65535", "--data", str(tmp_path / "d")
     )
@@ -685,3 +689,107 @@ def test_a_worker_whose_log_fails_is_restarted_and_recovers(
     assert httpx.post(f"{url}/counters/c").json()["value"] == n + 1
     assert any("its log failed" in x for x in srv.lines), srv.lines
     assert any("worker 0 exited (3); restarting" in x for x in srv.lines), srv.lines
+
+
+STALL_APP = """
+import time
+from fastactor import Response, StatefulActor
+
+class Box(StatefulActor):
+    async def put(self, v):
+        await self.ctx.storage.put("v", v)
+        return v
+
+    async def get(self):
+        return await self.ctx.storage.get("v")
+
+    async def spin(self):
+        while True:  # never awaits: holds its worker's event loop
+            pass
+
+async def fetch(request, env):
+    box = env.BOX.id_from_name("b")
+    if request.path == "/put":
+        return Response.json(await box.put(int(request.query["v"])))
+    if request.path == "/spin":
+        return Response.json(await box.spin())
+    if request.path == "/sleep":
+        time.sleep(float(request.query["s"]))
+        return Response.text("slept")
+    return Response.json(await box.get())
+"""
+
+
+def test_a_worker_whose_event_loop_stalls_is_restarted(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    d = function_dir(tmp_path, "stall", STALL_APP)
+    (d / "fastactor.toml").write_text(
+        'name = "stall"\nmain = "app.py"\n[[actors]]\nbinding = "BOX"\ntype = "Box"\n'
+    )
+    admin = free_ports(1)
+    extra = ("--admin-port", str(admin), "--stall-timeout", "4")
+    srv = serve(d, workers=2, extra=extra)
+    (url,) = srv.urls
+    ready = f"http://127.0.0.1:{admin}/health/readiness"
+    assert httpx.get(f"{url}/put?v=7").json() == 7
+    before = set(srv.workers())
+    spun: list[object] = []
+
+    def spin() -> None:
+        try:
+            spun.append(httpx.get(f"{url}/spin", timeout=60))
+        except httpx.HTTPError as e:
+            spun.append(e)
+
+    t = threading.Thread(target=spin)
+    t.start()
+    # The owner's loop stops: readiness says so after 2 s, and names the worker ...
+    deadline = time.time() + 4
+    while (r := httpx.get(ready)).status_code == 200:
+        assert time.time() < deadline, srv.lines
+        time.sleep(0.1)
+    assert r.status_code == 503 and "event loop has not run" in r.text, r.text
+    # ... and after --stall-timeout the worker is killed, with its stacks on stderr (the
+    # method's line), restarted, and recovers: what it acknowledged is there.
+    t.join(30)
+    # The request ends: its connection closed when it ran on the killed worker, else the
+    # worker that forwarded the call answers that it failed.
+    (end,) = spun
+    assert isinstance(end, httpx.TransportError) or (
+        isinstance(end, httpx.Response) and end.status_code == 500 and "went away" in end.text
+    ), end
+    deadline = time.time() + 30
+    while httpx.get(ready).status_code != 200:
+        assert time.time() < deadline, srv.lines
+        time.sleep(0.1)
+    assert httpx.get(f"{url}/get").json() == 7
+    assert httpx.get(f"{url}/put?v=8").json() == 8
+    log = "".join(srv.lines)
+    assert "event loop has not run for 4 s" in log, log
+    assert re.search(r'stall/app\.py", line 1[34] in spin', log), log
+    assert "exited (-9); restarting" in log, log
+    after = set(srv.workers())
+    assert len(after) == 2 and len(before & after) == 1
+    metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics").text
+    restarts = [x for x in metrics.splitlines() if x.startswith("fastactor_worker_restarts_total")]
+    assert sorted(int(x.split()[-1]) for x in restarts) == [0, 1], restarts
+    # A loop blocked for less than the timeout is only waited for.
+    assert httpx.get(f"{url}/sleep?s=2.5", timeout=30).text == "slept"
+    assert set(srv.workers()) == after
+
+
+def test_stall_timeout_0_never_restarts(serve: Callable[..., Server], tmp_path: Path) -> None:
+    d = function_dir(
+        tmp_path,
+        "sleepy",
+        "import time\n"
+        "from fastactor import Response\n"
+        "async def fetch(request, env):\n"
+        "    time.sleep(2)  # holds the worker's event loop\n"
+        "    return Response.text('slept')\n",
+    )
+    srv = serve(d, workers=1, extra=("--stall-timeout", "0"))
+    before = srv.workers()
+    assert httpx.get(srv.urls[0], timeout=30).text == "slept"
+    assert srv.workers() == before and "restarting" not in "".join(srv.lines)

@@ -30,7 +30,12 @@ _COUNTERS = [
 ]
 
 
-def render_metrics(stats: list[dict[str, Any] | None]) -> str:
+def render_metrics(
+    stats: list[dict[str, Any] | None], restarts: list[int], stalls: list[float]
+) -> str:
+    """The /metrics text: each worker's counters (STATS, None for one that never answered),
+    and the supervisor's own per worker: RESTARTS, and STALLS (seconds since its event loop
+    last ran, see watchdog.py)."""
     out: list[str] = []
 
     def family(name: str, kind: str, help_: str) -> None:
@@ -64,6 +69,14 @@ def render_metrics(stats: list[dict[str, Any] | None]) -> str:
             f'fastactor_fsync_seconds_sum{{worker="{i}"}} {s["wal"]["flush_us_sum"] / 1e6:g}'
         )
         out.append(f'fastactor_fsync_seconds_count{{worker="{i}"}} {acc}')
+    family("fastactor_worker_restarts_total", "counter", "times the supervisor restarted it")
+    out.extend(
+        f'fastactor_worker_restarts_total{{worker="{i}"}} {n}' for i, n in enumerate(restarts)
+    )
+    family("fastactor_event_loop_stall_seconds", "gauge", "seconds since its event loop last ran")
+    out.extend(
+        f'fastactor_event_loop_stall_seconds{{worker="{i}"}} {t:.2f}' for i, t in enumerate(stalls)
+    )
     return "\n".join(out) + "\n"
 
 
@@ -88,11 +101,12 @@ def start_admin(sup: Any, host: str, port: int) -> ThreadingHTTPServer:
             if path == "/health/liveness":
                 self._send(200, "text/plain", b"ok\n", head)
             elif path == "/health/readiness":
-                ok = sup.ready and not sup.stopping
-                body = b"ready\n" if ok else b"starting\n"
-                self._send(200 if ok else 503, "text/plain", body, head)
+                why = sup.unready()
+                body = f"{why or 'ready'}\n".encode()
+                self._send(503 if why else 200, "text/plain", body, head)
             elif path == "/metrics":
-                body = render_metrics([read(i) for i in range(sup.cfg["workers"])]).encode()
+                stats = [read(i) for i in range(sup.cfg["workers"])]
+                body = render_metrics(stats, sup.restarts, sup.stalls).encode()
                 self._send(200, "text/plain; version=0.0.4", body, head)
             else:
                 self._send(404, "text/plain", b"not found\n", head)

@@ -32,6 +32,7 @@ from ..manifest import load_function, resolve
 from ..runtime import Env
 from .http import HttpProtocol, Limits, base_url, connection_cap
 from .ipc import Channel, RoutedNamespace, serve_calls
+from .watchdog import start_heartbeat
 
 log = logging.getLogger("fastactor.worker")
 LOG_FAILED = 3  # the exit code of a worker whose log failed
@@ -144,6 +145,8 @@ async def serve(cfg: dict[str, Any]) -> None:
             await asyncio.sleep(0.1)
 
     watch_task = loop.create_task(watch_log())
+    if cfg.get("heartbeat"):
+        start_heartbeat(cfg["heartbeat"], me)
     tell("ready")
     await stop.wait()
     watch_task.cancel()
