@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -89,11 +90,38 @@ class StatefulActor:
         return Response.text("not found", status=404)
 
 
+def signature_of(f: Any) -> inspect.Signature | None:
+    """F's signature without its annotations (for messages), or None where it has none to
+    read (some builtins)."""
+    try:
+        sig = inspect.signature(f)
+    except (TypeError, ValueError):
+        return None
+    empty = inspect.Parameter.empty
+    params = [p.replace(annotation=empty) for p in sig.parameters.values()]
+    return sig.replace(parameters=params, return_annotation=empty)
+
+
+# What the runtime calls on an actor class, and with what.
+_CALLED_WITH = {"__init__": "self, ctx, env", "alarm": "self, info", "fetch": "self, request"}
+
+
 def check_actor_class(cls: type[StatefulActor]) -> tuple[float | None, ...]:
     """The budgets CLS sets (None where it keeps the runtime's), in BUDGETS order; TypeError
     or ValueError naming the class and the attribute if one of its settings is not valid."""
     if not isinstance(getattr(cls, "alarm_retry", None), AlarmRetry):
         raise TypeError(f"{cls.__name__}.alarm_retry must be a fastactor.AlarmRetry")
+    for name, takes in _CALLED_WITH.items():
+        f = getattr(cls, name, None)
+        if not callable(f):
+            raise TypeError(f"{cls.__name__}.{name} must be a method taking ({takes})")
+        sig = signature_of(f)
+        if sig is None:
+            continue  # a builtin: found out when it is called
+        try:
+            sig.bind(*(None for _ in takes.split(",")))
+        except TypeError:
+            raise TypeError(f"{cls.__name__}.{name}{sig} must take ({takes})") from None
     out: list[float | None] = []
     for name in BUDGETS:
         v = getattr(cls, name, None)

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .actor import StatefulActor, check_actor_class
+from .actor import StatefulActor, check_actor_class, signature_of
 
 __all__ = ["Binding", "Function", "ManifestError", "load_function", "resolve"]
 
@@ -107,6 +107,12 @@ def load_function(directory: str | Path) -> Function:
     fn.module = _import(fn)
     if not callable(fn.fetch):
         raise _fail(path, f"{main_path.name} defines no fetch(request, env)")
+    sig = signature_of(fn.fetch)
+    if sig is not None:  # else a builtin: found out at the first request
+        try:
+            sig.bind(None, None)
+        except TypeError:
+            raise _fail(path, f"{main_path.name}: fetch{sig} must take (request, env)") from None
     for b in actors:
         cls = getattr(fn.module, b.type, None)
         if isinstance(cls, type) and issubclass(cls, StatefulActor):

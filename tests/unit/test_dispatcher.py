@@ -449,6 +449,10 @@ def test_a_class_sets_its_own_budgets(actor_runtime: RuntimeFactory) -> None:
     run(actor_runtime, go, Quick, Patient, SlowStart, method_timeout=0.5)
 
 
+async def _no_info(self: Any) -> None:
+    pass
+
+
 @pytest.mark.parametrize(
     ("attr", "value", "error", "message"),
     [
@@ -457,6 +461,10 @@ def test_a_class_sets_its_own_budgets(actor_runtime: RuntimeFactory) -> None:
         ("alarm_timeout", 0, ValueError, "Bad.alarm_timeout must be a finite number > 0"),
         ("block_timeout", float("inf"), ValueError, "Bad.block_timeout must be a finite"),
         ("alarm_retry", 3, TypeError, "Bad.alarm_retry must be a fastactor.AlarmRetry"),
+        ("alarm", _no_info, TypeError, r"Bad\.alarm\(self\) must take \(self, info\)"),
+        ("fetch", _no_info, TypeError, r"Bad\.fetch\(self\) must take \(self, request\)"),
+        ("__init__", _no_info, TypeError, r"Bad\.__init__\(self\) must take \(self, ctx, env\)"),
+        ("fetch", None, TypeError, r"Bad\.fetch must be a method taking \(self, request\)"),
     ],
 )
 def test_bad_class_settings_are_refused_when_the_type_is_registered(

@@ -75,6 +75,9 @@ def test_a_bad_manifest_names_its_file_and_field(tmp_path: Path, toml: str, says
         ("raise RuntimeError('no config')", "importing app.py raised RuntimeError: no config"),
         ("x = 1", "defines no fetch(request, env)"),
         ("def (:", "app.py"),
+        ("async def fetch(request): pass", "app.py: fetch(request) must take (request, env)"),
+        ("async def fetch(a, b, c): pass", "fetch(a, b, c) must take (request, env)"),
+        ("async def fetch(*, request, env): pass", "fetch(*, request, env) must take"),
     ],
 )
 def test_a_module_that_does_not_load_is_a_clear_error(
@@ -84,6 +87,22 @@ def test_a_module_that_does_not_load_is_a_clear_error(
     with pytest.raises(ManifestError, match="fastactor.toml") as ei:
         load_function(d)
     assert says in str(ei.value), str(ei.value)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "async def fetch(request, env): pass",
+        "def fetch(request, env): pass",
+        "async def fetch(request, env=None, *rest, **kw): pass",
+        "async def fetch(*args): pass",
+        "class F:\n    async def __call__(self, request, env): pass\nfetch = F()",
+        "import functools\nasync def f(x, request, env): pass\nfetch = functools.partial(f, 1)",
+    ],
+)
+def test_fetch_that_takes_request_and_env_loads(tmp_path: Path, module: str) -> None:
+    d = function(tmp_path, "f", 'name = "s"\nmain = "app.py"\n', module)
+    assert callable(load_function(d).fetch)
 
 
 def test_references_resolve_to_their_accounts_owner(tmp_path: Path) -> None:
