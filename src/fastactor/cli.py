@@ -33,6 +33,44 @@ from .server.watchdog import STACKS_SIGNAL, STALLED_S, Watch
 __all__ = ["main"]
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
+               "g": 1 << 30, "gib": 1 << 30}  # fmt: skip
+MAX_BODY_LIMIT = 512 << 20  # a forwarded request crosses between workers in one frame
+
+
+def _size(text: str) -> int:
+    """BYTES, or a number of KiB, MiB or GiB ("10MiB", "512k", "1.5M")."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = _SIZE_UNITS.get(m.group(2).lower()) if m else None
+    if m is None or unit is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (bytes, or 64k, 10MiB, 1G)")
+    n = int(float(m.group(1)) * unit)
+    if not 0 <= n <= MAX_BODY_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r} is over {MAX_BODY_LIMIT >> 20} MiB")
+    return n
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds, more than 0, at most a day."""
+    try:
+        s = float(text)
+    except ValueError:
+        s = math.nan
+    if not 0 < s <= 86_400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 to 86400)")
+    return s
+
+
+def _connections(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of connections (1 to 1000000)")
+    return n
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -129,6 +167,34 @@ def _parser() -> argparse.ArgumentParser:
         metavar="US",
         help="hold each log batch open up to this long (or until 64 records) before its "
         "fdatasync: fewer flushes, more CPU for requests; 0 flushes at once (default 750)",
+    )
+    s.add_argument(
+        "--max-body",
+        type=_size,
+        default=10 << 20,
+        metavar="SIZE",
+        help="a request body past this gets 413 (bytes, or 512k, 10MiB; default 10MiB)",
+    )
+    s.add_argument(
+        "--fetch-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="S",
+        help="a fetch still running after S seconds is answered 504 (default 30)",
+    )
+    s.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=75.0,
+        metavar="S",
+        help="close a keep-alive connection idle this long (default 75)",
+    )
+    s.add_argument(
+        "--max-connections",
+        type=_connections,
+        default=CONNECTIONS,
+        metavar="N",
+        help=f"each worker answers 503 past N open connections (default {CONNECTIONS})",
     )
     s.add_argument(
         "--stall-timeout",
@@ -494,15 +560,21 @@ def serve(args: argparse.Namespace) -> int:
         "shards": [str(d) for d in layout.shard_dirs(Path(data))],
         "commit_window_us": args.commit_window_us,
         "admin_port": args.admin_port,
+        "limits": {
+            "body": args.max_body,
+            "fetch_timeout": args.fetch_timeout,
+            "idle_timeout": args.idle_timeout,
+            "connections": args.max_connections,
+        },
         "heartbeat": os.path.join(data, "run", "heartbeat"),
         "stall_timeout": args.stall_timeout,
     }
-    limit = _open_files(CONNECTIONS + 1024)
-    if limit < CONNECTIONS + 1024:
+    conns = args.max_connections
+    limit = _open_files(conns + 1024)
+    if limit < conns + 1024:
         print(
             f"fastactor: the open files limit (ulimit -n) is {limit}: each worker takes "
-            f"{connection_cap(CONNECTIONS)} connections, not {CONNECTIONS}, and answers 503 "
-            "past that",
+            f"{connection_cap(conns)} connections, not {conns}, and answers 503 past that",
             file=sys.stderr,
         )
     sup = Supervisor(cfg)

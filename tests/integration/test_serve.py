@@ -121,6 +121,15 @@ def test_startup_failures_exit_2_and_name_the_culprit(tmp_path: Path) -> None:
     for workers in ("0", "100000"):  # 100000 used to end in a traceback (argv too long)
         p = run_cli("serve", str(ACCOUNT), "--workers", workers, "--data", str(tmp_path / "d"))
         assert p.returncode == 2 and "--workers must be between 1 and 512" in p.stderr, p.stderr
+    for flag, value, says in (
+        ("--max-body", "10 furlongs", "is not a size (bytes, or 64k, 10MiB, 1G)"),
+        ("--max-body", "1G", "is over 512 MiB"),
+        ("--fetch-timeout", "0", "is not a number of seconds"),
+        ("--idle-timeout", "nan", "is not a number of seconds"),
+        ("--max-connections", "0", "is not a number of connections"),
+    ):
+        p = run_cli("serve", str(ACCOUNT), flag, value, "--data", str(tmp_path / "d"))
+        assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
     for stall in ("0.5", "-1", "nan", "1e9"):
         p = run_cli("serve", str(ACCOUNT), "--stall-timeout", stall, "--data", str(tmp_path / "d"))
         assert p.returncode == 2 and "--stall-timeout must be 0 (never) or" in p.stderr, p.stderr
@@ -793,3 +802,42 @@ def test_stall_timeout_0_never_restarts(serve: Callable[..., Server], tmp_path: 
     before = srv.workers()
     assert httpx.get(srv.urls[0], timeout=30).text == "slept"
     assert srv.workers() == before and "restarting" not in "".join(srv.lines)
+
+
+def test_http_limits_are_set_from_the_command_line(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    d = function_dir(
+        tmp_path,
+        "limits",
+        "import asyncio\n"
+        "from fastactor import Response\n"
+        "async def fetch(request, env):\n"
+        "    if request.path == '/slow':\n"
+        "        await asyncio.sleep(10)\n"
+        "    return Response.text(str(len(await request.body())))\n",
+    )
+    extra = ("--max-body", "1k", "--fetch-timeout", "0.5", "--idle-timeout", "1")
+    srv = serve(d, workers=1, extra=(*extra, "--max-connections", "3"))
+    (url,) = srv.urls
+    assert httpx.post(url, content=b"x" * 1024).text == "1024"
+    assert httpx.post(url, content=b"x" * 1025).status_code == 413
+    started = time.monotonic()
+    r = httpx.get(f"{url}/slow", timeout=30)
+    assert r.status_code == 504 and "0.5 s" in r.text and time.monotonic() - started < 5
+    host, port = url.removeprefix("http://").split(":")
+    held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(3)]
+    try:
+        extra_conn = socket.create_connection((host, int(port)), timeout=10)
+        assert extra_conn.recv(4096).startswith(b"HTTP/1.1 503 "), "no answer past the cap"
+        extra_conn.close()
+        # An idle connection is closed after about a second (the timers tick at half of it).
+        started = time.monotonic()
+        assert held[0].recv(4096) == b""
+        assert 0.8 < time.monotonic() - started < 5
+    finally:
+        for s in held:
+            s.close()
+    # The defaults, where nothing is given: 10 MiB bodies pass.
+    srv = serve(d, workers=1, data=tmp_path / "defaults")
+    assert httpx.post(srv.urls[0], content=b"x" * (10 << 20)).text == str(10 << 20)

@@ -30,7 +30,7 @@ from .._core import Shard
 from ..errors import FastactorError
 from ..manifest import load_function, resolve
 from ..runtime import Env
-from .http import HttpProtocol, Limits, base_url, connection_cap
+from .http import CONNECTIONS, HttpProtocol, Limits, base_url, connection_cap
 from .ipc import Channel, RoutedNamespace, serve_calls
 from .watchdog import start_heartbeat
 
@@ -101,7 +101,11 @@ async def serve(cfg: dict[str, Any]) -> None:
         }
 
     ipc_server = await serve_calls(sock, local, stats)
-    limits = Limits(connections=connection_cap())
+    given = cfg.get("limits", {})
+    limits = Limits(
+        **{k: v for k, v in given.items() if k != "connections"},
+        connections=connection_cap(given.get("connections", CONNECTIONS)),
+    )
     servers = []
     for i, (fn, env) in enumerate(zip(functions, envs, strict=True)):
         port = fn.port or cfg["port"] + i
