@@ -155,9 +155,9 @@ class Ring(StatefulActor):
     async def fan(self, names: list[str], back: str, how: str) -> Any:
         """Calls ping([]) on each of NAMES and ping([self]) on BACK, all at once, and awaits
         them HOW: "gather" (all of them), "first" (the call back, the first one made, once the
-        others are done; "wait_for": the same through asyncio.wait_for; "wait": through an
-        asyncio.wait for it and a sleep, all completed) or "others" (only the others: the call
-        back is never awaited)."""
+        others are done; "wait_for": the same through asyncio.wait_for; "shield": through
+        asyncio.shield; "wait": through an asyncio.wait for it and a sleep, all completed) or
+        "others" (only the others: the call back is never awaited)."""
         others = [self.env.RING.id_from_name(n) for n in names]
         first = self.env.RING.id_from_name(back).ping([self.ctx.id])
         if how == "gather":
@@ -168,6 +168,8 @@ class Ring(StatefulActor):
             return done
         if how == "wait_for":
             return [await asyncio.wait_for(first, 4), *done]
+        if how == "shield":
+            return [await asyncio.shield(first), *done]
         if how == "wait":
             await asyncio.wait([first, asyncio.ensure_future(asyncio.sleep(0.01))])
             return [first.result(), *done]
@@ -179,11 +181,14 @@ class Ring(StatefulActor):
     async def in_tasks(self, back: str, how: str) -> Any:
         """Calls ping([self]) on BACK from a Task this turn starts, and awaits it HOW: "task"
         (create_task, then await it), "gather" (gather over coroutines: Tasks of their own,
-        one of them sleeping first), "group" (a TaskGroup), "wait_for" (the Task awaits the
+        one of them sleeping first), "group" (a TaskGroup), "shield" (the Task through
+        asyncio.shield), "wait_for" (the Task awaits the
         call through wait_for) or "later" (the Task calls while the turn sleeps, and the turn
         ends without awaiting it)."""
         if how == "task":
             return [await asyncio.create_task(self._ping_back(back))]
+        if how == "shield":
+            return [await asyncio.shield(asyncio.create_task(self._ping_back(back)))]
         if how == "gather":
             return await asyncio.gather(asyncio.sleep(0.01, "slept"), self._ping_back(back))
         if how == "group":
@@ -1005,15 +1010,15 @@ def test_a_call_back_into_a_waiting_turn_is_a_deadlock_error_at_once(
         # A cycle through one of several calls in flight: awaited with gather, or awaited
         # after the later calls are done; each call back ran nothing.
         before = await ring.id_from_name("b").pings()
-        for how in ("gather", "first", "wait_for", "wait"):
+        for how in ("gather", "first", "wait_for", "wait", "shield"):
             trails = await a.fan(["c", "d"], "b", how)
             (back,) = [t for t in trails if t[0] == "b"]
             assert sorted(trails) == [back, ["c"], ["d"]]
             assert back[1].startswith("deadlock: calling Ring 'a' would"), back
             assert "(Ring 'a' → Ring 'b' → Ring 'a')" in back[1]
-        assert await ring.id_from_name("b").pings() == before + 4
+        assert await ring.id_from_name("b").pings() == before + 5
         # Through Tasks the turn started: their calls carry its chain.
-        for how in ("task", "gather", "group", "wait_for"):
+        for how in ("task", "gather", "group", "wait_for", "shield"):
             trails = await a.in_tasks("b", how)
             back = trails[-1]
             assert back[0] == "b" and back[1].startswith("deadlock: calling Ring 'a' would")

@@ -69,6 +69,19 @@ cdef object _wait_callback():
 
 cdef object _wait_callback_code = _wait_callback()
 
+
+cdef object _shield_callback():
+    """The code of the done callback asyncio.shield adds to what it shields: it settles the
+    future (``outer``) that shield returned."""
+    code = getattr(getattr(asyncio.tasks, "shield", None), "__code__", None)
+    for c in getattr(code, "co_consts", ()):
+        if (type(c) is types.CodeType and c.co_name == "_inner_done_callback"
+                and "outer" in c.co_freevars):
+            return c
+    return None
+
+cdef object _shield_callback_code = _shield_callback()
+
 cdef object _record_encode = msgspec.msgpack.Encoder().encode
 cdef object _record_decode = msgspec.msgpack.Decoder().decode
 cdef frozenset _NOT_RPC = frozenset({"fetch", "alarm"})
@@ -466,8 +479,8 @@ cdef bint _waits_on(object w, object fut, int depth) except -1:
 
 cdef bint _released_by(object w, object fut) except -1:
     """True if the waiter W is released by a done callback of FUT, or of a Task that awaits
-    FUT (maybe through other Tasks): asyncio.wait_for's on 3.11, asyncio.wait's, the end of
-    a TaskGroup's block."""
+    FUT (maybe through other Tasks or asyncio.shield): asyncio.wait_for's on 3.11,
+    asyncio.wait's, the end of a TaskGroup's block, asyncio.shield's future."""
     cdef list todo = [fut]
     cdef int seen = 0
     while todo and seen < 16:
@@ -481,6 +494,14 @@ cdef bint _released_by(object w, object fut) except -1:
             if (_wait_callback_code is not None and type(cb) is types.FunctionType
                     and (<object>cb).__code__ is _wait_callback_code and _wait_needs(cb, w)):
                 return True
+            if (_shield_callback_code is not None and type(cb) is types.FunctionType
+                    and (<object>cb).__code__ is _shield_callback_code):
+                outer = _cell(cb, "outer")              # asyncio.shield's future settles
+                if outer is w:                          # when X does
+                    return True
+                if outer is not None:
+                    todo.append(outer)
+                continue
             awaiting = getattr(cb, "__self__", None)   # a Task's wake-up: that Task awaits X
             if isinstance(awaiting, _Task):
                 todo.append(awaiting)
@@ -488,6 +509,14 @@ cdef bint _released_by(object w, object fut) except -1:
                     and getattr(awaiting, "_on_completed_fut", None) is w):
                 return True                             # a TaskGroup waits for all its Tasks
     return False
+
+
+cdef object _cell(object fn, str name):
+    """What the closure of FN holds for the free variable NAME (None if it holds nothing)."""
+    try:
+        return fn.__closure__[fn.__code__.co_freevars.index(name)].cell_contents
+    except (ValueError, IndexError, TypeError):
+        return None
 
 
 cdef bint _wait_needs(object on_completion, object w) except -1:
