@@ -288,10 +288,13 @@ class Supervisor:
         self.stopping = False
         self.ready = False
         self.restarts = [0] * cfg["workers"]  # per worker, for /metrics
+        # Per worker: the alarm (instance key, retries) that held its loop when it was killed
+        # for stalling, for its next process to count as failed.
+        self.stalled_alarms: dict[int, tuple[str, int]] = {}
         self.stalls = [0.0] * cfg["workers"]  # seconds each worker's loop has not run
 
     def spawn(self, i: int) -> subprocess.Popen[str]:
-        cfg = dict(self.cfg, index=i)
+        cfg = dict(self.cfg, index=i, stalled_alarm=self.stalled_alarms.pop(i, None))
         return subprocess.Popen(
             [sys.executable, "-m", "fastactor.server.worker", json.dumps(cfg)],
             stdin=subprocess.PIPE,
@@ -339,6 +342,16 @@ class Supervisor:
             self.stalls = watch.stalls(time.monotonic())
             for i, p in enumerate(self.procs):
                 if self._stalled_too_long(i, p):
+                    alarm = watch.running_alarm(i)
+                    if alarm is not None:
+                        type_name, _, name = alarm[0].partition("\0")
+                        print(
+                            f"fastactor: worker {i} was running the alarm of {type_name} "
+                            f"{name!r}: that run counts as failed",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        self.stalled_alarms[i] = alarm
                     watch.restarted(i, time.monotonic())
                 if p.poll() is not None and not self.stopping:
                     # A worker that keeps dying (a failing disk, say) is restarted less

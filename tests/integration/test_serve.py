@@ -841,3 +841,57 @@ def test_http_limits_are_set_from_the_command_line(
     # The defaults, where nothing is given: 10 MiB bodies pass.
     srv = serve(d, workers=1, data=tmp_path / "defaults")
     assert httpx.post(srv.urls[0], content=b"x" * (10 << 20)).text == str(10 << 20)
+
+
+BLOCKING_ALARM_APP = """
+from fastactor import AlarmRetry, Response, StatefulActor
+
+class Clock(StatefulActor):
+    alarm_retry = AlarmRetry(limit=1, delay=0.1)
+
+    async def arm(self):
+        await self.ctx.storage.set_alarm(0)  # due now
+
+    async def alarm(self, info):
+        await self.ctx.storage.put("runs", (await self.ctx.storage.get("runs") or 0) + 1)
+        while True:  # never awaits: holds its worker's event loop, run after run
+            pass
+
+    async def state(self):
+        return [await self.ctx.storage.get_alarm(), await self.ctx.storage.get("runs")]
+
+async def fetch(request, env):
+    clock = env.CLOCK.id_from_name("c")
+    if request.path == "/arm":
+        await clock.arm()
+    return Response.json(await clock.state())
+"""
+
+
+def test_an_alarm_that_blocks_its_worker_is_retried_then_deleted(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    d = function_dir(tmp_path, "clock", BLOCKING_ALARM_APP)
+    (d / "fastactor.toml").write_text(
+        'name = "clock"\nmain = "app.py"\n[[actors]]\nbinding = "CLOCK"\ntype = "Clock"\n'
+    )
+    srv = serve(d, workers=1, extra=("--stall-timeout", "1"))
+    (url,) = srv.urls
+    try:
+        httpx.get(f"{url}/arm", timeout=10)
+    except httpx.TransportError:
+        pass  # the alarm may already hold the loop when the answer would go out
+    # The run holds the loop: the worker is killed and restarted, and the run counts as a
+    # failure; the retry (AlarmRetry(limit=1)) blocks too, and then the alarm is deleted.
+    deadline = time.time() + 60
+    while "alarm failed 2 times, deleting it" not in "".join(srv.lines):
+        assert time.time() < deadline, srv.lines
+        time.sleep(0.1)
+    log = "".join(srv.lines)
+    assert log.count("was running the alarm of Clock 'c': that run counts as failed") == 2, log
+    assert "retry 1 in 0.1 s" in log, log
+    workers = srv.workers()
+    # The alarm is gone; the writes of the runs never committed; the worker stays up.
+    assert httpx.get(url, timeout=10).json() == [None, None]
+    time.sleep(1.5)
+    assert srv.workers() == workers and log.count("restarting") == 2, srv.lines

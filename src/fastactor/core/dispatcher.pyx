@@ -243,6 +243,8 @@ cdef class _TurnTask(_TaskBase):
     cdef int cancel_requests         # before there is one
     cdef bint must_cancel
     cdef bint hooked                 # the carrying Task calls _carried_done when done
+    cdef object alarm_hook           # an alarm run's: the shard's alarm_step_hook, or None
+    cdef int alarm_retries           # an alarm run's retries so far
 
     cdef void carried_by(self, object task) except *:
         self.task = task
@@ -343,6 +345,9 @@ def _continue(coro, yielded, tt):
         except BaseException as e:
             exc = e
         (<_TurnTask>tt).waiting_on = None
+        hook = (<_TurnTask>tt).alarm_hook
+        if hook is not None:
+            hook((<_TurnTask>tt).inst.key, (<_TurnTask>tt).alarm_retries)
         task = _swap_task(loop, tt)
         try:
             yielded = coro.send(sent) if exc is None else coro.throw(exc)
@@ -350,6 +355,8 @@ def _continue(coro, yielded, tt):
             return s.value
         finally:
             _restore_task(loop, tt, task)
+            if hook is not None:
+                hook(None, 0)
 
 
 cdef _TurnTask _calling_turn(object loop):
@@ -950,6 +957,9 @@ cdef class Shard:
     cdef uint64_t n_commits
     cdef bint closed
     cdef readonly object origin    # this shard's identity in call chains (unique per process)
+    # Called with (instance key, retries) as a step of an alarm run starts, and (None, 0) as
+    # it ends: serve's watchdog, to learn which alarm held a stalled event loop.
+    cdef public object alarm_step_hook
 
     def __cinit__(self, str data_dir, object env, *, double method_timeout=30.0,
                   double fetch_timeout=30.0, double block_timeout=30.0,
@@ -1228,7 +1238,14 @@ cdef class Shard:
                     inst.turn = None
                     return True
                 retries = self.alarm_retries.get(inst.key, 0)
-                r = inst.actor.alarm(_AlarmInfo(retries, retries > 0))
+                hook = self.alarm_step_hook
+                if hook is not None:
+                    hook(inst.key, retries)
+                try:
+                    r = inst.actor.alarm(_AlarmInfo(retries, retries > 0))
+                finally:
+                    if hook is not None:
+                        hook(None, 0)
             else:
                 r = c.args[0]()
         except BaseException as e:
@@ -1250,6 +1267,10 @@ cdef class Shard:
         tt.chain = c.chain
         tt.inst = inst
         t.tt = tt
+        if c.kind == KIND_ALARM and self.alarm_step_hook is not None:
+            tt.alarm_hook = self.alarm_step_hook
+            tt.alarm_retries = retries
+            tt.alarm_hook(inst.key, retries)
         ctx = tt.context = PyContext_CopyCurrent()
         loop = self.loop
         caller = _swap_task(loop, tt)
@@ -1262,6 +1283,8 @@ cdef class Shard:
         finally:
             PyContext_Exit(ctx)
             _restore_task(loop, tt, caller)
+            if tt.alarm_hook is not None:
+                tt.alarm_hook(None, 0)
         if failure is not None:
             tt._finish(None, failure)
             self.end(t, None, failure)
@@ -1582,6 +1605,21 @@ cdef class Shard:
         self._stats["alarm_retries"] += 1
         self.alarm_handles[key] = self.wheel.add(<int64_t>(_now_ms() + delay * 1000.0), key)
         self.reschedule()
+
+    def alarm_stalled(self, str key, int retries, str why):
+        """The alarm of instance KEY was running (after RETRIES retries) when this shard's
+        last process was killed for holding its event loop (serve's --stall-timeout): that
+        run failed, as if it had raised WHY. So an alarm that always blocks is retried as
+        its class says and then deleted, rather than stall its worker after every restart."""
+        h = self.alarm_handles.get(key)
+        type_name, _, name = key.partition("\0")
+        ns = self.namespaces.get(type_name)
+        if h is None or ns is None:
+            return                       # deleted since, or its type is not served now
+        del self.alarm_handles[key]
+        self.wheel.cancel(h)
+        self.alarm_retries[key] = retries
+        self.alarm_failed(self.instance(ns, name), why)
 
     cdef void clear_alarm(self, _Instance inst) except *:
         """Deletes INST's stored alarm in a record of its own."""

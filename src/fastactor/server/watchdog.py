@@ -1,14 +1,19 @@
 """The supervisor's watch on its workers' event loops.
 
-Each worker counts in its own 8-byte slot of a small file both map (``DATA/run/heartbeat``),
-from a loop callback every BEAT_S. The supervisor reads the slots at every tick of its own
-loop. A count that has not moved for STALLED_S means that the worker's event loop is not
-running (a fetch, method or alarm that blocks without awaiting: ``time.sleep``, an endless
-loop, a synchronous client) while its connections and instances wait: readiness answers 503.
-One that has not moved for ``--stall-timeout`` gets the worker's Python stacks written to
-stderr (faulthandler, on SIGUSR1) and the worker killed, to be restarted and recover its
-partition from its log, as after a crash: every write it acknowledged is on disk, and what it
+Each worker counts in its own region of a small file both map (``DATA/run/heartbeat``), from
+a loop callback every BEAT_S. The supervisor reads the counts at every tick of its own loop.
+A count that has not moved for STALLED_S means that the worker's event loop is not running (a
+fetch, method or alarm that blocks without awaiting: ``time.sleep``, an endless loop, a
+synchronous client) while its connections and instances wait: readiness answers 503. One that
+has not moved for ``--stall-timeout`` gets the worker's Python stacks written to stderr
+(faulthandler, on SIGUSR1) and the worker killed, to be restarted and recover its partition
+from its log, as after a crash: every write it acknowledged is on disk, and what it
 had not acknowledged was never promised.
+
+A worker also notes in its region the alarm a step of which it is running. If that is what
+held the loop, the restarted worker counts the run as failed (Shard.alarm_stalled): an alarm
+that always blocks is retried as its class says, then deleted, instead of stalling its worker
+again after every restart.
 
 A stall is timed by the supervisor's clock only while the supervisor itself runs: a tick that
 comes late (the whole host paused, or the supervisor waiting on a restarting worker) starts
@@ -23,13 +28,19 @@ import os
 import signal
 import struct
 
-__all__ = ["BEAT_S", "STALLED_S", "Watch", "start_heartbeat"]
+__all__ = ["BEAT_S", "STALLED_S", "Heartbeat", "Watch"]
 
 BEAT_S = 0.25  # a worker's loop counts this often
 STALLED_S = 2.0  # a loop that has not counted for this long is stalled (readiness 503)
 LATE_TICK_S = 1.0  # a supervisor tick this late starts every count afresh
 STACKS_SIGNAL = signal.SIGUSR1  # a worker writes its Python stacks to stderr on it
-_SLOT = struct.Struct("=Q")
+# Each worker's region of the file: its count, then the alarm a step of which runs now (the
+# key's length, 0 for none, its retries so far, the key in UTF-8).
+REGION = 4096
+_HEAD = struct.Struct("=QII")
+_COUNT = struct.Struct("=Q")
+_ALARM = struct.Struct("=II")
+KEY_MAX = REGION - _HEAD.size
 
 
 def _map(fd: int) -> mmap.mmap:
@@ -37,13 +48,13 @@ def _map(fd: int) -> mmap.mmap:
 
 
 class Watch:
-    """The supervisor's side: makes the file with a zeroed slot per worker, and says how long
-    each worker's loop has gone without counting."""
+    """The supervisor's side: makes the file with a zeroed region per worker, says how long
+    each worker's loop has gone without counting, and which alarm it was running."""
 
     def __init__(self, path: str, workers: int, now: float) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.ftruncate(fd, _SLOT.size * workers)
+            os.ftruncate(fd, REGION * workers)
             self._map = _map(fd)
         finally:
             os.close(fd)
@@ -62,34 +73,62 @@ class Watch:
         self._tick = now
         out = []
         for i, last in enumerate(self._last):
-            (count,) = _SLOT.unpack_from(self._map, i * _SLOT.size)
+            (count,) = _COUNT.unpack_from(self._map, i * REGION)
             if late or count != last:
                 self._last[i] = count
                 self._since[i] = now
             out.append(now - self._since[i])
         return out
 
+    def running_alarm(self, i: int) -> tuple[str, int] | None:
+        """(instance key, retries) of the alarm whose step worker I was running, if it was:
+        read once the worker is gone."""
+        n, retries = _ALARM.unpack_from(self._map, i * REGION + _COUNT.size)
+        if not 0 < n <= KEY_MAX:
+            return None
+        start = i * REGION + _HEAD.size
+        return self._map[start : start + n].decode("utf-8", "surrogatepass"), retries
+
     def close(self) -> None:
         self._map.close()
 
 
-def start_heartbeat(path: str, me: int) -> None:
-    """The worker's side: counts in slot ME of PATH every BEAT_S while the running loop runs,
-    and has SIGUSR1 write this process's Python stacks to stderr."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        slot = _map(fd)
-    finally:
-        os.close(fd)
-    faulthandler.register(STACKS_SIGNAL, all_threads=True)
-    loop = asyncio.get_running_loop()
-    offset = me * _SLOT.size
-    count = 0
+class Heartbeat:
+    """The worker's side: its region of PATH, cleared; start() counts in it every BEAT_S
+    while the running loop runs, and has SIGUSR1 write this process's Python stacks to
+    stderr; alarm_step is the shard's alarm_step_hook."""
 
-    def beat() -> None:
-        nonlocal count
-        count += 1
-        _SLOT.pack_into(slot, offset, count)
-        loop.call_later(BEAT_S, beat)
+    def __init__(self, path: str, me: int) -> None:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self._map = _map(fd)
+        finally:
+            os.close(fd)
+        self._at = me * REGION
+        _ALARM.pack_into(self._map, self._at + _COUNT.size, 0, 0)
+        self._count = 0
 
-    beat()
+    def start(self) -> None:
+        faulthandler.register(STACKS_SIGNAL, all_threads=True)
+        loop = asyncio.get_running_loop()
+
+        def beat() -> None:
+            self._count += 1
+            _COUNT.pack_into(self._map, self._at, self._count)
+            loop.call_later(BEAT_S, beat)
+
+        beat()
+
+    def alarm_step(self, key: str | None, retries: int) -> None:
+        """A step of the alarm of instance KEY (after RETRIES retries) starts; KEY None: it
+        ended."""
+        at = self._at + _COUNT.size
+        if key is None:
+            _ALARM.pack_into(self._map, at, 0, 0)
+            return
+        b = key.encode("utf-8", "surrogatepass")
+        if len(b) > KEY_MAX:
+            return  # not kept: such an alarm is only restarted, not counted as failing
+        start = self._at + _HEAD.size
+        self._map[start : start + len(b)] = b
+        _ALARM.pack_into(self._map, at, len(b), retries)

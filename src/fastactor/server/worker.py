@@ -32,7 +32,7 @@ from ..manifest import load_function, resolve
 from ..runtime import Env
 from .http import CONNECTIONS, HttpProtocol, Limits, base_url, connection_cap
 from .ipc import Channel, RoutedNamespace, serve_calls
-from .watchdog import start_heartbeat
+from .watchdog import Heartbeat
 
 log = logging.getLogger("fastactor.worker")
 LOG_FAILED = 3  # the exit code of a worker whose log failed
@@ -82,6 +82,13 @@ async def serve(cfg: dict[str, Any]) -> None:
     for fn, env in zip(functions, envs, strict=True):
         for t in fn.owned:
             local[f"{fn.account}/{t}"].env = env
+    heartbeat = Heartbeat(cfg["heartbeat"], me) if cfg.get("heartbeat") else None
+    if heartbeat is not None:
+        shard.alarm_step_hook = heartbeat.alarm_step
+    if cfg.get("stalled_alarm"):
+        key, retries = cfg["stalled_alarm"]
+        why = "it held the worker's event loop for --stall-timeout: the worker was restarted"
+        shard.alarm_stalled(key, retries, why)
     sock = socket_path(cfg["sockets"], me)
     if os.path.exists(sock):
         os.unlink(sock)
@@ -149,8 +156,8 @@ async def serve(cfg: dict[str, Any]) -> None:
             await asyncio.sleep(0.1)
 
     watch_task = loop.create_task(watch_log())
-    if cfg.get("heartbeat"):
-        start_heartbeat(cfg["heartbeat"], me)
+    if heartbeat is not None:
+        heartbeat.start()
     tell("ready")
     await stop.wait()
     watch_task.cancel()
