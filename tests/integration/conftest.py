@@ -107,11 +107,15 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
             p.stdout.close()
 
 
-def function_dir(parent: Path, name: str, app: str) -> Path:
-    """A function directory PARENT/NAME whose app.py is APP (a manifest with no actors)."""
+def function_dir(parent: Path, name: str, app: str, actors: dict[str, str] | None = None) -> Path:
+    """A function directory PARENT/NAME whose app.py is APP, its manifest binding ACTORS
+    (binding: type; default none)."""
     d = parent / name
     d.mkdir()
-    (d / "fastactor.toml").write_text(f'name = "{name}"\nmain = "app.py"\n')
+    bindings = "".join(
+        f'[[actors]]\nbinding = "{b}"\ntype = "{t}"\n' for b, t in (actors or {}).items()
+    )
+    (d / "fastactor.toml").write_text(f'name = "{name}"\nmain = "app.py"\n{bindings}')
     (d / "app.py").write_text(app)
     return d
 

@@ -732,10 +732,7 @@ async def fetch(request, env):
 def test_a_worker_whose_event_loop_stalls_is_restarted(
     serve: Callable[..., Server], tmp_path: Path
 ) -> None:
-    d = function_dir(tmp_path, "stall", STALL_APP)
-    (d / "fastactor.toml").write_text(
-        'name = "stall"\nmain = "app.py"\n[[actors]]\nbinding = "BOX"\ntype = "Box"\n'
-    )
+    d = function_dir(tmp_path, "stall", STALL_APP, {"BOX": "Box"})
     admin = free_ports(1)
     extra = ("--admin-port", str(admin), "--stall-timeout", "4")
     srv = serve(d, workers=2, extra=extra)
@@ -871,10 +868,7 @@ async def fetch(request, env):
 def test_an_alarm_that_blocks_its_worker_is_retried_then_deleted(
     serve: Callable[..., Server], tmp_path: Path
 ) -> None:
-    d = function_dir(tmp_path, "clock", BLOCKING_ALARM_APP)
-    (d / "fastactor.toml").write_text(
-        'name = "clock"\nmain = "app.py"\n[[actors]]\nbinding = "CLOCK"\ntype = "Clock"\n'
-    )
+    d = function_dir(tmp_path, "clock", BLOCKING_ALARM_APP, {"CLOCK": "Clock"})
     srv = serve(d, workers=1, extra=("--stall-timeout", "1"))
     (url,) = srv.urls
     try:
