@@ -336,50 +336,79 @@ class Supervisor:
             # No arrow: "NAME → URL" lines are the functions (scripts read them).
             url = base_url(host, self.cfg["admin_port"])
             print(f"admin: {url}/health/readiness, {url}/metrics", flush=True)
-        started = [time.monotonic()] * len(self.procs)
-        quick = [0] * len(self.procs)  # restarts in a row that died within a minute
+        n = len(self.procs)
+        self._started = [time.monotonic()] * n
+        self._quick = [0] * n  # restarts in a row that died within a minute
+        # Per worker: None while it runs; ("wait", when) before it is started again, and
+        # ("start", deadline) while the new process recovers. No worker's restart holds up
+        # the watch on the others, nor the drain.
+        self._pending: list[tuple[str, float] | None] = [None] * n
+        self._watch = watch
         while not self.stopping:
-            self.stalls = watch.stalls(time.monotonic())
-            for i, p in enumerate(self.procs):
-                if self._stalled_too_long(i, p):
-                    alarm = watch.running_alarm(i)
-                    if alarm is not None:
-                        type_name, _, name = alarm[0].partition("\0")
-                        print(
-                            f"fastactor: worker {i} was running the alarm of {type_name} "
-                            f"{name!r}: that run counts as failed",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                        self.stalled_alarms[i] = alarm
-                    watch.restarted(i, time.monotonic())
-                if p.poll() is not None and not self.stopping:
-                    # A worker that keeps dying (a failing disk, say) is restarted less
-                    # and less often, up to every 10 s, rather than in a tight loop.
-                    quick[i] = quick[i] + 1 if time.monotonic() - started[i] < 60 else 0
-                    delay = min(10.0, 0.1 * 2 ** quick[i]) if quick[i] > 1 else 0.0
-                    print(
-                        f"fastactor: worker {i} exited ({p.returncode}); restarting"
-                        + (f" in {delay:g} s" if delay else ""),
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    self.ready = False
-                    deadline = time.monotonic() + delay
-                    while time.monotonic() < deadline and not self.stopping:
-                        time.sleep(0.05)
-                    if self.stopping:
-                        break
-                    started[i] = time.monotonic()
-                    self.restarts[i] += 1
-                    self.procs[i] = self.spawn(i)
-                    if not self.wait_line(self.procs[i], "ready", 120):
-                        print(f"fastactor: worker {i} failed to restart", file=sys.stderr)
-                    watch.restarted(i, time.monotonic())
-                    self.ready = all(q.poll() is None for q in self.procs)
+            now = time.monotonic()
+            self.stalls = watch.stalls(now)
+            for i in range(n):
+                self._tend(i, now)
+            self.ready = not any(self._pending) and all(p.poll() is None for p in self.procs)
             time.sleep(0.05)
         watch.close()
         return self._drain()
+
+    def _tend(self, i: int, now: float) -> None:
+        """One tick of worker I: kill it if its loop stalled too long, notice that it exited
+        and start it again (after a delay if it keeps dying), or see that it is ready."""
+        p, state = self.procs[i], self._pending[i]
+        if state is None:
+            if self._stalled_too_long(i, p):
+                alarm = self._watch.running_alarm(i)
+                if alarm is not None:
+                    type_name, _, name = alarm[0].partition("\0")
+                    print(
+                        f"fastactor: worker {i} was running the alarm of {type_name} "
+                        f"{name!r}: that run counts as failed",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    self.stalled_alarms[i] = alarm
+            if p.poll() is None:
+                return
+            # A worker that keeps dying (a failing disk, say) is started again less and less
+            # often, up to every 10 s, rather than in a tight loop.
+            self._quick[i] = self._quick[i] + 1 if now - self._started[i] < 60 else 0
+            delay = min(10.0, 0.1 * 2 ** self._quick[i]) if self._quick[i] > 1 else 0.0
+            print(
+                f"fastactor: worker {i} exited ({p.returncode}); restarting"
+                + (f" in {delay:g} s" if delay else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+            self._pending[i] = ("wait", now + delay)
+        elif state[0] == "wait":
+            if now >= state[1]:
+                self._started[i] = now
+                self.restarts[i] += 1
+                self.procs[i] = self.spawn(i)
+                self._pending[i] = ("start", now + 120)
+        else:
+            said = self._said(p, "ready")
+            if said is None and now < state[1]:
+                return
+            if not said:
+                print(f"fastactor: worker {i} failed to restart", file=sys.stderr, flush=True)
+            self._pending[i] = None  # running (or, if it died, restarted at the next tick)
+            self._watch.restarted(i, now)
+
+    def _said(self, p: subprocess.Popen[str], want: str) -> bool | None:
+        """True if worker P has printed the line WANT, False if it exited first, None if
+        neither yet (without waiting)."""
+        assert p.stdout is not None
+        while select.select([p.stdout], [], [], 0)[0]:
+            line = p.stdout.readline()
+            if not line:
+                return False
+            if line.strip() == want:
+                return True
+        return None
 
     def unready(self) -> str | None:
         """Why /health/readiness says 503, or None: every worker is up, its event loop
@@ -428,12 +457,14 @@ class Supervisor:
             if p.stdin is not None:
                 p.stdin.close()
         rc = 0
-        for p in self.procs:
+        for p, state in zip(self.procs, self._pending, strict=True):
             try:
-                rc = rc or p.wait(60)
+                code = p.wait(60)
             except subprocess.TimeoutExpired:
                 p.kill()
-                rc = 1
+                code = 1
+            if state is None:  # one that was being restarted had served nothing: its
+                rc = rc or code  # end (SIGTERM before its handler was set) is no failure
         return rc
 
     def _kill_all(self) -> None:

@@ -290,6 +290,34 @@ def test_a_data_directory_too_deep_for_unix_sockets_serves(
     assert not sockets.exists()
 
 
+def test_sigterm_while_a_worker_waits_to_restart_exits_0(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    s = serve(ACCOUNT)
+    post(f"{s.urls[0]}/accounts/eve/deposit", 5)
+    # A worker that dies again and again is started again after a growing delay; the others
+    # keep being watched meanwhile, and a SIGTERM then drains at once and exits 0 (the
+    # worker that was down had nothing to drain).
+    for n in range(1, 4):
+        victim = max(s.workers())  # the same worker each time: the newest process
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.time() + 30
+        while "".join(s.lines).count("restarting") < n:
+            assert time.time() < deadline, s.lines
+            time.sleep(0.02)
+        if n < 3:
+            while victim in s.workers() or len(s.workers()) < 2:
+                assert time.time() < deadline, s.lines
+                time.sleep(0.05)
+    assert "restarting in 0.8 s" in "".join(s.lines), s.lines
+    started = time.monotonic()
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(30) == 0, s.lines
+    assert time.monotonic() - started < 10
+    s2 = serve(ACCOUNT, data=tmp_path / "data")
+    assert httpx.get(f"{s2.urls[0]}/accounts/eve").json()["balance"] == 5
+
+
 def test_a_killed_worker_is_restarted_with_its_instances(serve: Callable[..., Server]) -> None:
     s = serve(ACCOUNT)
     (url,) = s.urls
