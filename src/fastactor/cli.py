@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,35 +51,26 @@ def _size(text: str) -> int:
     return n
 
 
-def _seconds(text: str) -> float:
-    """A number of seconds, more than 0, at most a day."""
-    try:
-        s = float(text)
-    except ValueError:
-        s = math.nan
-    if not 0 < s <= 86_400:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 to 86400)")
-    return s
+def _ranged(parse: Callable[[str], Any], ok: Callable[[Any], bool], says: str) -> Any:
+    """An argparse type: PARSE(text), refused with "'text' is not SAYS" unless OK of it."""
+
+    def check(text: str) -> Any:
+        try:
+            v = parse(text)
+        except ValueError:
+            v = None
+        if v is None or not ok(v):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {says}")
+        return v
+
+    return check
 
 
-def _connections(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= 1_000_000:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of connections (1 to 1000000)")
-    return n
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1 to 65535)")
-    return port
+_seconds = _ranged(float, lambda s: 0 < s <= 86_400, "a number of seconds (0 to 86400)")
+_connections = _ranged(
+    int, lambda n: 1 <= n <= 1_000_000, "a number of connections (1 to 1000000)"
+)
+_port = _ranged(int, lambda p: 1 <= p <= 65535, "a TCP port (1 to 65535)")
 
 
 def usable_cpus(
