@@ -483,9 +483,9 @@ def test_crc32c_known_answer() -> None:
 def test_commit_window_gathers_batches_and_bounds_the_wait(tmp_path: Path) -> None:
     async def go() -> tuple[int, float, int]:
         loop = asyncio.get_running_loop()
-        with WriteAheadLog(tmp_path / "a", group_window_us=400_000, group_window_records=8) as w:
-            # Records trickling in 10 ms apart inside a 400 ms window: one batch, written when
-            # the eighth arrives (the record count ends the window early).
+        with WriteAheadLog(tmp_path / "a", group_window_us=1_000_000, group_window_records=8) as w:
+            # Records trickling in 10 ms apart inside a 1 s window: one batch, written when the
+            # eighth arrives (the record count ends the window early).
             t0 = loop.time()
             lsns = []
             for i in range(8):
@@ -493,7 +493,7 @@ def test_commit_window_gathers_batches_and_bounds_the_wait(tmp_path: Path) -> No
                 await asyncio.sleep(0.01)
             await w.wait_durable(lsns[-1])
             gathered = w.batches
-            assert loop.time() - t0 < 0.4
+            assert loop.time() - t0 < 0.9
             # Records that stop coming: the batch goes after a quarter of the window of quiet.
             t1 = loop.time()
             await w.wait_durable(w.append(b"lone"))
@@ -509,7 +509,9 @@ def test_commit_window_gathers_batches_and_bounds_the_wait(tmp_path: Path) -> No
 
     gathered, lone, closing = run(go)
     assert gathered == 1
-    assert 0.09 <= lone < 0.3
+    # A quarter of the window (0.25 s), well short of the whole of it (1 s); the margin is wide
+    # because a loaded CI machine can stretch one fdatasync to a tenth of a second or more.
+    assert 0.24 <= lone < 0.8
     assert closing < 0.5
     with pytest.raises(ValueError):
         WriteAheadLog(tmp_path / "c", group_window_us=2_000_000)
