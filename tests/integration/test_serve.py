@@ -408,7 +408,9 @@ def test_admin_port_health_and_metrics(serve: Callable[..., Server]) -> None:
         time.sleep(0.01)
     (line,) = [x for x in srv.lines if x.startswith("admin: ")]
     assert line.split() == ["admin:", f"{base}/health/readiness,", f"{base}/metrics"]
-    assert httpx.get(f"{base}/health/liveness").status_code == 200
+    live = httpx.get(f"{base}/health/liveness")
+    assert live.status_code == 200
+    assert live.headers["server"] == f"fastactor/{fastactor.__version__}"
     assert httpx.get(f"{base}/health/readiness").status_code == 200
     for i in range(6):
         post(f"{url}/accounts/m{i}/deposit", 1)

@@ -10,6 +10,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .._version import __version__
 from .ipc import ask_stats
 from .worker import socket_path
 
@@ -91,8 +92,7 @@ def start_admin(sup: Any, host: str, port: int) -> ThreadingHTTPServer:
         return last.get(i)
 
     class Handler(BaseHTTPRequestHandler):
-        server_version = "fastactor"
-        sys_version = ""
+        server_version = f"fastactor/{__version__}"
         default_request_version = "HTTP/1.0"  # a bad request line still gets a status line
         timeout = 10  # a client that stops sending loses its thread after 10 s
 
@@ -146,6 +146,9 @@ def start_admin(sup: Any, host: str, port: int) -> ThreadingHTTPServer:
             self.end_headers()
             if not head:
                 self.wfile.write(body)
+
+        def version_string(self) -> str:
+            return self.server_version  # not http.server's "fastactor/V Python/3.x"
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
