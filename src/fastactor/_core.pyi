@@ -2,13 +2,14 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from datetime import datetime
 from os import PathLike
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 from typing_extensions import Buffer
 
 from .errors import LogFailedError
 
 _Path = str | bytes | PathLike[str] | PathLike[bytes]
+_T = TypeVar("_T")
 
 class WriteAheadLog:
     path: str
@@ -153,11 +154,16 @@ class ActorContext:
     ) -> Awaitable[Any]: ...
     def set_alarm(self, when: int | float | datetime) -> Awaitable[None]: ...
 
+class CallFuture(asyncio.Future[_T], Coroutine[Any, Any, _T]):
+    def send(self, value: None, /) -> Any: ...
+    def throw(self, *exc: Any) -> Any: ...
+    def close(self) -> None: ...
+
 class ActorStub:
     @property
     def id(self) -> str: ...
-    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]: ...
-    def fetch(self, request: Request) -> Awaitable[Response]: ...
+    def __getattr__(self, name: str) -> Callable[..., CallFuture[Any]]: ...
+    def fetch(self, request: Request) -> CallFuture[Response]: ...
 
 class ActorNamespace:
     env: object

@@ -190,6 +190,13 @@ def test_remote_calls_reach_the_owners_one_instance(tmp_path: Path) -> None:
             [1, "two", [3]],
             {"k": {"v": None}},
         ]
+        # A forwarded call goes where a coroutine goes, as a local one does (test_dispatcher).
+        task = asyncio.create_task(remote.deposit(5))
+        async with asyncio.TaskGroup() as tg:
+            more = [tg.create_task(remote.deposit(1)) for _ in range(3)]
+        assert sorted([await task] + [t.result() for t in more]) == [
+            100 - 14 * 7 + n for n in (5, 6, 7, 8)
+        ]
 
     run(tmp_path, body)
 

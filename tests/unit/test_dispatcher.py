@@ -170,8 +170,9 @@ class Ring(StatefulActor):
             return [await asyncio.wait_for(first, 4), *done]
         if how == "shield":
             return [await asyncio.shield(first), *done]
-        if how == "wait":
-            await asyncio.wait([first, asyncio.ensure_future(asyncio.sleep(0.01))])
+        if how == "wait":  # asyncio.wait takes Tasks, not what a call returns (a coroutine)
+            nap = asyncio.create_task(asyncio.sleep(0.01))
+            await asyncio.wait([asyncio.create_task(first), nap])
             return [first.result(), *done]
         return [await first, *done]
 
@@ -180,13 +181,17 @@ class Ring(StatefulActor):
 
     async def in_tasks(self, back: str, how: str) -> Any:
         """Calls ping([self]) on BACK from a Task this turn starts, and awaits it HOW: "task"
-        (create_task, then await it), "gather" (gather over coroutines: Tasks of their own,
-        one of them sleeping first), "group" (a TaskGroup), "shield" (the Task through
-        asyncio.shield), "wait_for" (the Task awaits the
-        call through wait_for) or "later" (the Task calls while the turn sleeps, and the turn
-        ends without awaiting it)."""
+        (create_task, then await it), "call" (create_task of the call itself), "gather"
+        (gather over coroutines: Tasks of their own, one of them sleeping first), "group" (a
+        TaskGroup), "shield" (the Task through asyncio.shield), "wait_for" (the Task awaits
+        the call through wait_for) or "later" (the Task calls while the turn sleeps, and the
+        turn ends without awaiting it)."""
         if how == "task":
             return [await asyncio.create_task(self._ping_back(back))]
+        if how == "call":
+            return [
+                await asyncio.create_task(self.env.RING.id_from_name(back).ping([self.ctx.id]))
+            ]
         if how == "shield":
             return [await asyncio.shield(asyncio.create_task(self._ping_back(back)))]
         if how == "gather":
@@ -210,10 +215,10 @@ class Ring(StatefulActor):
         sleep (asyncio.wait, FIRST_COMPLETED): the sleep does, and the call back, not refused,
         runs once this turn is over."""
         first = self.env.RING.id_from_name(back).ping([self.ctx.id])
-        nap = asyncio.ensure_future(asyncio.sleep(0.05))
-        done, _ = await asyncio.wait([first, nap], return_when=asyncio.FIRST_COMPLETED)
+        call, nap = asyncio.create_task(first), asyncio.create_task(asyncio.sleep(0.05))
+        done, _ = await asyncio.wait([call, nap], return_when=asyncio.FIRST_COMPLETED)
         self.pending = first
-        return [first in done, nap in done]
+        return [call in done, nap in done]
 
     async def pings(self) -> int:
         return await self.ctx.storage.get("pings") or 0
@@ -296,6 +301,38 @@ def test_ten_thousand_concurrent_debits_never_overdraw(actor_runtime: RuntimeFac
         assert st["commits"] == 2501
         # Turns pipeline behind the output gate: far fewer fdatasyncs than turns.
         assert rt.shard.wal.batches < 1000
+
+    run(actor_runtime, go)
+
+
+def test_a_call_goes_wherever_asyncio_takes_a_coroutine(actor_runtime: RuntimeFactory) -> None:
+    # What stub.method(...) returns is taken where an async def method's coroutine is:
+    # await, gather, wait_for, create_task, a TaskGroup, as_completed; asyncio.wait wants
+    # Tasks, as it does of coroutines. The call is made at once, awaited or not.
+    async def go(rt: Runtime) -> None:
+        names = [f"fan-{i}" for i in range(6)]
+        tasks = [asyncio.create_task(acct(rt, n).deposit(10)) for n in names]
+        assert [await t for t in tasks] == [10] * 6
+        async with asyncio.TaskGroup() as tg:
+            group = [tg.create_task(acct(rt, n).debit(3)) for n in names]
+        assert [t.result()["balance"] for t in group] == [7] * 6
+        assert await asyncio.wait_for(acct(rt, names[0]).deposit(1), 5) == 8
+        ends = [await f for f in asyncio.as_completed([acct(rt, n).deposit(0) for n in names])]
+        assert sorted(ends) == [7] * 5 + [8]
+        with pytest.raises(TypeError, match="use tasks explicitly"):
+            await asyncio.wait([acct(rt, names[1]).deposit(1)])
+        done, _ = await asyncio.wait([asyncio.create_task(acct(rt, names[1]).deposit(1))])
+        assert [t.result() for t in done] == [9]  # the refused wait's call ran all the same
+        # A failed call fails its Task; a cancelled Task leaves the call to run to its end.
+        with pytest.raises(ActorMethodError):
+            await asyncio.create_task(acct(rt, names[2]).one_arg())  # its argument missing
+        slow = asyncio.create_task(acct(rt, names[3]).slow_step("s", 0.05))
+        await asyncio.sleep(0.01)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        assert await acct(rt, names[3]).slow_step("t", 0.0) == "t"
+        assert "stub call" in repr(asyncio.create_task(acct(rt, names[4]).balance()))
 
     run(actor_runtime, go)
 
@@ -1018,7 +1055,7 @@ def test_a_call_back_into_a_waiting_turn_is_a_deadlock_error_at_once(
             assert "(Ring 'a' → Ring 'b' → Ring 'a')" in back[1]
         assert await ring.id_from_name("b").pings() == before + 5
         # Through Tasks the turn started: their calls carry its chain.
-        for how in ("task", "gather", "group", "wait_for", "shield"):
+        for how in ("task", "call", "gather", "group", "wait_for", "shield"):
             trails = await a.in_tasks("b", how)
             back = trails[-1]
             assert back[0] == "b" and back[1].startswith("deadlock: calling Ring 'a' would")

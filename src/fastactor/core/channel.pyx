@@ -388,7 +388,7 @@ cdef class Channel:
         # their types; the owner makes the list a tuple again). A CodecError leaves nothing.
         peer.send([call_id, key, name, kind, method, list(args), kwargs,
                    None if caller is None else _outgoing_chain(caller)])
-        fut = self.loop.create_future()
+        fut = CallFuture(loop=self.loop)
         if caller is not None:
             _made_call(caller, fut)
         peer.waiting[call_id] = fut

@@ -122,6 +122,30 @@ async def _await_it(awaitable):
     return await awaitable
 
 
+class CallFuture(asyncio.Future):
+    """The reply of a stub call (``stub.method(...)``, ``stub.fetch(request)``): an asyncio
+    Future, to await, gather, hand to wait_for or shield, that asyncio.create_task and a
+    TaskGroup's create_task take as well, as they take the coroutine an ``async def`` call
+    returns (so asyncio.wait, which refuses coroutines, wants it in a Task too). The call is
+    made when the stub is called, not when its reply is awaited. send and throw step it the
+    way ``await`` does."""
+
+    __slots__ = ()
+    __name__ = property(lambda self: "stub call")  # what the repr of a Task carrying it says
+
+    def send(self, value):
+        return _future_await(self).send(value)
+
+    def throw(self, *exc):
+        return _future_await(self).throw(*exc)
+
+    def close(self):
+        pass
+
+
+cdef object _future_await = asyncio.Future.__await__
+
+
 def _task_stack(coro, limit):
     """What Task.get_stack gives for a task running CORO: its frame and those below it, the
     oldest first, at most LIMIT of the newest; none once it is done."""
@@ -340,6 +364,10 @@ def _continue(coro, yielded, tt):
         (<_TurnTask>tt).waiting_on = yielded
         if (<_TurnTask>tt).inst.turn is not None and (<_TurnTask>tt).inst.turn.suspects:
             _refuse_cycles(<_TurnTask>tt)
+            if (<_TurnTask>tt).inst.turn.suspects:
+                # Again once the Tasks the turn just started ran their first step: one that
+                # awaits a call (create_task(stub.method())) only then waits on it.
+                loop.call_soon(_recheck_cycles, tt)
         try:
             sent = yield yielded
         except BaseException as e:
@@ -772,7 +800,7 @@ cdef class ActorContext:
     def set_alarm(self, when):
         """``ctx.storage.set_alarm(when)``, done at once: awaiting the result is optional."""
         _set_alarm(self.storage._turn(), when)
-        f = self._inst.shard.new_future()
+        f = self._inst.shard.loop.create_future()
         f.set_result(None)
         return f
 
@@ -922,7 +950,7 @@ cdef class Shard:
     one write-ahead log, the overlay of committed writes and the snapshot store."""
 
     cdef readonly object loop
-    cdef object new_future         # loop.create_future
+    cdef object new_future         # a CallFuture on the shard's loop
     cdef readonly WriteAheadLog wal
     cdef readonly _Store store
     cdef readonly str data_dir
@@ -996,7 +1024,7 @@ cdef class Shard:
         instances themselves stay on disk until they are called."""
         os.makedirs(self.data_dir, exist_ok=True)
         self.loop = asyncio.get_running_loop()
-        self.new_future = self.loop.create_future
+        self.new_future = functools.partial(CallFuture, loop=self.loop)
         path = os.path.join(self.data_dir, "state.sqlite3")
         try:
             self.store = _Store(path)
