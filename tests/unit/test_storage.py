@@ -67,6 +67,32 @@ class Box(StatefulActor):
             assert await txn.delete(["t3", "t4"]) == 1
             return await txn.get(["t1", "t2", "t3"])
 
+    async def tx_rollback(self, how: str) -> Any:
+        """Writes in a transaction and rolls it back, in a block or a function (HOW); then
+        tries one more write in it."""
+        s = self.ctx.storage
+        await s.put("rb-before", 1)
+        late = None
+
+        async def body(txn: Any) -> str:
+            nonlocal late
+            await txn.put("rb-inside", 1)
+            await txn.delete("rb-before")
+            txn.rollback()
+            try:
+                await txn.put("rb-late", 1)
+            except RuntimeError as e:
+                late = str(e)
+            return "rolled back"
+
+        if how == "block":
+            async with s.transaction() as txn:
+                r = await body(txn)
+        else:
+            r = await s.transaction(body)
+        await s.put("rb-after", 1)
+        return [r, late]
+
     async def tx_fn_fail(self) -> None:
         async def body(txn: Any) -> None:
             await txn.put("t", 1)
@@ -278,6 +304,15 @@ def test_transactions(actor_runtime: RuntimeFactory) -> None:
             await b.tx_fn_fail()
         assert ei.value.remote_type == "KeyError"
         assert await b.do([("get", "t")]) == [None]
+        # A rollback discards the transaction's writes without an error: the reply is the
+        # method's, and the writes around the transaction commit.
+        for how in ("block", "fn"):
+            assert await b.tx_rollback(how) == ["rolled back", "the transaction was rolled back"]
+            got = await b.do(
+                [("get", k) for k in ("rb-before", "rb-inside", "rb-late", "rb-after")]
+            )
+            assert got == [1, None, None, 1]
+            await b.do([("delete", "rb-after")])
 
     run(actor_runtime, go)
 

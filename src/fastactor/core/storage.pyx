@@ -444,6 +444,7 @@ cdef class Transaction:
     cdef Storage _storage
     cdef _WriteSet _ws
     cdef _Turn _owner
+    cdef bint _rolled_back
 
     def __cinit__(self, Storage storage):
         self._storage = storage
@@ -467,10 +468,10 @@ cdef class Transaction:
         if t.layers and t.layers[len(t.layers) - 1] is ws:
             t.layers.pop()
         t.top = t.layers[len(t.layers) - 1]
-        if ok:
-            t.top.merge_from(ws)
-        else:
+        if not ok:
             t.poisoned = True
+        elif not self._rolled_back:
+            t.top.merge_from(ws)
 
     async def _run(self, fn):
         self._open()
@@ -494,7 +495,16 @@ cdef class Transaction:
         cdef _Turn t = self._storage._turn()
         if t is not self._owner or t.top is not self._ws:
             raise RuntimeError("the transaction is not open")
+        if self._rolled_back:
+            raise RuntimeError("the transaction was rolled back")
         return t
+
+    def rollback(self):
+        """Discards the transaction's writes, as Durable Objects' ``txn.rollback()``: no error,
+        and the turn's other writes still commit. Nothing more may be done in it; return
+        from the transaction's block or function."""
+        self._t()
+        self._rolled_back = True
 
     async def get(self, key, default=None):
         return _get(self._t(), key, default)
