@@ -181,13 +181,20 @@ class Ring(StatefulActor):
 
     async def in_tasks(self, back: str, how: str) -> Any:
         """Calls ping([self]) on BACK from a Task this turn starts, and awaits it HOW: "task"
-        (create_task, then await it), "call" (create_task of the call itself), "gather"
+        (create_task, then await it), "call" (create_task of the call itself), "nested" (a
+        Task awaiting the Task that calls), "gather"
         (gather over coroutines: Tasks of their own, one of them sleeping first), "group" (a
         TaskGroup), "shield" (the Task through asyncio.shield), "wait_for" (the Task awaits
         the call through wait_for) or "later" (the Task calls while the turn sleeps, and the
         turn ends without awaiting it)."""
         if how == "task":
             return [await asyncio.create_task(self._ping_back(back))]
+        if how == "nested":  # a Task starting the Task that calls: two steps to the call
+
+            async def outer() -> Any:
+                return await asyncio.create_task(self._ping_back(back))
+
+            return [await asyncio.create_task(outer())]
         if how == "call":
             return [
                 await asyncio.create_task(self.env.RING.id_from_name(back).ping([self.ctx.id]))
@@ -1055,7 +1062,7 @@ def test_a_call_back_into_a_waiting_turn_is_a_deadlock_error_at_once(
             assert "(Ring 'a' → Ring 'b' → Ring 'a')" in back[1]
         assert await ring.id_from_name("b").pings() == before + 5
         # Through Tasks the turn started: their calls carry its chain.
-        for how in ("task", "call", "gather", "group", "wait_for", "shield"):
+        for how in ("task", "call", "nested", "gather", "group", "wait_for", "shield"):
             trails = await a.in_tasks("b", how)
             back = trails[-1]
             assert back[0] == "b" and back[1].startswith("deadlock: calling Ring 'a' would")
