@@ -340,6 +340,10 @@ def test_a_call_goes_wherever_asyncio_takes_a_coroutine(actor_runtime: RuntimeFa
             await slow
         assert await acct(rt, names[3]).slow_step("t", 0.0) == "t"
         assert "stub call" in repr(asyncio.create_task(acct(rt, names[4]).balance()))
+        async with anyio.create_task_group() as atg:  # anyio's start_soon wants a coroutine
+            for n in names[4:]:
+                atg.start_soon(acct(rt, n).deposit, 100)
+        assert [await acct(rt, n).balance() for n in names[4:]] == [107, 107]
 
     run(actor_runtime, go)
 
