@@ -122,7 +122,7 @@ async def run(base: Path, calls: int, rounds: int, window_us: int) -> dict[str, 
     return out
 
 
-def main(calls: int = 50_000, rounds: int = 3, window_us: int = 750) -> str:
+def main(calls: int = 50_000, rounds: int = 3, window_us: int = 400) -> str:
     base = Path(os.environ.get("FASTACTOR_BENCH_DIR", ROOT / ".bench-data"))
     base.mkdir(parents=True, exist_ok=True)
     d = Path(tempfile.mkdtemp(prefix="bench-channel-", dir=base))

@@ -66,7 +66,7 @@ async def main(port, log):
     loop = asyncio.get_running_loop()
     if log:
         from fastactor._core import WriteAheadLog
-        LOG = WriteAheadLog(log, group_window_us=750)
+        LOG = WriteAheadLog(log, group_window_us=400)
         LOG.bind_loop(loop)
     s = await loop.create_server(P, "127.0.0.1", port, reuse_port=True, backlog=1024)
     print("ready", flush=True)

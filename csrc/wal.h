@@ -156,8 +156,9 @@ typedef struct fa_wal_options {
     uint32_t group_min_records;
     uint64_t group_bytes;
     /* A commit window: once records wait, the flusher holds the batch open for up to
-     * group_window_us, until group_window_records records (or group_bytes) wait, or until
-     * no record has come in the window's first quarter. For servers whose CPU is the limit:
+     * group_window_us, or until group_window_records records (or group_bytes) wait; after a
+     * batch of fewer than group_min_records (a light load), also until no record has come in
+     * the window's first quarter. For servers whose CPU is the limit:
      * each fdatasync costs CPU, and one per few records is a large share of a cheap request;
      * a short window makes batches larger at a bounded cost in latency. 0 turns it off (the
      * default). */

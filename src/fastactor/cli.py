@@ -155,10 +155,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--commit-window-us",
         type=int,
-        default=750,
+        default=400,
         metavar="US",
         help="hold each log batch open up to this long (or until 64 records) before its "
-        "fdatasync: fewer flushes, more CPU for requests; 0 flushes at once (default 750)",
+        "fdatasync: fewer flushes, more CPU for requests; 0 flushes at once (default 400)",
     )
     s.add_argument(
         "--max-body",

@@ -517,6 +517,29 @@ def test_commit_window_gathers_batches_and_bounds_the_wait(tmp_path: Path) -> No
         WriteAheadLog(tmp_path / "c", group_window_us=2_000_000)
 
 
+def test_after_a_large_batch_the_window_is_held_to_its_end(tmp_path: Path) -> None:
+    # Sustained load (the last batch held group_min_records or more): the flusher sleeps the
+    # whole window at once, so a quiet spell does not end it early (one wake-up, not two);
+    # after a small batch a quiet quarter ends it again (the test above).
+    async def go() -> tuple[int, float, float]:
+        loop = asyncio.get_running_loop()
+        with WriteAheadLog(tmp_path, group_window_us=1_000_000, group_min_records=4) as w:
+            await w.wait_durable([w.append(b"r%d" % i) for i in range(6)][-1])
+            first = w.batches
+            t0 = loop.time()
+            await w.wait_durable(w.append(b"after six"))
+            after_large = loop.time() - t0
+            t1 = loop.time()
+            await w.wait_durable(w.append(b"after one"))
+            after_small = loop.time() - t1
+            return first, after_large, after_small
+
+    first, after_large, after_small = run(go)
+    assert first == 1
+    assert after_large >= 0.95  # the whole window, though nothing else came
+    assert 0.24 <= after_small < 0.8  # a quarter of it (margin: a slow fdatasync under CI)
+
+
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
 def test_flusher_thread_runs_sched_batch(tmp_path: Path) -> None:
     # A woken flusher must not preempt the event loop's thread (see flusher_main).
