@@ -15,6 +15,7 @@ import anyio
 import pytest
 import uvloop
 
+import fastactor
 from fastactor import (
     ActorDeadlockError,
     ActorFetchTimeoutError,
@@ -339,7 +340,9 @@ def test_a_call_goes_wherever_asyncio_takes_a_coroutine(actor_runtime: RuntimeFa
         with pytest.raises(asyncio.CancelledError):
             await slow
         assert await acct(rt, names[3]).slow_step("t", 0.0) == "t"
-        assert "stub call" in repr(asyncio.create_task(acct(rt, names[4]).balance()))
+        call = acct(rt, names[4]).balance()
+        assert isinstance(call, fastactor.CallFuture) and isinstance(call, asyncio.Future)
+        assert "stub call" in repr(asyncio.create_task(call))
         async with anyio.create_task_group() as atg:  # anyio's start_soon wants a coroutine
             for n in names[4:]:
                 atg.start_soon(acct(rt, n).deposit, 100)
