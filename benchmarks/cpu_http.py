@@ -10,8 +10,10 @@ bench_http, measured the same way in the same run (workload "trivial"). Workload
 floor (bench_http's durable floor), health, spread, hot (bench_http's), and pair: the spread
 load on two separate `--workers 1` servers at once, half the connections each (two wrk -t1
 -c32), so two loops and two flushers share the cores as under --workers 2 but no call crosses
-between them. Counters come from /proc (utime + stime per thread, context switches) and the
-servers' /metrics; the figures are per request answered.
+between them; onelog: the spread load over only those of the 1000 accounts that worker 0 owns
+(with two workers), so one log takes every write while half the calls still cross (against
+spread, what running turns in both workers costs). Counters come from /proc (utime + stime per
+thread, context switches) and the servers' /metrics; the figures are per request answered.
 """
 
 from __future__ import annotations
@@ -31,7 +33,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_http  # noqa: E402
 
+from fastactor.server.layout import owner_of  # noqa: E402
+
 TCK = os.sysconf("SC_CLK_TCK")
+OWN0 = [i for i in range(1000) if owner_of("default", "Account", f"acct-{i}", 2) == 0]
+ONELOG_LUA = (
+    "math.randomseed(os.time())\nlocal own = {" + ",".join(map(str, OWN0)) + "}\n"
+    "request = function()\n"
+    '  return wrk.format("POST", "/accounts/acct-" .. own[math.random(1, #own)] .. "/debit",'
+    """ nil, '{"amount": 1}')\nend\n"""
+)
 LUA = {
     "trivial": bench_http.HOT_LUA,
     "floor": bench_http.HOT_LUA,
@@ -39,6 +50,7 @@ LUA = {
     "spread": bench_http.SPREAD_LUA,
     "hot": bench_http.HOT_LUA,
     "pair": bench_http.SPREAD_LUA,
+    "onelog": ONELOG_LUA,
 }
 
 
