@@ -27,8 +27,6 @@ import bench_http as bh  # noqa: E402
 
 
 def run(seconds: int, rounds: int, workload: str, workers: int, variants: list[str]) -> str:
-    if shutil.which("wrk") is None:
-        raise SystemExit("ab_serve: wrk is not installed (apt-get install wrk)")
     lua = {"spread": bh.SPREAD_LUA, "hot": bh.HOT_LUA}[workload]
     port = 19000
     data = Path(tempfile.mkdtemp(prefix="fastactor-ab-"))
@@ -52,7 +50,7 @@ def run(seconds: int, rounds: int, workload: str, workers: int, variants: list[s
         bh.stop(procs)
         shutil.rmtree(data, ignore_errors=True)
     lines = [
-        f"{workload} debits, serve --workers {workers}, wrk -t2 -c{bh.CONNECTIONS} "
+        f"{workload} debits, serve --workers {workers}, {bh.generator()} "
         f"-d{seconds}s, {rounds} interleaved rounds",
         "",
         "| serve options | vs trivial server (median) | each round | p50 ms (median) |",

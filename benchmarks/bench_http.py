@@ -9,7 +9,11 @@ generator, is a trivial uvloop + httptools server answering a constant JSON body
 reference, the durable floor, is that server made durable with fastactor's own log: one
 record per request, the answer held until the record is on disk (the commit window serve uses),
 no fetch, no actor; it is what the disk and the log cost a server that does nothing else. The
-load generator is wrk (Debian's package); the script says so and stops if it is missing.
+load generator is wrk (Debian's package). Where wrk is missing, or with BENCH_LOADGEN=1, it is
+benchmarks/loadgen.c, built with the system's C compiler on first use: the same closed loop
+(64 keep-alive connections, one request in flight on each, 2 threads), without wrk's Lua call
+per request, so it costs the shared cores less; the header says which one ran, and ratios are
+comparable only between runs with the same generator.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,33 +121,104 @@ def _wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def wrk(
-    url: str, script: str, seconds: int, threads: int = 2, connections: int = 0
-) -> dict[str, float]:
-    """wrk's req/s, p50, p99 (ms) and non-2xx count; CONNECTIONS 0: bench_http's 64."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(script)
+# Each wrk script's requests for loadgen: lines "METHOD\tPATH\tBODY", and whether loadgen picks
+# one at random for each request (else each in turn).
+LOADGEN_REQUESTS: dict[str, tuple[list[str], bool]] = {
+    SPREAD_LUA: ([f'POST\t/accounts/acct-{i}/debit\t{{"amount": 1}}' for i in range(1000)], True),
+    HOT_LUA: (['POST\t/accounts/hot/debit\t{"amount": 1}'], False),
+    HEALTH_LUA: (["GET\t/health\t"], False),
+    DEPOSIT_LUA: (
+        [f'POST\t/accounts/acct-{i}/deposit\t{{"amount": 100000000}}' for i in range(1000)]
+        + ['POST\t/accounts/hot/deposit\t{"amount": 100000000}'],
+        False,
+    ),
+}
+
+
+def _run_with_file(text: str, argv: list[str], seconds: int) -> str:
+    """The output of ARGV with a temporary file holding TEXT as its last argument, for a load
+    generator's run of SECONDS."""
+    with tempfile.NamedTemporaryFile("w", delete=False) as f:
+        f.write(text)
     try:
-        out = subprocess.run(
-            [
-                "wrk",
-                "-t",
-                str(threads),
-                "-c",
-                str(connections or CONNECTIONS),
-                "-d",
-                f"{seconds}s",
-                "--latency",
-                "-s",
-                f.name,
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=seconds + 60,
+        return subprocess.run(
+            [*argv, f.name], capture_output=True, text=True, timeout=seconds + 60
         ).stdout
     finally:
         os.unlink(f.name)
+
+
+def use_loadgen() -> bool:
+    """Whether the benchmarks drive load with loadgen: wrk is missing, or BENCH_LOADGEN=1."""
+    return os.environ.get("BENCH_LOADGEN") == "1" or shutil.which("wrk") is None
+
+
+def generator(threads: int = 2, connections: int = 0) -> str:
+    """The load generator as the tables' headers name it."""
+    name = "loadgen (benchmarks/loadgen.c)" if use_loadgen() else "wrk"
+    return f"{name} -t{threads} -c{connections or CONNECTIONS}"
+
+
+def loadgen_binary() -> Path:
+    """benchmarks/loadgen.c built (once per version of the source) in the temporary directory."""
+    src = ROOT / "benchmarks" / "loadgen.c"
+    text = src.read_bytes()
+    out = Path(tempfile.gettempdir()) / f"fastactor-loadgen-{zlib.crc32(text):08x}"
+    if not out.exists():
+        cc = os.environ.get("CC", "cc")
+        tmp = out.with_name(f"{out.name}.{os.getpid()}")
+        p = subprocess.run(
+            [cc, "-O2", "-Wall", "-Wextra", "-pthread", "-o", str(tmp), str(src)],
+            capture_output=True,
+            text=True,
+        )
+        if p.returncode != 0:
+            raise SystemExit(
+                f"bench_http: neither wrk nor a working C compiler ({cc}) to build "
+                f"{src}:\n{p.stderr}"
+            )
+        tmp.replace(out)
+    return out
+
+
+def loadgen(
+    url: str, script: str, seconds: int, threads: int = 2, connections: int = 0
+) -> dict[str, float]:
+    """As wrk(), with loadgen: the requests SCRIPT makes, from LOADGEN_REQUESTS."""
+    if script not in LOADGEN_REQUESTS:
+        raise SystemExit("bench_http: this load needs wrk (apt-get install wrk)")
+    lines, random = LOADGEN_REQUESTS[script]
+    m = re.match(r"http://([\d.]+):(\d+)/", url)
+    if m is None:
+        raise ValueError(f"loadgen takes http://IPV4:PORT/ URLs, not {url!r}")
+    out = _run_with_file(
+        "\n".join(lines) + "\n",
+        [str(loadgen_binary()), "-t", str(threads), "-c", str(connections or CONNECTIONS)]
+        + ["-d", str(seconds), *(["-r"] if random else []), m.group(1), m.group(2)],
+        seconds,
+    )
+    got = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    return {
+        "rps": float(got.get("rps", 0.0)),
+        "p50": float(got.get("p50_ms", "nan")),
+        "p99": float(got.get("p99_ms", "nan")),
+        "non2xx": float(got.get("non2xx", 0.0)),
+    }
+
+
+def wrk(
+    url: str, script: str, seconds: int, threads: int = 2, connections: int = 0
+) -> dict[str, float]:
+    """wrk's req/s, p50, p99 (ms) and non-2xx count; CONNECTIONS 0: bench_http's 64. Where
+    wrk is missing (or BENCH_LOADGEN=1), loadgen's (see loadgen())."""
+    if use_loadgen():
+        return loadgen(url, script, seconds, threads, connections)
+    out = _run_with_file(
+        script,
+        ["wrk", "-t", str(threads), "-c", str(connections or CONNECTIONS), "-d", f"{seconds}s"]
+        + ["--latency", url, "-s"],
+        seconds,
+    )
 
     def ms(label: str) -> float:
         m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -203,8 +279,6 @@ def stop(procs: list[subprocess.Popen[str]]) -> None:
 
 
 def run(seconds: int = 10, rounds: int = 3) -> str:
-    if shutil.which("wrk") is None:
-        raise SystemExit("bench_http: wrk is not installed (apt-get install wrk)")
     port = 18000 + os.getpid() % 20000
     data = Path(
         tempfile.mkdtemp(
@@ -267,7 +341,7 @@ def run(seconds: int = 10, rounds: int = 3) -> str:
 
     return "\n".join(
         [
-            f"host: nproc={os.cpu_count()}, wrk -t2 -c{CONNECTIONS} -d{seconds}s x {rounds} "
+            f"host: nproc={os.cpu_count()}, {generator()} -d{seconds}s x {rounds} "
             "rounds (medians), fastactor serve examples/account --workers 2",
             "",
             "| workload | req/s | p50 ms | p99 ms | vs trivial uvloop server, per round "

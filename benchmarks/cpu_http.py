@@ -52,6 +52,10 @@ LUA = {
     "pair": bench_http.SPREAD_LUA,
     "onelog": ONELOG_LUA,
 }
+bench_http.LOADGEN_REQUESTS[ONELOG_LUA] = (
+    [f'POST\t/accounts/acct-{i}/debit\t{{"amount": 1}}' for i in OWN0],
+    True,
+)
 
 
 def tree(pid: int) -> list[int]:
@@ -165,7 +169,7 @@ def measure(name: str, urls: list[str], pids: list[int], seconds: int, admin: li
         f"{total[1] / n:.2f} voluntary, {total[2] / n:.2f} involuntary |"
     )
     wrk_cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
-    lines.append(f"| wrk | {wrk_cpu / dt:.2f} | {wrk_cpu / n * 1e6:.1f} | |")
+    lines.append(f"| load generator | {wrk_cpu / dt:.2f} | {wrk_cpu / n * 1e6:.1f} | |")
     busy = {k: (s1[k] - s0[k]) / TCK / dt for k in s0}
     summary = "machine (cores): " + ", ".join(f"{k} {v:.2f}" for k, v in busy.items())
     if m0 and m1:
@@ -191,8 +195,6 @@ def main(argv: list[str]) -> str:
     for w in names:
         if w not in LUA:
             raise SystemExit(f"cpu_http: unknown workload {w!r} (one of {', '.join(LUA)})")
-    if shutil.which("wrk") is None:
-        raise SystemExit("cpu_http: wrk is not installed (apt-get install wrk)")
     port = 18000 + os.getpid() % 20000
     root = bench_http.ROOT
     data = tempfile.mkdtemp(
@@ -200,7 +202,7 @@ def main(argv: list[str]) -> str:
         dir=root / ".bench-data" if (root / ".bench-data").is_dir() else None,
     )
     out = [
-        f"host: nproc={os.cpu_count()}, wrk -t2 -c{bench_http.CONNECTIONS} -d{seconds}s, "
+        f"host: nproc={os.cpu_count()}, {bench_http.generator()} -d{seconds}s, "
         f"fastactor serve examples/account --workers {workers} {' '.join(extra)}".rstrip()
     ]
     procs: list[subprocess.Popen[str]] = []

@@ -102,8 +102,6 @@ def summary(hist: list[int]) -> str:
 
 
 def run(seconds: int, extra: list[str]) -> str:
-    if shutil.which("wrk") is None:
-        raise SystemExit("lat_http: wrk is not installed (apt-get install wrk)")
     root = Path(tempfile.mkdtemp(prefix="fastactor-lat-http-"))
     fn, out, data = root / "fn", root / "out", root / "data"
     fn.mkdir()
@@ -135,7 +133,7 @@ def run(seconds: int, extra: list[str]) -> str:
         shutil.rmtree(root, ignore_errors=True)
     return "\n".join(
         [
-            f"host: nproc={os.cpu_count()}, wrk -t2 -c{bench_http.CONNECTIONS} -d{seconds}s, "
+            f"host: nproc={os.cpu_count()}, {bench_http.generator()} -d{seconds}s, "
             f"spread debits, fastactor serve --workers 2 {' '.join(extra)}".rstrip(),
             f"client (wrk): {w['rps']:,.0f} req/s, p50 {w['p50']:.2f} ms, p99 {w['p99']:.2f} ms",
             f"stub call, instance on the worker running fetch: {summary(times['local'])}",
