@@ -137,15 +137,16 @@ LOADGEN_REQUESTS: dict[str, tuple[list[str], bool]] = {
 
 def _run_with_file(text: str, argv: list[str], seconds: int) -> str:
     """The output of ARGV with a temporary file holding TEXT as its last argument, for a load
-    generator's run of SECONDS."""
+    generator's run of SECONDS; a generator that fails stops the benchmark with its message."""
     with tempfile.NamedTemporaryFile("w", delete=False) as f:
         f.write(text)
     try:
-        return subprocess.run(
-            [*argv, f.name], capture_output=True, text=True, timeout=seconds + 60
-        ).stdout
+        p = subprocess.run([*argv, f.name], capture_output=True, text=True, timeout=seconds + 60)
     finally:
         os.unlink(f.name)
+    if p.returncode != 0:
+        raise SystemExit(f"bench_http: {Path(argv[0]).name} failed: {p.stderr.strip()}")
+    return p.stdout
 
 
 def use_loadgen() -> bool:

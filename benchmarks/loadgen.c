@@ -91,14 +91,13 @@ next_request(worker *w)
 }
 
 static void
-close_conn(worker *w, conn *c)
+close_conn(conn *c)
 {
     if (c->fd >= 0) {
         /* Closing also takes the descriptor out of the epoll set; close errors lose nothing. */
         (void)close(c->fd);
         c->fd = -1;
     }
-    (void)w;
 }
 
 /* Opens C's socket and starts connecting; -1 if the system refuses a socket. */
@@ -111,7 +110,7 @@ open_conn(worker *w, conn *c)
     if (c->fd < 0)
         return -1;
     if (setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) {
-        close_conn(w, c);
+        close_conn(c);
         return -1;
     }
     c->connected = 0;
@@ -119,13 +118,13 @@ open_conn(worker *w, conn *c)
     c->req = NULL;
     if (connect(c->fd, (const struct sockaddr *)&addr, sizeof(addr)) != 0 &&
         errno != EINPROGRESS) {
-        close_conn(w, c);
+        close_conn(c);
         return -1;
     }
     ev.events = EPOLLOUT | EPOLLIN;
     ev.data.ptr = c;
     if (epoll_ctl(w->ep, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
-        close_conn(w, c);
+        close_conn(c);
         return -1;
     }
     return 0;
@@ -221,7 +220,7 @@ on_readable(worker *w, conn *c)
 static void
 reopen(worker *w, conn *c)
 {
-    close_conn(w, c);
+    close_conn(c);
     if (atomic_load_explicit(&stopping, memory_order_relaxed))
         return;
     w->errors++;
@@ -276,7 +275,7 @@ run_worker(void *arg)
         }
     }
     for (int i = 0; i < w->nconns; i++)
-        close_conn(w, &w->conns[i]);
+        close_conn(&w->conns[i]);
     return NULL;
 }
 
