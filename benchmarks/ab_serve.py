@@ -1,4 +1,4 @@
-"""Interleaved A/B of `fastactor serve` option sets, against the trivial server, with wrk.
+"""Interleaved A/B of `fastactor serve` option sets, against the trivial server.
 
     python benchmarks/ab_serve.py SECONDS ROUNDS [--workload spread|hot] [--workers N] \\
         "--commit-window-us 400" "--commit-window-us 750" ...
@@ -39,11 +39,11 @@ def run(seconds: int, rounds: int, workload: str, workers: int, variants: list[s
         for p in procs[1:]:
             bh.wait_serving(p)
         for i in range(len(variants)):
-            bh.wrk(f"http://127.0.0.1:{port + 1 + i}/", bh.DEPOSIT_LUA, 2, threads=1)
+            bh.drive(f"http://127.0.0.1:{port + 1 + i}/", bh.DEPOSIT_LUA, 2, threads=1)
         for r in range(rounds):
-            trivial = bh.wrk(f"http://127.0.0.1:{port}/", bh.HOT_LUA, seconds)["rps"]
+            trivial = bh.drive(f"http://127.0.0.1:{port}/", bh.HOT_LUA, seconds)["rps"]
             for v in variants if r % 2 == 0 else variants[::-1]:
-                got = bh.wrk(f"http://127.0.0.1:{port + 1 + variants.index(v)}/", lua, seconds)
+                got = bh.drive(f"http://127.0.0.1:{port + 1 + variants.index(v)}/", lua, seconds)
                 ratios[v].append(got["rps"] / trivial)
                 p50[v].append(got["p50"])
     finally:

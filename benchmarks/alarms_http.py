@@ -3,11 +3,11 @@
     python benchmarks/alarms_http.py [seconds] [--workers N]
 
 Question answered: SPEC §4 targets an alarm firing within 10 ms of its time; does that hold
-while the same workers answer durable debits as fast as wrk can send them? Alarms are armed
-200 at a time through HTTP (due 0.2 to 1.2 s later, spread over the instances and so over the
-workers); the lateness of each is the time its handler starts minus its time. The reference
-is the same measurement with no load, in the same run. The function is generated: the
-example's Account, and a Timer actor that arms and measures.
+while the same workers answer durable debits as fast as the load generator sends them? Alarms
+are armed 200 at a time through HTTP (due 0.2 to 1.2 s later, spread over the instances and so
+over the workers); the lateness of each is the time its handler starts minus its time. The
+reference is the same measurement with no load, in the same run. The function is generated:
+the example's Account, and a Timer actor that arms and measures.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import tempfile
 import textwrap
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -90,8 +91,6 @@ def arm_rounds(url: str, rounds: int) -> None:
 
 
 def run(seconds: int, workers: int) -> str:
-    if shutil.which("wrk") is None:
-        raise SystemExit("alarms_http: wrk is not installed (apt-get install wrk)")
     root = Path(tempfile.mkdtemp(prefix="fastactor-alarms-http-"))
     fn, out = root / "fn", root / "out"
     fn.mkdir()
@@ -114,32 +113,23 @@ def run(seconds: int, workers: int) -> str:
     rounds = max(1, seconds // 2)
     try:
         bench_http.wait_serving(srv)
-        bench_http.wrk(url, bench_http.DEPOSIT_LUA, 2, threads=1)
+        bench_http.drive(url, bench_http.DEPOSIT_LUA, 2, threads=1)
         arm_rounds(url, 2)
         idle = lateness(out)
-        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-            f.write(bench_http.SPREAD_LUA)
-        load = subprocess.Popen(
-            ["wrk", "-t2", f"-c{bench_http.CONNECTIONS}", f"-d{rounds * 1.5 + 3:.0f}s", "-s"]
-            + [f.name, url],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        time.sleep(1)
-        arm_rounds(url, rounds)
-        wrk_out = load.communicate(timeout=120)[0]
-        os.unlink(f.name)
+        with ThreadPoolExecutor(1) as ex:
+            load = ex.submit(bench_http.drive, url, bench_http.SPREAD_LUA, int(rounds * 1.5 + 3))
+            time.sleep(1)
+            arm_rounds(url, rounds)
+            rps = f"{load.result()['rps']:,.0f}"
         busy = lateness(out)
     finally:
         bench_http.stop([srv])
         shutil.rmtree(root, ignore_errors=True)
-    rps = next((ln.split()[-1] for ln in wrk_out.splitlines() if "Requests/sec" in ln), "?")
     return "\n".join(
         [
             f"host: nproc={os.cpu_count()}, fastactor serve --workers {workers}",
             f"no load (reference): {summary(idle)}",
-            f"under wrk -t2 -c{bench_http.CONNECTIONS} spread debits ({rps} req/s): "
-            f"{summary(busy)}",
+            f"under {bench_http.generator()} spread debits ({rps} req/s): {summary(busy)}",
         ]
     )
 

@@ -1,4 +1,4 @@
-"""Durable debits over HTTP against `fastactor serve`, and a trivial uvloop server, with wrk.
+"""Durable debits over HTTP against `fastactor serve`, and a trivial uvloop server.
 
     python benchmarks/bench_http.py [seconds] [rounds]    # the table for BENCHMARKS.md
 
@@ -8,12 +8,15 @@ one hot account, with p50/p99 latency; the reference, measured in the same run w
 generator, is a trivial uvloop + httptools server answering a constant JSON body. A second
 reference, the durable floor, is that server made durable with fastactor's own log: one
 record per request, the answer held until the record is on disk (the commit window serve uses),
-no fetch, no actor; it is what the disk and the log cost a server that does nothing else. The
-load generator is wrk (Debian's package). Where wrk is missing, or with BENCH_LOADGEN=1, it is
-benchmarks/loadgen.c, built with the system's C compiler on first use: the same closed loop
-(64 keep-alive connections, one request in flight on each, 2 threads), without wrk's Lua call
-per request, so it costs the shared cores less; the header says which one ran, and ratios are
-comparable only between runs with the same generator.
+no fetch, no actor; it is what the disk and the log cost a server that does nothing else.
+
+The load generator is benchmarks/loadgen.c, built with the system's C compiler on first use:
+a closed loop of 64 keep-alive connections, one request in flight on each, 2 threads. wrk
+(Debian's package, BENCH_GENERATOR=wrk) runs the same loads, but on two cores it is the
+bottleneck of the reference: it spends about 10 µs of CPU a request on the cores the servers
+share, so the trivial server answers about 105k req/s under wrk and about 160k under loadgen
+(BENCHMARKS.md, rounds 16 and 17), while fastactor's figures barely move. The header says which
+generator ran; ratios are comparable only between runs with the same generator.
 """
 
 from __future__ import annotations
@@ -150,8 +153,14 @@ def _run_with_file(text: str, argv: list[str], seconds: int) -> str:
 
 
 def use_loadgen() -> bool:
-    """Whether the benchmarks drive load with loadgen: wrk is missing, or BENCH_LOADGEN=1."""
-    return os.environ.get("BENCH_LOADGEN") == "1" or shutil.which("wrk") is None
+    """Whether the benchmarks drive load with loadgen (the default), not wrk
+    (BENCH_GENERATOR=wrk); an unknown BENCH_GENERATOR stops the benchmark."""
+    name = os.environ.get("BENCH_GENERATOR", "loadgen")
+    if name not in ("loadgen", "wrk"):
+        raise SystemExit(f"bench_http: BENCH_GENERATOR must be loadgen or wrk, not {name!r}")
+    if name == "wrk" and shutil.which("wrk") is None:
+        raise SystemExit("bench_http: BENCH_GENERATOR=wrk, but wrk is not installed")
+    return name == "loadgen"
 
 
 def generator(threads: int = 2, connections: int = 0) -> str:
@@ -175,8 +184,8 @@ def loadgen_binary() -> Path:
         )
         if p.returncode != 0:
             raise SystemExit(
-                f"bench_http: neither wrk nor a working C compiler ({cc}) to build "
-                f"{src}:\n{p.stderr}"
+                f"bench_http: no working C compiler ({cc}) to build {src} "
+                f"(BENCH_GENERATOR=wrk runs wrk instead):\n{p.stderr}"
             )
         tmp.replace(out)
     return out
@@ -185,7 +194,7 @@ def loadgen_binary() -> Path:
 def loadgen(
     url: str, script: str, seconds: int, threads: int = 2, connections: int = 0
 ) -> dict[str, float]:
-    """As wrk(), with loadgen: the requests SCRIPT makes, from LOADGEN_REQUESTS."""
+    """As drive(), with loadgen: the requests SCRIPT makes, from LOADGEN_REQUESTS."""
     if script not in LOADGEN_REQUESTS:
         raise SystemExit("bench_http: this load needs wrk (apt-get install wrk)")
     lines, random = LOADGEN_REQUESTS[script]
@@ -207,13 +216,21 @@ def loadgen(
     }
 
 
+def drive(
+    url: str, script: str, seconds: int, threads: int = 2, connections: int = 0
+) -> dict[str, float]:
+    """The load generator's req/s, p50, p99 (ms) and non-2xx count for the requests of wrk
+    script SCRIPT; CONNECTIONS 0: bench_http's 64. loadgen's (see loadgen()) unless
+    BENCH_GENERATOR=wrk."""
+    if use_loadgen():
+        return loadgen(url, script, seconds, threads, connections)
+    return wrk(url, script, seconds, threads, connections)
+
+
 def wrk(
     url: str, script: str, seconds: int, threads: int = 2, connections: int = 0
 ) -> dict[str, float]:
-    """wrk's req/s, p50, p99 (ms) and non-2xx count; CONNECTIONS 0: bench_http's 64. Where
-    wrk is missing (or BENCH_LOADGEN=1), loadgen's (see loadgen())."""
-    if use_loadgen():
-        return loadgen(url, script, seconds, threads, connections)
+    """As drive(), with wrk running SCRIPT."""
     out = _run_with_file(
         script,
         ["wrk", "-t", str(threads), "-c", str(connections or CONNECTIONS), "-d", f"{seconds}s"]
@@ -299,17 +316,17 @@ def run(seconds: int = 10, rounds: int = 3) -> str:
         procs.append(start_serve(port + 2, 1, data / "one"))
         for p in procs[2:]:
             wait_serving(p)
-        wrk(f"http://127.0.0.1:{port}/", DEPOSIT_LUA, 2, threads=1)  # fund accounts
-        wrk(f"http://127.0.0.1:{port + 2}/", DEPOSIT_LUA, 2, threads=1)
+        drive(f"http://127.0.0.1:{port}/", DEPOSIT_LUA, 2, threads=1)  # fund accounts
+        drive(f"http://127.0.0.1:{port + 2}/", DEPOSIT_LUA, 2, threads=1)
         # Rounds interleave the reference and the workloads, so drift on this shared machine
         # touches them alike; the table gives medians.
         for _ in range(rounds):
-            runs["trivial"].append(wrk(f"http://127.0.0.1:{port + 1}/", HOT_LUA, seconds))
-            runs["health"].append(wrk(f"http://127.0.0.1:{port}/", HEALTH_LUA, seconds))
-            runs["floor"].append(wrk(f"http://127.0.0.1:{port + 3}/", HOT_LUA, seconds))
-            runs["spread"].append(wrk(f"http://127.0.0.1:{port}/", SPREAD_LUA, seconds))
-            runs["hot"].append(wrk(f"http://127.0.0.1:{port}/", HOT_LUA, seconds))
-            runs["one"].append(wrk(f"http://127.0.0.1:{port + 2}/", SPREAD_LUA, seconds))
+            runs["trivial"].append(drive(f"http://127.0.0.1:{port + 1}/", HOT_LUA, seconds))
+            runs["health"].append(drive(f"http://127.0.0.1:{port}/", HEALTH_LUA, seconds))
+            runs["floor"].append(drive(f"http://127.0.0.1:{port + 3}/", HOT_LUA, seconds))
+            runs["spread"].append(drive(f"http://127.0.0.1:{port}/", SPREAD_LUA, seconds))
+            runs["hot"].append(drive(f"http://127.0.0.1:{port}/", HOT_LUA, seconds))
+            runs["one"].append(drive(f"http://127.0.0.1:{port + 2}/", SPREAD_LUA, seconds))
         rss = []
         for pid in subprocess.run(
             ["pgrep", "-P", str(srv.pid)], capture_output=True, text=True

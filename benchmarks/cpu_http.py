@@ -1,19 +1,20 @@
 """Where the CPU goes under bench_http's loads: per request, each thread of `fastactor serve`,
-wrk, and the whole machine.
+the load generator, and the whole machine.
 
     python benchmarks/cpu_http.py [seconds] [workload ...] [--workers N] [-- serve options]
 
-Question answered: how many µs of CPU does one request cost the workers' event loops, their
-log flushers, and the load generator, how many context switches does it cause, and how many
-records share an fdatasync? The reference is the trivial uvloop + httptools server of
-bench_http, measured the same way in the same run (workload "trivial"). Workloads: trivial,
-floor (bench_http's durable floor), health, spread, hot (bench_http's), and pair: the spread
-load on two separate `--workers 1` servers at once, half the connections each (two wrk -t1
--c32), so two loops and two flushers share the cores as under --workers 2 but no call crosses
-between them; onelog: the spread load over only those of the 1000 accounts that worker 0 owns
-(with two workers), so one log takes every write while half the calls still cross (against
-spread, what running turns in both workers costs). Counters come from /proc (utime + stime per
-thread, context switches) and the servers' /metrics; the figures are per request answered.
+Question answered: how many µs of CPU does one request cost the workers' event loops, their log
+flushers, and the load generator, how many context switches does it cause, and how many records
+share an fdatasync? The reference is the trivial uvloop + httptools server of bench_http,
+measured the same way in the same run (workload "trivial"). Workloads: trivial, floor
+(bench_http's durable floor), health, spread, hot (bench_http's), and pair: the spread load on
+two separate `--workers 1` servers at once, half the connections each (two generators, 1 thread
+and 32 connections each), so two loops and two flushers share the cores as under --workers 2
+but no call crosses between them; onelog: the spread load over only those of the 1000 accounts
+that worker 0 owns (with two workers), so one log takes every write while half the calls still
+cross (against spread, what running turns in both workers costs). Counters come from /proc
+(utime + stime per thread, context switches) and the servers' /metrics; the figures are per
+request answered.
 """
 
 from __future__ import annotations
@@ -100,13 +101,13 @@ def machine() -> dict[str, int]:
 
 
 def load(name: str, urls: list[str], seconds: int) -> dict[str, float]:
-    """Workload NAME's wrk run; with two URLs, one wrk -t1 on each with half the connections,
-    both at once: req/s summed, the higher p50 and p99."""
+    """Workload NAME's load generator run; with two URLs, one generator thread on each with
+    half the connections, both at once: req/s summed, the higher p50 and p99."""
     if len(urls) == 1:
-        return bench_http.wrk(urls[0], LUA[name], seconds)
+        return bench_http.drive(urls[0], LUA[name], seconds)
     half = bench_http.CONNECTIONS // len(urls)
     with ThreadPoolExecutor(len(urls)) as ex:
-        runs = list(ex.map(lambda u: bench_http.wrk(u, LUA[name], seconds, 1, half), urls))
+        runs = list(ex.map(lambda u: bench_http.drive(u, LUA[name], seconds, 1, half), urls))
     return {
         "rps": sum(r["rps"] for r in runs),
         "p50": max(r["p50"] for r in runs),
@@ -232,7 +233,7 @@ def main(argv: list[str]) -> str:
         for p in [srv, *pair]:
             bench_http.wait_serving(p)
         for p in [port] + [port + 4 + i for i in range(len(pair))]:
-            bench_http.wrk(f"http://127.0.0.1:{p}/", bench_http.DEPOSIT_LUA, 2, threads=1)
+            bench_http.drive(f"http://127.0.0.1:{p}/", bench_http.DEPOSIT_LUA, 2, threads=1)
         for w in names:
             if w in ("trivial", "floor"):
                 p, ref = (port + 1, triv) if w == "trivial" else (port + 3, floor)

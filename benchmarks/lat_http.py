@@ -3,15 +3,15 @@ split by where the instance lives (this worker's own shard, or another worker's)
 
     python benchmarks/lat_http.py [seconds] [-- serve options]
 
-Question answered: of the p50 a client sees (wrk), how long does `await account.debit(...)`
-take when the account is on the worker that runs fetch, and when the call crosses to the
-worker that owns it? The reference is the first figure itself: the local call is the commit
-cycle (the turn, the commit window, the fdatasync, the loop's wake-up), so what a forwarded
-call takes beyond it is the price of the crossing. The example's own source is served with
-the one line of its fetch that calls the stub timed (perf_counter, a histogram of 20 µs bins
-per kind); each worker writes its histograms to a file the script reads after the run. The
-timing costs about a tenth of the throughput. The load is bench_http's (wrk -t2 -c64,
-deposits first, then POST debit over 1000 accounts) against `serve --workers 2`.
+Question answered: of the p50 a client sees (the load generator's), how long does `await
+account.debit(...)` take when the account is on the worker that runs fetch, and when the call
+crosses to the worker that owns it? The reference is the first figure itself: the local call is
+the commit cycle (the turn, the commit window, the fdatasync, the loop's wake-up), so what a
+forwarded call takes beyond it is the price of the crossing. The example's own source is served
+with the one line of its fetch that calls the stub timed (perf_counter, a histogram of 20 µs
+bins per kind); each worker writes its histograms to a file the script reads after the run. The
+timing costs about a tenth of the throughput. The load is bench_http's (2 threads, 64
+connections, deposits first, then POST debit over 1000 accounts) against `serve --workers 2`.
 """
 
 from __future__ import annotations
@@ -121,8 +121,8 @@ def run(seconds: int, extra: list[str]) -> str:
     )
     try:
         bench_http.wait_serving(srv)
-        bench_http.wrk(url, bench_http.DEPOSIT_LUA, 2, threads=1)
-        w = bench_http.wrk(url, bench_http.SPREAD_LUA, seconds)
+        bench_http.drive(url, bench_http.DEPOSIT_LUA, 2, threads=1)
+        w = bench_http.drive(url, bench_http.SPREAD_LUA, seconds)
         time.sleep(0.5)
         times: dict[str, list[int]] = {"local": [0] * 5001, "forwarded": [0] * 5001}
         for f in sorted(out.glob("worker-*.json")):

@@ -1,4 +1,4 @@
-"""benchmarks/loadgen.c, bench_http's load generator where wrk is missing: it builds without a
+"""benchmarks/loadgen.c, bench_http's load generator (wrk is the alternative): it builds without a
 warning, counts what a server answers, and tells refusals and dropped connections apart."""
 
 from __future__ import annotations
