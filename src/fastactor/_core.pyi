@@ -214,6 +214,7 @@ PARTITIONS: int
 STATS_KIND: int
 
 def encode_frame(msg: object) -> bytes: ...
+def channel_stats() -> dict[str, int]: ...
 
 _HeaderInit = Mapping[str, str] | Iterable[tuple[str, str]] | None
 

@@ -24,6 +24,7 @@ from conftest import EXAMPLES, Server, free_ports, function_dir, run_cli
 
 import fastactor
 from fastactor import Runtime, StatefulActor
+from fastactor.server.layout import owner_of
 
 ACCOUNT = EXAMPLES / "account"
 READONLY = EXAMPLES / "account-readonly"
@@ -445,6 +446,46 @@ def test_admin_port_health_and_metrics(serve: Callable[..., Server]) -> None:
     ):
         answer = raw(base, request)
         assert answer.split()[1] == status and b"text/plain" in answer and b"<" not in answer
+
+
+def test_metrics_count_the_calls_forwarded_between_workers(serve: Callable[..., Server]) -> None:
+    admin = free_ports(1)
+    srv = serve(ACCOUNT, extra=("--admin-port", str(admin)))
+    (url,) = srv.urls
+
+    def scrape() -> dict[str, list[int]]:
+        got: dict[str, list[int]] = {}
+        text = httpx.get(f"http://127.0.0.1:{admin}/metrics").text
+        for line in text.splitlines():
+            m = re.fullmatch(r'(fastactor_\w+)\{worker="(\d)"\} (\d+)', line)
+            if m:
+                got.setdefault(m.group(1), [0, 0])[int(m.group(2))] = int(m.group(3))
+        return got
+
+    before = scrape()
+    names = [f"fw{i}" for i in range(24)]
+    with httpx.Client() as client:  # one connection: one worker runs every fetch
+        for name in names:
+            r = client.post(f"{url}/accounts/{name}/deposit", json={"amount": 1})
+            assert r.status_code == 200
+    after = scrape()
+
+    def delta(name: str) -> list[int]:
+        return [after[name][w] - before[name][w] for w in (0, 1)]
+
+    requests = delta("fastactor_http_requests_total")
+    front = requests.index(len(names))
+    assert requests[1 - front] == 0
+    crossing = sum(owner_of("default", "Account", n, 2) != front for n in names)
+    assert 0 < crossing < len(names)
+    assert delta("fastactor_forwarded_calls_total")[front] == crossing
+    assert delta("fastactor_forwarded_calls_total")[1 - front] == 0
+    assert delta("fastactor_served_calls_total")[front] == 0
+    assert delta("fastactor_served_calls_total")[1 - front] == crossing
+    # Each call frame out of the front, each reply frame back, and each worker's answer to
+    # the first scrape; one call in flight at a time, so every frame had a write of its own.
+    assert delta("fastactor_channel_frames_total") == [crossing + 1, crossing + 1]
+    assert delta("fastactor_channel_writes_total") == [crossing + 1, crossing + 1]
 
 
 def test_metrics_of_a_worker_stuck_in_a_call_are_its_last_counters(

@@ -24,6 +24,21 @@ cdef int _KIND_STATS = -1
 cdef uint32_t _MAX_FRAME = 1 << 30
 cdef object _ipc_log = logging.getLogger("fastactor.ipc")
 
+# This process's channel counters (one worker per process), for /metrics: calls sent to the
+# workers owning their instances, calls run here for other workers, and the frames (calls
+# and replies) sent with the writes that carried them: frames / writes is how well a loop
+# iteration's frames share one write.
+cdef uint64_t _calls_out = 0
+cdef uint64_t _calls_in = 0
+cdef uint64_t _frames_out = 0
+cdef uint64_t _writes_out = 0
+
+
+def channel_stats():
+    """This process's channel counters: calls_out, calls_in, frames_out, writes_out."""
+    return {"calls_out": _calls_out, "calls_in": _calls_in, "frames_out": _frames_out,
+            "writes_out": _writes_out}
+
 
 def _frame_limit(uint32_t limit=0):
     """The largest frame a channel carries (1 GiB); with LIMIT, sets it (tests)."""
@@ -107,21 +122,25 @@ cdef class _FrameConn:
     cdef int send(self, object msg) except -1:
         """Queues MSG's frame for the end of this loop iteration (see _append_frame for the
         CodecError; nothing is queued then); dropped if the connection is gone."""
+        global _frames_out
         _append_frame(self.out, msg)
         if self.lost:
             self.out.clear()
             return 0
+        _frames_out += 1
         if not self.scheduled and self.transport is not None:
             self.scheduled = True
             self.loop.call_soon(self.flush)
         return 0
 
     def flush(self):
+        global _writes_out
         self.scheduled = False
         if not self.out or self.transport is None:
             return
         if not self.transport.is_closing():
             self.transport.write(bytes(self.out))
+            _writes_out += 1
         self.out.clear()
 
     def connection_made(self, transport):
@@ -281,6 +300,8 @@ cdef class CallServer(_FrameConn):
             except Exception as e:
                 self.send([call_id, False, _error_tuple(e)])
             return
+        global _calls_in
+        _calls_in += 1
         reply = _Reply.__new__(_Reply)
         reply.conn = self
         reply.call_id = call_id
@@ -378,6 +399,7 @@ cdef class Channel:
         """Sends the call to worker OWNER; the future of its reply. CodecError at once if an
         argument can not be sent."""
         cdef _Peer peer
+        global _calls_out
         cdef _TurnTask caller = _calling_turn(self.loop)
         self.next_id += 1
         call_id = self.next_id
@@ -388,6 +410,7 @@ cdef class Channel:
         # their types; the owner makes the list a tuple again). A CodecError leaves nothing.
         peer.send([call_id, key, name, kind, method, list(args), kwargs,
                    None if caller is None else _outgoing_chain(caller)])
+        _calls_out += 1
         fut = CallFuture(loop=self.loop)
         if caller is not None:
             _made_call(caller, fut)

@@ -30,6 +30,17 @@ _COUNTERS = [
     ("alarms_given_up", "fastactor_alarms_given_up_total", "alarms deleted after retries"),
 ]
 
+_CHANNEL = [
+    (
+        "calls_out",
+        "fastactor_forwarded_calls_total",
+        "calls sent to the worker owning their instance",
+    ),
+    ("calls_in", "fastactor_served_calls_total", "calls run here for other workers"),
+    ("frames_out", "fastactor_channel_frames_total", "calls and replies sent to other workers"),
+    ("writes_out", "fastactor_channel_writes_total", "socket writes carrying those frames"),
+]
+
 
 def render_metrics(
     stats: list[dict[str, Any] | None], restarts: list[int], stalls: list[float]
@@ -70,6 +81,9 @@ def render_metrics(
             f'fastactor_fsync_seconds_sum{{worker="{i}"}} {s["wal"]["flush_us_sum"] / 1e6:g}'
         )
         out.append(f'fastactor_fsync_seconds_count{{worker="{i}"}} {acc}')
+    for key, name, help_ in _CHANNEL:
+        family(name, "counter", help_)
+        out.extend(f'{name}{{worker="{i}"}} {s.get("channel", {}).get(key, 0)}' for i, s in live)
     family("fastactor_worker_restarts_total", "counter", "times the supervisor restarted it")
     out.extend(
         f'fastactor_worker_restarts_total{{worker="{i}"}} {n}' for i, n in enumerate(restarts)

@@ -25,6 +25,7 @@ from .._core import (
     Channel,
     RemoteStub,
     RoutedNamespace,
+    channel_stats,
     decode_value,
     encode_frame,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "RemoteStub",
     "RoutedNamespace",
     "ask_stats",
+    "channel_stats",
     "serve_calls",
 ]
 

@@ -31,7 +31,7 @@ from ..errors import FastactorError
 from ..manifest import load_function, resolve
 from ..runtime import Env
 from .http import CONNECTIONS, HttpProtocol, Limits, base_url, connection_cap
-from .ipc import Channel, RoutedNamespace, serve_calls
+from .ipc import Channel, RoutedNamespace, channel_stats, serve_calls
 from .watchdog import Heartbeat
 
 log = logging.getLogger("fastactor.worker")
@@ -105,6 +105,7 @@ async def serve(cfg: dict[str, Any]) -> None:
             **counters,
             "wal": wal,
             "connections": len(conns),
+            "channel": channel_stats(),
         }
 
     ipc_server = await serve_calls(sock, local, stats)
