@@ -646,7 +646,7 @@ fa_wal_options_init(fa_wal_options *opts)
     opts->group_min_records = FA_WAL_DEFAULT_GROUP_MIN_RECORDS;
     opts->group_bytes = FA_WAL_DEFAULT_GROUP_BYTES;
     opts->group_window_us = 0;
-    opts->group_window_records = 64;
+    opts->group_window_records = 16;
 }
 
 static int
@@ -1195,11 +1195,11 @@ fa_wal_open(const char *dir, const fa_wal_options *opts, fa_wal **out, fa_wal_re
     }
     pthread_cond_init(&w->done_cv, NULL);
     if (w->opts.max_record > FA_WAL_RECORD_LIMIT || w->opts.segment_size == 0 ||
-        w->opts.max_pending == 0 || w->opts.group_delay_us > 1000000 ||
-        w->opts.group_window_us > 1000000) {
+        w->opts.max_pending == 0 || w->opts.group_window_records == 0 ||
+        w->opts.group_delay_us > 1000000 || w->opts.group_window_us > 1000000) {
         rc = -EINVAL;
-        set_err(err, errlen, "invalid log options (max_record above %u, or a zero size)",
-                FA_WAL_RECORD_LIMIT);
+        set_err(err, errlen, "invalid log options (max_record above %u, a zero size or count, "
+                "or a group delay or window over 1 s)", FA_WAL_RECORD_LIMIT);
         goto fail;
     }
 

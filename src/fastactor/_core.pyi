@@ -199,6 +199,7 @@ class Shard:
         checkpoint_bytes: int = ...,
         group_delay_us: int = ...,
         group_window_us: int = ...,
+        group_window_records: int = ...,
         alarm_timeout: float = ...,
     ) -> None: ...
     def open(self) -> None: ...

@@ -157,8 +157,16 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=400,
         metavar="US",
-        help="hold each log batch open up to this long (or until 64 records) before its "
-        "fdatasync: fewer flushes, more CPU for requests; 0 flushes at once (default 400)",
+        help="hold each log batch open up to this long (or until --commit-window-records "
+        "records wait) before its fdatasync: fewer flushes, more CPU for requests; 0 flushes "
+        "at once (default 400)",
+    )
+    s.add_argument(
+        "--commit-window-records",
+        type=int,
+        default=16,
+        metavar="N",
+        help="end a held log batch once this many records wait (default 16)",
     )
     s.add_argument(
         "--max-body",
@@ -526,6 +534,10 @@ def serve(args: argparse.Namespace) -> int:
     if not 0 <= args.commit_window_us <= 100_000:
         print("fastactor: --commit-window-us must be between 0 and 100000", file=sys.stderr)
         return 2
+    if not 1 <= args.commit_window_records <= 1_000_000:
+        print("fastactor: --commit-window-records must be between 1 and 1000000",
+              file=sys.stderr)  # fmt: skip
+        return 2
     if not (args.stall_timeout == 0 or 1 <= args.stall_timeout <= 86_400):
         print("fastactor: --stall-timeout must be 0 (never) or between 1 and 86400 seconds",
               file=sys.stderr)  # fmt: skip
@@ -595,6 +607,7 @@ def serve(args: argparse.Namespace) -> int:
         "sockets": sockets,
         "shards": [str(d) for d in layout.shard_dirs(Path(data))],
         "commit_window_us": args.commit_window_us,
+        "commit_window_records": args.commit_window_records,
         "admin_port": args.admin_port,
         "limits": {
             "body": args.max_body,

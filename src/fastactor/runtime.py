@@ -51,10 +51,11 @@ class Runtime:
     in ``benchmarks/bench_dispatch.py`` on 2 cores); 0 turns it off.
 
     ``group_window_us``: once a record waits, the log holds its batch open this long (or
-    until 64 records wait; after a batch of fewer than 16, until a quarter of it passes with
-    no new record) before writing it. Where the CPU is the limit each ``fdatasync`` costs CPU
-    the requests need; ``fastactor serve`` uses 400 µs (``--commit-window-us``). 0, the
-    default here, writes at once."""
+    until ``group_window_records`` records wait; after a batch of fewer than 16, until a
+    quarter of it passes with no new record) before writing it. Where the CPU is the limit
+    each ``fdatasync`` costs CPU the requests need; ``fastactor serve`` uses 400 µs and 16
+    records (``--commit-window-us``, ``--commit-window-records``). 0, the default here,
+    writes at once."""
 
     def __init__(
         self,
@@ -70,6 +71,7 @@ class Runtime:
         checkpoint_bytes: int = 64 << 20,
         group_delay_us: int = 250,
         group_window_us: int = 0,
+        group_window_records: int = 16,
         alarm_timeout: float = 900.0,
     ) -> None:
         bindings = (
@@ -102,6 +104,7 @@ class Runtime:
             "checkpoint_bytes": checkpoint_bytes,
             "group_delay_us": group_delay_us,
             "group_window_us": group_window_us,
+            "group_window_records": group_window_records,
             "alarm_timeout": alarm_timeout,
         }
         self._shard: _core.Shard | None = None

@@ -131,6 +131,13 @@ def test_startup_failures_exit_2_and_name_the_culprit(tmp_path: Path) -> None:
     ):
         p = run_cli("serve", str(ACCOUNT), flag, value, "--data", str(tmp_path / "d"))
         assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
+    for flag, value, says in (
+        ("--commit-window-us", "100001", "--commit-window-us must be between 0 and 100000"),
+        ("--commit-window-records", "0", "--commit-window-records must be between 1 and"),
+        ("--commit-window-records", "16.5", "invalid int value"),
+    ):
+        p = run_cli("serve", str(ACCOUNT), flag, value, "--data", str(tmp_path / "d"))
+        assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
     for stall in ("0.5", "-1", "nan", "1e9"):
         p = run_cli("serve", str(ACCOUNT), "--stall-timeout", stall, "--data", str(tmp_path / "d"))
         assert p.returncode == 2 and "--stall-timeout must be 0 (never) or" in p.stderr, p.stderr

@@ -368,6 +368,19 @@ def test_replies_wait_for_durability(actor_runtime: RuntimeFactory) -> None:
     run(actor_runtime, go)
 
 
+def test_the_commit_window_ends_at_its_record_count(actor_runtime: RuntimeFactory) -> None:
+    # A 1 s window that four commits end at once when its count is 4. At the default count
+    # (16) the same four sit out a quarter of the window with no new record, 250 ms at least.
+    async def go(rt: Runtime) -> float:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await asyncio.gather(*(acct(rt, f"w{i}").deposit(1) for i in range(4)))
+        return loop.time() - t0
+
+    assert run(actor_runtime, go, group_window_us=1_000_000) >= 0.25
+    assert run(actor_runtime, go, group_window_us=1_000_000, group_window_records=4) < 0.25
+
+
 def test_failed_commit_turns_replies_into_output_gate_errors(
     actor_runtime: RuntimeFactory,
 ) -> None:

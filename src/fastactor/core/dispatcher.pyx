@@ -966,6 +966,7 @@ cdef class Shard:
     cdef uint64_t checkpoint_bytes
     cdef uint32_t group_delay_us
     cdef uint32_t group_window_us
+    cdef uint32_t group_window_records
     cdef uint64_t bytes_since_checkpoint
     cdef uint64_t tick
     cdef uint64_t idle_ticks
@@ -993,7 +994,7 @@ cdef class Shard:
                   double fetch_timeout=30.0, double block_timeout=30.0,
                   double idle_timeout=60.0, double checkpoint_interval=30.0,
                   uint64_t checkpoint_bytes=64 << 20, uint32_t group_delay_us=0,
-                  uint32_t group_window_us=0,
+                  uint32_t group_window_us=0, uint32_t group_window_records=16,
                   double alarm_timeout=900.0):
         global _shards_made
         _shards_made += 1
@@ -1008,6 +1009,7 @@ cdef class Shard:
         self.checkpoint_bytes = checkpoint_bytes
         self.group_delay_us = group_delay_us
         self.group_window_us = group_window_us
+        self.group_window_records = group_window_records
         self.alarm_timeout = alarm_timeout
         self.namespaces = {}
         self.alarm_handles = {}
@@ -1039,7 +1041,8 @@ cdef class Shard:
         try:
             self.wal = WriteAheadLog(os.path.join(self.data_dir, "log"), max_record=256 << 20,
                                      group_delay_us=self.group_delay_us,
-                                     group_window_us=self.group_window_us)
+                                     group_window_us=self.group_window_us,
+                                     group_window_records=self.group_window_records)
         except BaseException:
             self.store.close()
             raise

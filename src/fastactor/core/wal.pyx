@@ -47,7 +47,7 @@ cdef class WriteAheadLog:
                   uint32_t max_record=32 << 20, uint64_t max_pending=1 << 30,
                   uint32_t group_delay_us=0, uint32_t group_min_records=16,
                   uint64_t group_bytes=256 << 10, uint32_t group_window_us=0,
-                  uint32_t group_window_records=64):
+                  uint32_t group_window_records=16):
         cdef cwal.fa_wal_options opts
         cdef cwal.fa_wal_recovery rec
         cdef char err[1024]

@@ -56,7 +56,12 @@ async def serve(cfg: dict[str, Any]) -> None:
     functions = [load_function(d) for d in cfg["dirs"]]
     owners = resolve(functions)
     loop = asyncio.get_running_loop()
-    shard = Shard(cfg["shards"][me], Env({}), group_window_us=cfg.get("commit_window_us", 0))
+    shard = Shard(
+        cfg["shards"][me],
+        Env({}),
+        group_window_us=cfg.get("commit_window_us", 0),
+        group_window_records=cfg.get("commit_window_records", 16),
+    )
     try:
         shard.open()
     except (OSError, FastactorError) as e:  # in use, unreadable, damaged (it says where)
