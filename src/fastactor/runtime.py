@@ -10,6 +10,7 @@ directly.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -41,6 +42,21 @@ def _check_type_name(name: str) -> None:
         )
 
 
+def _check_options(seconds: Mapping[str, Any], counts: Mapping[str, tuple[Any, int, int]]) -> None:
+    """TypeError or ValueError naming the first option that is not valid: SECONDS must be
+    finite numbers > 0, COUNTS (name -> (value, lowest, highest)) integers in their range."""
+    for name, v in seconds.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise TypeError(f"Runtime: {name} must be a number of seconds, not {type(v).__name__}")
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"Runtime: {name} must be a finite number of seconds > 0, not {v!r}")
+    for name, (v, lo, hi) in counts.items():
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise TypeError(f"Runtime: {name} must be an int, not {type(v).__name__}")
+        if not lo <= v <= hi:
+            raise ValueError(f"Runtime: {name} must be between {lo} and {hi}, not {v!r}")
+
+
 class Runtime:
     """Owns one data directory (a write-ahead log plus a snapshot) and the instances of the
     given actor classes. Use it as an async context manager on one event loop.
@@ -55,7 +71,10 @@ class Runtime:
     quarter of it passes with no new record) before writing it. Where the CPU is the limit
     each ``fdatasync`` costs CPU the requests need; ``fastactor serve`` uses 400 µs and 16
     records (``--commit-window-us``, ``--commit-window-records``). 0, the default here,
-    writes at once."""
+    writes at once.
+
+    An option of the wrong type or out of its range is a TypeError or ValueError naming it,
+    raised here: the budgets are finite numbers of seconds > 0."""
 
     def __init__(
         self,
@@ -74,6 +93,22 @@ class Runtime:
         group_window_records: int = 16,
         alarm_timeout: float = 900.0,
     ) -> None:
+        _check_options(
+            {
+                "idle_timeout": idle_timeout,
+                "method_timeout": method_timeout,
+                "fetch_timeout": fetch_timeout,
+                "block_timeout": block_timeout,
+                "checkpoint_interval": checkpoint_interval,
+                "alarm_timeout": alarm_timeout,
+            },
+            {
+                "checkpoint_bytes": (checkpoint_bytes, 1, 1 << 62),
+                "group_delay_us": (group_delay_us, 0, 1_000_000),
+                "group_window_us": (group_window_us, 0, 1_000_000),
+                "group_window_records": (group_window_records, 1, 1_000_000),
+            },
+        )
         bindings = (
             dict(actors)
             if isinstance(actors, Mapping)

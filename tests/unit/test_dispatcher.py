@@ -1125,3 +1125,26 @@ def test_odd_class_attributes_do_not_stop_registration(actor_runtime: RuntimeFac
         assert await rt.namespace("WithTouchy").id_from_name("x").hello() == "hello"
 
     run(actor_runtime, go, WithTouchy)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "error", "says"),
+    [
+        ("method_timeout", -1, ValueError, "method_timeout must be a finite number of seconds"),
+        ("idle_timeout", 0, ValueError, "idle_timeout must be a finite number of seconds > 0"),
+        ("fetch_timeout", float("inf"), ValueError, "fetch_timeout must be a finite number"),
+        ("alarm_timeout", "30", TypeError, "alarm_timeout must be a number of seconds, not str"),
+        ("block_timeout", True, TypeError, "block_timeout must be a number of seconds"),
+        ("checkpoint_bytes", 0, ValueError, "checkpoint_bytes must be between 1 and"),
+        ("group_window_us", 2_000_000, ValueError, "group_window_us must be between 0 and"),
+        ("group_window_records", 0, ValueError, "group_window_records must be between 1 and"),
+        ("group_delay_us", 2.5, TypeError, "group_delay_us must be an int, not float"),
+    ],
+)
+def test_runtime_options_out_of_range_are_refused_by_name(
+    actor_runtime: RuntimeFactory, option: str, value: Any, error: type[Exception], says: str
+) -> None:
+    with pytest.raises(error, match=says):
+        actor_runtime(Account, **{option: value})
+    # Nothing was opened: the same directory serves a runtime with valid options.
+    assert run(actor_runtime, lambda rt: acct(rt).deposit(1)) == 1
