@@ -10,13 +10,14 @@ reference, the durable floor, is that server made durable with fastactor's own l
 record per request, the answer held until the record is on disk (the commit window serve uses),
 no fetch, no actor; it is what the disk and the log cost a server that does nothing else.
 
-The load generator is benchmarks/loadgen.c, built with the system's C compiler on first use:
-a closed loop of 64 keep-alive connections, one request in flight on each, 2 threads. wrk
-(Debian's package, BENCH_GENERATOR=wrk) runs the same loads, but on two cores it is the
-bottleneck of the reference: it spends about 10 µs of CPU a request on the cores the servers
-share, so the trivial server answers about 105k req/s under wrk and about 160k under loadgen
-(BENCHMARKS.md, rounds 16 and 17), while fastactor's figures barely move. The header says which
-generator ran; ratios are comparable only between runs with the same generator.
+The load generator is benchmarks/loadgen.c, built with the system's C compiler on first use: a
+closed loop of 64 keep-alive connections, one request in flight on each, 2 threads. wrk
+(Debian's package, BENCH_GENERATOR=wrk, or where no C compiler builds loadgen) runs the same
+loads, but on two cores it is the bottleneck of the reference: it spends about 10 µs of CPU a
+request on the cores the servers share, so the trivial server answers about 105k req/s under
+wrk and about 160k under loadgen (BENCHMARKS.md, rounds 16 and 17), while fastactor's figures
+barely move. The header says which generator ran; ratios are comparable only between runs with
+the same generator.
 """
 
 from __future__ import annotations
@@ -152,15 +153,31 @@ def _run_with_file(text: str, argv: list[str], seconds: int) -> str:
     return p.stdout
 
 
+_CHOSEN: list[bool] = []  # use_loadgen()'s answer, once found
+
+
 def use_loadgen() -> bool:
-    """Whether the benchmarks drive load with loadgen (the default), not wrk
-    (BENCH_GENERATOR=wrk); an unknown BENCH_GENERATOR stops the benchmark."""
-    name = os.environ.get("BENCH_GENERATOR", "loadgen")
-    if name not in ("loadgen", "wrk"):
+    """Whether the benchmarks drive load with loadgen, not wrk. BENCH_GENERATOR picks one
+    (loadgen or wrk); unset, loadgen where it builds, else wrk where it is installed. A
+    generator that can not run stops the benchmark with the reason."""
+    if _CHOSEN:
+        return _CHOSEN[0]
+    name = os.environ.get("BENCH_GENERATOR")
+    if name not in (None, "loadgen", "wrk"):
         raise SystemExit(f"bench_http: BENCH_GENERATOR must be loadgen or wrk, not {name!r}")
     if name == "wrk" and shutil.which("wrk") is None:
         raise SystemExit("bench_http: BENCH_GENERATOR=wrk, but wrk is not installed")
-    return name == "loadgen"
+    choice = name != "wrk"
+    if choice:
+        try:
+            loadgen_binary()
+        except SystemExit as e:
+            if name == "loadgen" or shutil.which("wrk") is None:
+                raise
+            print(f"{e}\nbench_http: using wrk instead", file=sys.stderr)
+            choice = False
+    _CHOSEN.append(choice)
+    return choice
 
 
 def generator(threads: int = 2, connections: int = 0) -> str:
@@ -177,15 +194,19 @@ def loadgen_binary() -> Path:
     if not out.exists():
         cc = os.environ.get("CC", "cc")
         tmp = out.with_name(f"{out.name}.{os.getpid()}")
-        p = subprocess.run(
-            [cc, "-O2", "-Wall", "-Wextra", "-pthread", "-o", str(tmp), str(src)],
-            capture_output=True,
-            text=True,
-        )
-        if p.returncode != 0:
+        try:
+            p = subprocess.run(
+                [cc, "-O2", "-Wall", "-Wextra", "-pthread", "-o", str(tmp), str(src)],
+                capture_output=True,
+                text=True,
+            )
+            why = p.stderr if p.returncode != 0 else ""
+        except OSError as e:
+            why = str(e)
+        if why:
             raise SystemExit(
                 f"bench_http: no working C compiler ({cc}) to build {src} "
-                f"(BENCH_GENERATOR=wrk runs wrk instead):\n{p.stderr}"
+                f"(BENCH_GENERATOR=wrk runs wrk instead):\n{why}"
             )
         tmp.replace(out)
     return out
