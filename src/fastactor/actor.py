@@ -103,6 +103,17 @@ def signature_of(f: Any) -> inspect.Signature | None:
 
 
 # What the runtime calls on an actor class, and with what.
+def check_seconds(what: str, v: object, or_none: bool = False) -> float:
+    """V as a budget in seconds; TypeError or ValueError naming WHAT if it is not a finite
+    number > 0 (OR_NONE: the TypeError says None is taken too)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        alt = " or None" if or_none else ""
+        raise TypeError(f"{what} must be a number of seconds{alt}, not {type(v).__name__}")
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{what} must be a finite number > 0, not {v!r}")
+    return float(v)
+
+
 _CALLED_WITH = {"__init__": "self, ctx, env", "alarm": "self, info", "fetch": "self, request"}
 
 
@@ -125,16 +136,7 @@ def check_actor_class(cls: type[StatefulActor]) -> tuple[float | None, ...]:
     out: list[float | None] = []
     for name in BUDGETS:
         v = getattr(cls, name, None)
-        if v is not None:
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise TypeError(
-                    f"{cls.__name__}.{name} must be a number of seconds or None, not "
-                    f"{type(v).__name__}"
-                )
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{cls.__name__}.{name} must be a finite number > 0, not {v!r}")
-            v = float(v)
-        out.append(v)
+        out.append(None if v is None else check_seconds(f"{cls.__name__}.{name}", v, True))
     return tuple(out)
 
 

@@ -10,7 +10,6 @@ directly.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -18,7 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from . import _core
-from .actor import StatefulActor
+from .actor import StatefulActor, check_seconds
 
 __all__ = ["Env", "Runtime"]
 
@@ -46,10 +45,7 @@ def _check_options(seconds: Mapping[str, Any], counts: Mapping[str, tuple[Any, i
     """TypeError or ValueError naming the first option that is not valid: SECONDS must be
     finite numbers > 0, COUNTS (name -> (value, lowest, highest)) integers in their range."""
     for name, v in seconds.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            raise TypeError(f"Runtime: {name} must be a number of seconds, not {type(v).__name__}")
-        if not (math.isfinite(v) and v > 0):
-            raise ValueError(f"Runtime: {name} must be a finite number of seconds > 0, not {v!r}")
+        check_seconds(f"Runtime: {name}", v)
     for name, (v, lo, hi) in counts.items():
         if not isinstance(v, int) or isinstance(v, bool):
             raise TypeError(f"Runtime: {name} must be an int, not {type(v).__name__}")

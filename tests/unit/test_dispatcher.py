@@ -1130,8 +1130,8 @@ def test_odd_class_attributes_do_not_stop_registration(actor_runtime: RuntimeFac
 @pytest.mark.parametrize(
     ("option", "value", "error", "says"),
     [
-        ("method_timeout", -1, ValueError, "method_timeout must be a finite number of seconds"),
-        ("idle_timeout", 0, ValueError, "idle_timeout must be a finite number of seconds > 0"),
+        ("method_timeout", -1, ValueError, "method_timeout must be a finite number > 0, not -1"),
+        ("idle_timeout", 0, ValueError, "idle_timeout must be a finite number > 0, not 0"),
         ("fetch_timeout", float("inf"), ValueError, "fetch_timeout must be a finite number"),
         ("alarm_timeout", "30", TypeError, "alarm_timeout must be a number of seconds, not str"),
         ("block_timeout", True, TypeError, "block_timeout must be a number of seconds"),
