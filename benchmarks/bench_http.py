@@ -22,6 +22,7 @@ the same generator.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -153,15 +154,11 @@ def _run_with_file(text: str, argv: list[str], seconds: int) -> str:
     return p.stdout
 
 
-_CHOSEN: list[bool] = []  # use_loadgen()'s answer, once found
-
-
+@functools.cache
 def use_loadgen() -> bool:
     """Whether the benchmarks drive load with loadgen, not wrk. BENCH_GENERATOR picks one
     (loadgen or wrk); unset, loadgen where it builds, else wrk where it is installed. A
     generator that can not run stops the benchmark with the reason."""
-    if _CHOSEN:
-        return _CHOSEN[0]
     name = os.environ.get("BENCH_GENERATOR")
     if name not in (None, "loadgen", "wrk"):
         raise SystemExit(f"bench_http: BENCH_GENERATOR must be loadgen or wrk, not {name!r}")
@@ -176,7 +173,6 @@ def use_loadgen() -> bool:
                 raise
             print(f"{e}\nbench_http: using wrk instead", file=sys.stderr)
             choice = False
-    _CHOSEN.append(choice)
     return choice
 
 
