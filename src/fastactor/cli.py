@@ -29,7 +29,7 @@ from .errors import FastactorError
 from .manifest import ManifestError, load_function, resolve
 from .server.http import CONNECTIONS, base_url, connection_cap
 from .server.layout import Layout, prepare
-from .server.watchdog import STACKS_SIGNAL, STALLED_S, Watch
+from .server.watchdog import STACKS_SIGNAL, STALLED_S, Watch, describe_ref
 
 __all__ = ["main"]
 
@@ -362,7 +362,7 @@ class Supervisor:
             if self._stalled_too_long(i, p):
                 alarm = self._watch.running_alarm(i)
                 if alarm is not None:
-                    type_name, _, name = alarm[0].partition("\0")
+                    type_name, name = describe_ref(alarm[0])
                     print(
                         f"fastactor: worker {i} was running the alarm of {type_name} "
                         f"{name!r}: that run counts as failed",

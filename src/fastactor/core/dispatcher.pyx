@@ -1652,6 +1652,10 @@ cdef class Shard:
         self.alarm_retries[key] = retries
         self.alarm_failed(self.instance(ns, name), why)
 
+    def alarm_keys(self):
+        """The instance keys with a pending alarm."""
+        return list(self.alarm_handles)
+
     cdef void clear_alarm(self, _Instance inst) except *:
         """Deletes INST's stored alarm in a record of its own."""
         cdef _Turn t = _Turn.__new__(_Turn)

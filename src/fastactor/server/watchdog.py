@@ -13,7 +13,9 @@ had not acknowledged was never promised.
 A worker also notes in its region the alarm a step of which it is running. If that is what
 held the loop, the restarted worker counts the run as failed (Shard.alarm_stalled): an alarm
 that always blocks is retried as its class says, then deleted, instead of stalling its worker
-again after every restart.
+again after every restart. An instance key too long for the region is noted by its
+digest and as much of it as fits (see alarm_ref), which the restarted worker matches against
+its pending alarms.
 
 A stall is timed by the supervisor's clock only while the supervisor itself runs: a tick that
 comes late (the whole host paused, or the supervisor waiting on a restarting worker) starts
@@ -23,24 +25,65 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import hashlib
 import mmap
 import os
 import signal
 import struct
+from collections.abc import Iterable
 
-__all__ = ["BEAT_S", "STALLED_S", "Heartbeat", "Watch"]
+__all__ = ["BEAT_S", "STALLED_S", "Heartbeat", "Watch", "alarm_ref", "describe_ref", "resolve_ref"]
 
 BEAT_S = 0.25  # a worker's loop counts this often
 STALLED_S = 2.0  # a loop that has not counted for this long is stalled (readiness 503)
 LATE_TICK_S = 1.0  # a supervisor tick this late starts every count afresh
 STACKS_SIGNAL = signal.SIGUSR1  # a worker writes its Python stacks to stderr on it
 # Each worker's region of the file: its count, then the alarm a step of which runs now (the
-# key's length, 0 for none, its retries so far, the key in UTF-8).
+# length of its alarm_ref, 0 for none, its retries so far, the alarm_ref).
 REGION = 4096
 _HEAD = struct.Struct("=QII")
 _COUNT = struct.Struct("=Q")
 _ALARM = struct.Struct("=II")
 KEY_MAX = REGION - _HEAD.size
+# An instance key never starts with NUL ("<type>\0<name>", the type an identifier), so a
+# region holding a NUL, 64 hex digits, and a cut key names a key too long to keep whole.
+_DIGEST = 64
+
+
+def _digest(b: bytes) -> str:
+    return hashlib.blake2b(b, digest_size=_DIGEST // 2).hexdigest()
+
+
+def alarm_ref(key: str) -> bytes:
+    """What the region keeps of instance KEY: the key in UTF-8, or past KEY_MAX bytes a NUL,
+    its digest and the key cut (at a character) to fit."""
+    b = key.encode("utf-8", "surrogatepass")
+    if len(b) <= KEY_MAX:
+        return b
+    n = KEY_MAX - 1 - _DIGEST
+    while b[n] & 0xC0 == 0x80:  # not inside a character
+        n -= 1
+    return b"\0" + _digest(b).encode("ascii") + b[:n]
+
+
+def describe_ref(ref: str) -> tuple[str, str]:
+    """(type, name) to print for REF, a cut name ending in "..."."""
+    if ref.startswith("\0"):
+        type_name, _, name = ref[1 + _DIGEST :].partition("\0")
+        return type_name, name + "..."
+    type_name, _, name = ref.partition("\0")
+    return type_name, name
+
+
+def resolve_ref(ref: str, keys: Iterable[str]) -> str | None:
+    """The instance key REF names, among KEYS (a cut key is matched by its digest)."""
+    if not ref.startswith("\0"):
+        return ref
+    digest, cut = ref[1 : 1 + _DIGEST], ref[1 + _DIGEST :]
+    for key in keys:
+        if key.startswith(cut) and _digest(key.encode("utf-8", "surrogatepass")) == digest:
+            return key
+    return None
 
 
 def _map(fd: int) -> mmap.mmap:
@@ -81,8 +124,8 @@ class Watch:
         return out
 
     def running_alarm(self, i: int) -> tuple[str, int] | None:
-        """(instance key, retries) of the alarm whose step worker I was running, if it was:
-        read once the worker is gone."""
+        """(instance key or its alarm_ref, retries) of the alarm whose step worker I was
+        running, if it was: read once the worker is gone."""
         n, retries = _ALARM.unpack_from(self._map, i * REGION + _COUNT.size)
         if not 0 < n <= KEY_MAX:
             return None
@@ -126,9 +169,7 @@ class Heartbeat:
         if key is None:
             _ALARM.pack_into(self._map, at, 0, 0)
             return
-        b = key.encode("utf-8", "surrogatepass")
-        if len(b) > KEY_MAX:
-            return  # not kept: such an alarm is only restarted, not counted as failing
+        b = alarm_ref(key)
         start = self._at + _HEAD.size
         self._map[start : start + len(b)] = b
         _ALARM.pack_into(self._map, at, len(b), retries)

@@ -32,7 +32,7 @@ from ..manifest import load_function, resolve
 from ..runtime import Env
 from .http import CONNECTIONS, HttpProtocol, Limits, base_url, connection_cap
 from .ipc import Channel, RoutedNamespace, channel_stats, serve_calls
-from .watchdog import Heartbeat
+from .watchdog import Heartbeat, resolve_ref
 
 log = logging.getLogger("fastactor.worker")
 LOG_FAILED = 3  # the exit code of a worker whose log failed
@@ -91,9 +91,11 @@ async def serve(cfg: dict[str, Any]) -> None:
     if heartbeat is not None:
         shard.alarm_step_hook = heartbeat.alarm_step
     if cfg.get("stalled_alarm"):
-        key, retries = cfg["stalled_alarm"]
+        ref, retries = cfg["stalled_alarm"]
         why = "it held the worker's event loop for --stall-timeout: the worker was restarted"
-        shard.alarm_stalled(key, retries, why)
+        key = resolve_ref(ref, shard.alarm_keys())
+        if key is not None:  # None: its alarm is gone
+            shard.alarm_stalled(key, retries, why)
     sock = socket_path(cfg["sockets"], me)
     if os.path.exists(sock):
         os.unlink(sock)
