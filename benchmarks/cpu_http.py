@@ -12,7 +12,9 @@ two separate `--workers 1` servers at once, half the connections each (two gener
 and 32 connections each), so two loops and two flushers share the cores as under --workers 2
 but no call crosses between them; onelog: the spread load over only those of the 1000 accounts
 that worker 0 owns (with two workers), so one log takes every write while half the calls still
-cross (against spread, what running turns in both workers costs). Counters come from /proc
+cross (against spread, what running turns in both workers costs); balance: GET
+/accounts/<name> over the spread's 1000 accounts, the same calls crossing as often but reading
+only, so no turn writes (against spread, what the durable commits cost). Counters come from /proc
 (utime + stime per thread, context switches) and the servers' /metrics; the figures are per
 request answered.
 """
@@ -44,6 +46,10 @@ ONELOG_LUA = (
     '  return wrk.format("POST", "/accounts/acct-" .. own[math.random(1, #own)] .. "/debit",'
     """ nil, '{"amount": 1}')\nend\n"""
 )
+BALANCE_LUA = (
+    "math.randomseed(os.time())\nrequest = function()\n"
+    '  return wrk.format("GET", "/accounts/acct-" .. math.random(0, 999), nil, nil)\nend\n'
+)
 LUA = {
     "trivial": bench_http.HOT_LUA,
     "floor": bench_http.HOT_LUA,
@@ -52,7 +58,12 @@ LUA = {
     "hot": bench_http.HOT_LUA,
     "pair": bench_http.SPREAD_LUA,
     "onelog": ONELOG_LUA,
+    "balance": BALANCE_LUA,
 }
+bench_http.LOADGEN_REQUESTS[BALANCE_LUA] = (
+    [f"GET\t/accounts/acct-{i}\t" for i in range(1000)],
+    True,
+)
 bench_http.LOADGEN_REQUESTS[ONELOG_LUA] = (
     [f'POST\t/accounts/acct-{i}/debit\t{{"amount": 1}}' for i in OWN0],
     True,
