@@ -436,6 +436,37 @@ def test_admin_port_health_and_metrics(serve: Callable[..., Server]) -> None:
     assert total("fastactor_instances_resident") == 6
     assert 'fastactor_fsync_seconds_bucket{worker="0",le="+Inf"}' in text
     assert "fastactor_instances_resident" in text and "fastactor_log_bytes_total" in text
+    assert total("fastactor_http_request_duration_seconds_count") == 6
+    # Refusals count by class too; only requests that ran fetch have a duration.
+    assert httpx.get(f"{url}/nope").status_code == 404  # fetch's own 404
+    assert post(f"{url}/accounts/m0/deposit", "x").status_code == 400  # fetch's 400
+    assert raw(url, b"nonsense\r\n\r\n").split()[1] == b"400"  # the front's refusal
+    text = httpx.get(f"{base}/metrics").text
+
+    def by_label(name: str, label: str) -> dict[str, int]:
+        got: dict[str, int] = {}
+        for line in text.splitlines():
+            m = re.fullmatch(rf'{name}\{{worker="\d+",{label}="([^"]+)"\}} (\d+)', line)
+            if m:
+                got[m.group(1)] = got.get(m.group(1), 0) + int(m.group(2))
+        return got
+
+    assert by_label("fastactor_http_responses_total", "code") == {
+        "2xx": 6,
+        "3xx": 0,
+        "4xx": 3,
+        "5xx": 0,
+    }
+    buckets = by_label("fastactor_http_request_duration_seconds_bucket", "le")
+    assert buckets["+Inf"] == total("fastactor_http_request_duration_seconds_count") == 8
+    counts = [buckets[le] for le in sorted(buckets, key=lambda le: float(le))]
+    assert counts == sorted(counts) and len(counts) == 15  # cumulative, 14 bounds and +Inf
+    seconds = sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("fastactor_http_request_duration_seconds_sum{")
+    )
+    assert 0 < seconds < 8 * 10
     assert httpx.get(f"{base}/nope").status_code == 404
     assert httpx.get(f"{base}/health/readiness?probe=1").status_code == 200
     head = httpx.head(f"{base}/metrics")

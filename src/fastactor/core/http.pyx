@@ -38,6 +38,35 @@ cdef double _LINGER = 2.0           # seconds a refused connection drains before
 cdef dict _STATUS_LINES = {}         # status -> b"HTTP/1.1 200 OK\r\n", filled on first use
 cdef dict _METHODS = {}              # method bytes from the parser -> str
 
+# This process's front counters, for a worker's /metrics (http_stats): the final responses
+# sent, by status class, and how long each request that ran fetch took, from fetch's start to
+# its response handed to the socket (a pipelined request's wait behind the ones before it is
+# not counted). Cumulative buckets are made when read.
+cdef uint64_t _responses[6]          # [2] 2xx ... [5] 5xx
+cdef double _DURATION_BOUNDS[14]
+_DURATION_BOUNDS[:] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                       2.5, 10.0, 30.0]
+cdef uint64_t _durations[15]         # per bound, then past the last
+cdef double _duration_sum = 0.0
+
+
+cdef inline double _mono() noexcept:
+    cdef timespec t
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return <double>t.tv_sec + <double>t.tv_nsec * 1e-9
+
+
+def http_stats():
+    """This process's front counters: final responses by status class, and the requests'
+    durations (seconds) as [[upper bound, count in that bucket alone], ...] ending with
+    ["inf", count], with their sum."""
+    return {
+        "responses": {f"{c}xx": _responses[c] for c in range(2, 6)},
+        "duration": [[repr(_DURATION_BOUNDS[i]), _durations[i]] for i in range(14)]
+                    + [["inf", _durations[14]]],
+        "duration_sum": _duration_sum,
+    }
+
 
 @cython.final
 cdef class Headers:
@@ -786,6 +815,7 @@ cdef class HttpConnection:
     cdef Request current
     cdef readonly _FetchTask task    # carries a fetch that suspended
     cdef double started              # loop time the running fetch started
+    cdef double t0                   # _mono() at its start, for http_stats; -1: none
     cdef bint in_start               # the fetch's first step is running
     cdef object budget               # the fetch_timeout timer, armed while fetches run
     cdef bint timed_out
@@ -800,6 +830,7 @@ cdef class HttpConnection:
         self.base_url = base_url
         self.conns = conns
         self.counters = counters
+        self.t0 = -1
         self.max_body = limits.body
         self.max_headers = limits.headers
         self.max_pipeline = limits.max_pipeline
@@ -1308,6 +1339,7 @@ cdef class HttpConnection:
 
     cdef void _start(self, Request req):
         cdef _FetchTask task
+        self.t0 = _mono()
         try:
             r = self.fetch(req, self.env)
         except BaseException as e:
@@ -1382,7 +1414,17 @@ cdef class HttpConnection:
             self._answer(<Response>value)
 
     cdef void _answer(self, Response resp):
+        global _duration_sum
         cdef bint head = self.current.method == "HEAD"
+        cdef double took
+        cdef int b = 0
+        if self.t0 >= 0:
+            took = _mono() - self.t0
+            self.t0 = -1
+            while b < 14 and took > _DURATION_BOUNDS[b]:
+                b += 1
+            _durations[b] += 1
+            _duration_sum += took
         self.busy = False
         self.current = None
         self._send(resp, self.keep, head)
@@ -1391,13 +1433,17 @@ cdef class HttpConnection:
         cdef bint last = not keep or (self.closing and not self.queue)
         if self.transport is None or self.transport.is_closing():
             return
+        cdef int status = resp.status
         try:
             data = _wire_response(resp, not last, head)
         except Exception as e:         # headers a user set that are not text, say
             _http_log.error("bad response: %s", e)
+            status = 500
             data = _wire_response(_error_response(500, "fetch returned a bad response"),
                                   not last, head)
         self.transport.write(data)
+        if 200 <= status < 600:
+            _responses[status // 100] += 1
         if last:
             self.closing = True
             self.queue.clear()

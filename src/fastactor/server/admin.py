@@ -81,6 +81,30 @@ def render_metrics(
             f'fastactor_fsync_seconds_sum{{worker="{i}"}} {s["wal"]["flush_us_sum"] / 1e6:g}'
         )
         out.append(f'fastactor_fsync_seconds_count{{worker="{i}"}} {acc}')
+    family(
+        "fastactor_http_responses_total", "counter", "final HTTP responses sent, by status class"
+    )
+    for i, s in live:
+        for code, n in s.get("http", {}).get("responses", {}).items():
+            out.append(f'fastactor_http_responses_total{{worker="{i}",code="{code}"}} {n}')
+    family(
+        "fastactor_http_request_duration_seconds",
+        "histogram",
+        "from a request's fetch starting to its response handed to the socket",
+    )
+    for i, s in live:
+        if "http" not in s:
+            continue
+        acc = 0
+        for bound, count in s["http"]["duration"]:
+            acc += count
+            le = "+Inf" if bound == "inf" else f"{float(bound):g}"
+            out.append(
+                f'fastactor_http_request_duration_seconds_bucket{{worker="{i}",le="{le}"}} {acc}'
+            )
+        total = s["http"]["duration_sum"]
+        out.append(f'fastactor_http_request_duration_seconds_sum{{worker="{i}"}} {total:g}')
+        out.append(f'fastactor_http_request_duration_seconds_count{{worker="{i}"}} {acc}')
     for key, name, help_ in _CHANNEL:
         family(name, "counter", help_)
         out.extend(f'{name}{{worker="{i}"}} {s.get("channel", {}).get(key, 0)}' for i, s in live)

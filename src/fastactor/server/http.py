@@ -8,7 +8,7 @@ from __future__ import annotations
 import resource
 
 from .._core import HttpConnection as HttpProtocol
-from .._core import encode_response
+from .._core import encode_response, http_stats
 
 __all__ = [
     "CONNECTIONS",
@@ -17,6 +17,7 @@ __all__ = [
     "base_url",
     "connection_cap",
     "encode_response",
+    "http_stats",
 ]
 
 

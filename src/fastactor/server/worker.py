@@ -30,7 +30,7 @@ from .._core import Shard
 from ..errors import FastactorError
 from ..manifest import load_function, resolve
 from ..runtime import Env
-from .http import CONNECTIONS, HttpProtocol, Limits, base_url, connection_cap
+from .http import CONNECTIONS, HttpProtocol, Limits, base_url, connection_cap, http_stats
 from .ipc import Channel, RoutedNamespace, channel_stats, serve_calls
 from .watchdog import Heartbeat, resolve_ref
 
@@ -113,6 +113,7 @@ async def serve(cfg: dict[str, Any]) -> None:
             "wal": wal,
             "connections": len(conns),
             "channel": channel_stats(),
+            "http": http_stats(),
         }
 
     ipc_server = await serve_calls(sock, local, stats)
