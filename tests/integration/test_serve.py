@@ -72,11 +72,25 @@ def test_parallel_debits_on_one_account_never_overdraw(serve: Callable[..., Serv
 
 
 def test_reference_function_reaches_the_owners_state(serve: Callable[..., Server]) -> None:
-    own, view = serve(ACCOUNT, READONLY).urls
+    admin = free_ports(1)
+    own, view = serve(ACCOUNT, READONLY, extra=("--admin-port", str(admin))).urls
     for i in range(20):  # names land on both workers
         post(f"{own}/accounts/u{i}/deposit", i)
     for i in range(20):
         assert httpx.get(f"{view}/u{i}").json() == {"account": f"u{i}", "balance": i, "view": True}
+    assert httpx.get(f"{view}/nobody/at/all").status_code == 404
+    # /metrics tells the two functions' responses apart.
+    got: dict[tuple[str, str], int] = {}
+    for line in httpx.get(f"http://127.0.0.1:{admin}/metrics").text.splitlines():
+        pattern = r'fastactor_http_responses_total\{worker="\d",function="([\w-]+)",code="(\dxx)"'
+        m = re.fullmatch(pattern + r"\} (\d+)", line)
+        if m:
+            got[m.group(1), m.group(2)] = got.get((m.group(1), m.group(2)), 0) + int(m.group(3))
+    assert {k: n for k, n in got.items() if n} == {
+        ("account", "2xx"): 20,
+        ("account-readonly", "2xx"): 20,
+        ("account-readonly", "4xx"): 1,
+    }
 
 
 def test_startup_failures_exit_2_and_name_the_culprit(tmp_path: Path) -> None:
@@ -446,7 +460,9 @@ def test_admin_port_health_and_metrics(serve: Callable[..., Server]) -> None:
     def by_label(name: str, label: str) -> dict[str, int]:
         got: dict[str, int] = {}
         for line in text.splitlines():
-            m = re.fullmatch(rf'{name}\{{worker="\d+",{label}="([^"]+)"\}} (\d+)', line)
+            m = re.fullmatch(
+                rf'{name}\{{worker="\d+",function="account",{label}="([^"]+)"\}} (\d+)', line
+            )
             if m:
                 got[m.group(1)] = got.get(m.group(1), 0) + int(m.group(2))
         return got

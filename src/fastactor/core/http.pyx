@@ -38,16 +38,9 @@ cdef double _LINGER = 2.0           # seconds a refused connection drains before
 cdef dict _STATUS_LINES = {}         # status -> b"HTTP/1.1 200 OK\r\n", filled on first use
 cdef dict _METHODS = {}              # method bytes from the parser -> str
 
-# This process's front counters, for a worker's /metrics (http_stats): the final responses
-# sent, by status class, and how long each request that ran fetch took, from fetch's start to
-# its response handed to the socket (a pipelined request's wait behind the ones before it is
-# not counted). Cumulative buckets are made when read.
-cdef uint64_t _responses[6]          # [2] 2xx ... [5] 5xx
-cdef double _DURATION_BOUNDS[14]
+cdef double _DURATION_BOUNDS[14]      # seconds; FrontStats.durations counts past the last too
 _DURATION_BOUNDS[:] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                        2.5, 10.0, 30.0]
-cdef uint64_t _durations[15]         # per bound, then past the last
-cdef double _duration_sum = 0.0
 
 
 cdef inline double _mono() noexcept:
@@ -56,16 +49,37 @@ cdef inline double _mono() noexcept:
     return <double>t.tv_sec + <double>t.tv_nsec * 1e-9
 
 
-def http_stats():
-    """This process's front counters: final responses by status class, and the requests'
-    durations (seconds) as [[upper bound, count in that bucket alone], ...] ending with
-    ["inf", count], with their sum."""
-    return {
-        "responses": {f"{c}xx": _responses[c] for c in range(2, 6)},
-        "duration": [[repr(_DURATION_BOUNDS[i]), _durations[i]] for i in range(14)]
-                    + [["inf", _durations[14]]],
-        "duration_sum": _duration_sum,
-    }
+@cython.final
+cdef class FrontStats:
+    """One function's front counters in this process, for a worker's /metrics: the final
+    responses sent, by status class, and how long each request that ran fetch took, from
+    fetch's start to its response handed to the socket (a pipelined request's wait behind
+    the ones before it is not counted)."""
+
+    cdef uint64_t responses[6]       # [2] 2xx ... [5] 5xx
+    cdef uint64_t durations[15]      # per bound of _DURATION_BOUNDS, then past the last
+    cdef double duration_sum
+
+    def snapshot(self):
+        """{"responses": {"2xx": n, ...}, "duration": [[upper bound, count in that bucket
+        alone], ..., ["inf", count]], "duration_sum": seconds}."""
+        return {
+            "responses": {f"{c}xx": self.responses[c] for c in range(2, 6)},
+            "duration": [[repr(_DURATION_BOUNDS[i]), self.durations[i]] for i in range(14)]
+                        + [["inf", self.durations[14]]],
+            "duration_sum": self.duration_sum,
+        }
+
+    cdef inline void response(self, int status) noexcept:
+        if 200 <= status < 600:
+            self.responses[status // 100] += 1
+
+    cdef inline void took(self, double seconds) noexcept:
+        cdef int b = 0
+        while b < 14 and seconds > _DURATION_BOUNDS[b]:
+            b += 1
+        self.durations[b] += 1
+        self.duration_sum += seconds
 
 
 @cython.final
@@ -767,7 +781,8 @@ cdef str _plain_method(const unsigned char* p, Py_ssize_t n):
 cdef class HttpConnection:
     """One HTTP/1.1 connection: an asyncio protocol. FETCH is ``fetch(request, env)`` of the
     function served here; LIMITS a fastactor.server.http.Limits; CONNS the set of open
-    connections (for the connection cap and draining); COUNTERS["requests"] counts."""
+    connections (for the connection cap and draining); COUNTERS["requests"] counts; STATS
+    the function's FrontStats (a fresh one if not given)."""
 
     cdef object fetch
     cdef object env
@@ -815,7 +830,8 @@ cdef class HttpConnection:
     cdef Request current
     cdef readonly _FetchTask task    # carries a fetch that suspended
     cdef double started              # loop time the running fetch started
-    cdef double t0                   # _mono() at its start, for http_stats; -1: none
+    cdef double t0                   # _mono() at its start, for stats; -1: none
+    cdef readonly FrontStats stats
     cdef bint in_start               # the fetch's first step is running
     cdef object budget               # the fetch_timeout timer, armed while fetches run
     cdef bint timed_out
@@ -824,7 +840,9 @@ cdef class HttpConnection:
     cdef object linger_handle
     cdef double last_active
 
-    def __init__(self, fetch, env, limits, str base_url, set conns, dict counters):
+    def __init__(self, fetch, env, limits, str base_url, set conns, dict counters,
+                 FrontStats stats=None):
+        self.stats = FrontStats() if stats is None else stats
         self.fetch = fetch
         self.env = env
         self.base_url = base_url
@@ -1414,17 +1432,10 @@ cdef class HttpConnection:
             self._answer(<Response>value)
 
     cdef void _answer(self, Response resp):
-        global _duration_sum
         cdef bint head = self.current.method == "HEAD"
-        cdef double took
-        cdef int b = 0
         if self.t0 >= 0:
-            took = _mono() - self.t0
+            self.stats.took(_mono() - self.t0)
             self.t0 = -1
-            while b < 14 and took > _DURATION_BOUNDS[b]:
-                b += 1
-            _durations[b] += 1
-            _duration_sum += took
         self.busy = False
         self.current = None
         self._send(resp, self.keep, head)
@@ -1442,8 +1453,7 @@ cdef class HttpConnection:
             data = _wire_response(_error_response(500, "fetch returned a bad response"),
                                   not last, head)
         self.transport.write(data)
-        if 200 <= status < 600:
-            _responses[status // 100] += 1
+        self.stats.response(status)
         if last:
             self.closing = True
             self.queue.clear()

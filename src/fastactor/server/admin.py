@@ -85,26 +85,29 @@ def render_metrics(
         "fastactor_http_responses_total", "counter", "final HTTP responses sent, by status class"
     )
     for i, s in live:
-        for code, n in s.get("http", {}).get("responses", {}).items():
-            out.append(f'fastactor_http_responses_total{{worker="{i}",code="{code}"}} {n}')
+        for fn, st in s.get("http", {}).items():
+            out.extend(
+                f'fastactor_http_responses_total{{worker="{i}",function="{fn}",code="{code}"}} {n}'
+                for code, n in st["responses"].items()
+            )
     family(
         "fastactor_http_request_duration_seconds",
         "histogram",
         "from a request's fetch starting to its response handed to the socket",
     )
     for i, s in live:
-        if "http" not in s:
-            continue
-        acc = 0
-        for bound, count in s["http"]["duration"]:
-            acc += count
-            le = "+Inf" if bound == "inf" else f"{float(bound):g}"
-            out.append(
-                f'fastactor_http_request_duration_seconds_bucket{{worker="{i}",le="{le}"}} {acc}'
-            )
-        total = s["http"]["duration_sum"]
-        out.append(f'fastactor_http_request_duration_seconds_sum{{worker="{i}"}} {total:g}')
-        out.append(f'fastactor_http_request_duration_seconds_count{{worker="{i}"}} {acc}')
+        for fn, st in s.get("http", {}).items():
+            labels = f'worker="{i}",function="{fn}"'
+            acc = 0
+            for bound, count in st["duration"]:
+                acc += count
+                le = "+Inf" if bound == "inf" else f"{float(bound):g}"
+                out.append(
+                    f'fastactor_http_request_duration_seconds_bucket{{{labels},le="{le}"}} {acc}'
+                )
+            total = st["duration_sum"]
+            out.append(f"fastactor_http_request_duration_seconds_sum{{{labels}}} {total:g}")
+            out.append(f"fastactor_http_request_duration_seconds_count{{{labels}}} {acc}")
     for key, name, help_ in _CHANNEL:
         family(name, "counter", help_)
         out.extend(f'{name}{{worker="{i}"}} {s.get("channel", {}).get(key, 0)}' for i, s in live)

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import resource
 
+from .._core import FrontStats, encode_response
 from .._core import HttpConnection as HttpProtocol
-from .._core import encode_response, http_stats
 
 __all__ = [
     "CONNECTIONS",
+    "FrontStats",
     "HttpProtocol",
     "Limits",
     "base_url",
     "connection_cap",
     "encode_response",
-    "http_stats",
 ]
 
 

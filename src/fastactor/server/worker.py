@@ -30,7 +30,7 @@ from .._core import Shard
 from ..errors import FastactorError
 from ..manifest import load_function, resolve
 from ..runtime import Env
-from .http import CONNECTIONS, HttpProtocol, Limits, base_url, connection_cap, http_stats
+from .http import CONNECTIONS, FrontStats, HttpProtocol, Limits, base_url, connection_cap
 from .ipc import Channel, RoutedNamespace, channel_stats, serve_calls
 from .watchdog import Heartbeat, resolve_ref
 
@@ -101,6 +101,12 @@ async def serve(cfg: dict[str, Any]) -> None:
         os.unlink(sock)
     conns: set[HttpProtocol] = set()
     counters = {"requests": 0}
+    # Each function's responses and request durations, labelled by its name (names are
+    # unique per account; another account's is prefixed with it).
+    labels = [
+        fn.name if fn.account == "default" else f"{fn.account}/{fn.name}" for fn in functions
+    ]
+    front_stats = {label: FrontStats() for label in labels}
 
     def stats() -> dict[str, Any]:
         """This worker's counters, for the supervisor's /metrics (ipc.ask_stats)."""
@@ -113,7 +119,7 @@ async def serve(cfg: dict[str, Any]) -> None:
             "wal": wal,
             "connections": len(conns),
             "channel": channel_stats(),
-            "http": http_stats(),
+            "http": {name: st.snapshot() for name, st in front_stats.items()},
         }
 
     ipc_server = await serve_calls(sock, local, stats)
@@ -123,12 +129,14 @@ async def serve(cfg: dict[str, Any]) -> None:
         connections=connection_cap(given.get("connections", CONNECTIONS)),
     )
     servers = []
-    for i, (fn, env) in enumerate(zip(functions, envs, strict=True)):
+    for i, (fn, env, label) in enumerate(zip(functions, envs, labels, strict=True)):
         port = fn.port or cfg["port"] + i
         base = base_url(cfg["host"], port)
 
-        def factory(fn: Any = fn, env: Any = env, base: str = base) -> HttpProtocol:
-            return HttpProtocol(fn.fetch, env, limits, base, conns, counters)
+        def factory(
+            fn: Any = fn, env: Any = env, base: str = base, st: FrontStats = front_stats[label]
+        ) -> HttpProtocol:
+            return HttpProtocol(fn.fetch, env, limits, base, conns, counters, st)
 
         try:
             servers.append(
