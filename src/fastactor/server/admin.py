@@ -54,6 +54,17 @@ def render_metrics(
         out.append(f"# HELP {name} {help_}")
         out.append(f"# TYPE {name} {kind}")
 
+    def histogram(name: str, labels: str, buckets: list[Any], total: float, unit: float) -> None:
+        """NAME's lines for one series: BUCKETS are (upper bound or "inf", count in that
+        bucket alone), bounds and TOTAL in seconds times UNIT."""
+        acc = 0
+        for bound, count in buckets:
+            acc += count
+            le = "+Inf" if bound == "inf" else f"{float(bound) / unit:g}"
+            out.append(f'{name}_bucket{{{labels},le="{le}"}} {acc}')
+        out.append(f"{name}_sum{{{labels}}} {total / unit:g}")
+        out.append(f"{name}_count{{{labels}}} {acc}")
+
     live = [(i, s) for i, s in enumerate(stats) if s is not None]
     for key, name, help_ in _COUNTERS:
         family(name, "counter", help_)
@@ -72,15 +83,10 @@ def render_metrics(
     out.extend(f'fastactor_log_bytes_total{{worker="{i}"}} {s["wal"]["bytes"]}' for i, s in live)
     family("fastactor_fsync_seconds", "histogram", "latency of one log write + fdatasync")
     for i, s in live:
-        acc = 0
-        for bound, count in s["wal"]["flush_us"]:
-            acc += count
-            le = "+Inf" if bound == "inf" else f"{float(bound) / 1e6:g}"
-            out.append(f'fastactor_fsync_seconds_bucket{{worker="{i}",le="{le}"}} {acc}')
-        out.append(
-            f'fastactor_fsync_seconds_sum{{worker="{i}"}} {s["wal"]["flush_us_sum"] / 1e6:g}'
+        wal = s["wal"]
+        histogram(
+            "fastactor_fsync_seconds", f'worker="{i}"', wal["flush_us"], wal["flush_us_sum"], 1e6
         )
-        out.append(f'fastactor_fsync_seconds_count{{worker="{i}"}} {acc}')
     family(
         "fastactor_http_responses_total", "counter", "final HTTP responses sent, by status class"
     )
@@ -98,16 +104,8 @@ def render_metrics(
     for i, s in live:
         for fn, st in s.get("http", {}).items():
             labels = f'worker="{i}",function="{fn}"'
-            acc = 0
-            for bound, count in st["duration"]:
-                acc += count
-                le = "+Inf" if bound == "inf" else f"{float(bound):g}"
-                out.append(
-                    f'fastactor_http_request_duration_seconds_bucket{{{labels},le="{le}"}} {acc}'
-                )
-            total = st["duration_sum"]
-            out.append(f"fastactor_http_request_duration_seconds_sum{{{labels}}} {total:g}")
-            out.append(f"fastactor_http_request_duration_seconds_count{{{labels}}} {acc}")
+            name = "fastactor_http_request_duration_seconds"
+            histogram(name, labels, st["duration"], st["duration_sum"], 1.0)
     for key, name, help_ in _CHANNEL:
         family(name, "counter", help_)
         out.extend(f'{name}{{worker="{i}"}} {s.get("channel", {}).get(key, 0)}' for i, s in live)
