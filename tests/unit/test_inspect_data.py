@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -9,7 +11,8 @@ from typing import Any
 import pytest
 import uvloop
 
-from fastactor import StatefulActor
+from fastactor import StatefulActor, inspect_data
+from fastactor._core import encode_value, snapshot_row_value
 from fastactor.errors import LogCorruptionError
 from fastactor.inspect_data import stored_instances, stored_state
 from fastactor.runtime import Runtime
@@ -33,9 +36,13 @@ class Bag(Box):
     pass
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 2, 1024])
 def test_snapshot_and_log_tail_merge_into_each_instances_state(
-    actor_runtime: RuntimeFactory,
+    actor_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch, chunk_rows: int
 ) -> None:
+    # The snapshot is read a few rows per read transaction: the merge must hold across the
+    # chunks' edges as well as inside one.
+    monkeypatch.setattr(inspect_data, "_CHUNK_ROWS", chunk_rows)
     # What each instance stores, as the runtime would answer: the model the reader must match.
     model: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -97,8 +104,6 @@ def test_snapshot_and_log_tail_merge_into_each_instances_state(
 
 
 def test_a_damaged_snapshot_value_is_named(actor_runtime: RuntimeFactory) -> None:
-    import sqlite3
-
     async def go() -> None:
         async with actor_runtime(Box) as rt:
             await rt.namespace("Box").id_from_name("b").put({"k": "value"})
@@ -143,3 +148,63 @@ def test_actors_stops_quietly_when_its_reader_goes_away(actor_runtime: RuntimeFa
         with p.stderr:
             err = p.stderr.read()
         assert p.wait(30) == 1 and err == b"", (what, err)
+
+
+def _fill(actor_runtime: RuntimeFactory, n: int, value: Any) -> None:
+    async def go() -> None:
+        async with actor_runtime(Box) as rt:  # a clean stop: all of it in the snapshot
+            ns = rt.namespace("Box")
+            await asyncio.gather(
+                *(ns.id_from_name(f"b{i:04d}").put({"k": value}) for i in range(n))
+            )
+
+    uvloop.run(go())
+
+
+def test_a_listing_left_waiting_holds_no_snapshot_open(actor_runtime: RuntimeFactory) -> None:
+    # `fastactor actors inspect Box | less`: the listing waits on its reader between two
+    # instances. A read transaction held open meanwhile would keep SQLite from checkpointing
+    # the server's WAL file (it grows as long as the reader waits) and show old rows.
+    _fill(actor_runtime, 3000, "old")
+    listing = stored_instances(actor_runtime.data_dir, "Box")
+    assert next(listing) == ("Box", "b0000", {"k": "old"})
+    # What the server's checkpoints do meanwhile: a write, then SQLite's own checkpoint.
+    path = Path(actor_runtime.data_dir) / "state.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        new = snapshot_row_value("Box\0b2999", "k", encode_value("new"))
+        db.execute("UPDATE kv SET value = ? WHERE inst = ? AND key = 'k'", (new, "Box\0b2999"))
+        busy, frames, done = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        db.close()
+    assert (busy, frames, done) == (0, 0, 0)  # every frame checkpointed, the file emptied
+    rest = list(listing)
+    assert len(rest) == 2999 and rest[-1] == ("Box", "b2999", {"k": "new"})
+
+
+def test_a_log_tail_a_checkpoint_removed_is_read_again_past_it(
+    actor_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fill(actor_runtime, 10, "old")
+    read_tail = inspect_data._tail
+    calls: list[int] = []
+
+    def tail(shard: Path, start: int, wanted: Any) -> Any:
+        calls.append(start)
+        if len(calls) == 1:
+            # A checkpoint between the snapshot's read and the log's: the records after
+            # START went into a newer snapshot and their segment was removed.
+            _fill(actor_runtime, 10, "new")
+            raise ValueError(f"LSN {start} is older than the oldest record kept")
+        return read_tail(shard, start, wanted)
+
+    monkeypatch.setattr(inspect_data, "_tail", tail)
+    assert [s for _, _, s in stored_instances(actor_runtime.data_dir)] == [{"k": "new"}] * 10
+    assert len(calls) == 2 and calls[1] > calls[0]
+    # The same failure with no newer snapshot is the log's damage: it is raised.
+    calls.clear()
+    monkeypatch.setattr(
+        inspect_data, "_tail", lambda *a: (_ for _ in ()).throw(ValueError("gap in the log"))
+    )
+    with pytest.raises(ValueError, match="gap in the log"):
+        list(stored_instances(actor_runtime.data_dir))
