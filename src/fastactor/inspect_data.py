@@ -99,6 +99,19 @@ class _Snapshot:
     """One shard's snapshot, read a chunk of instances at a time, each chunk in a read
     transaction of its own together with the log's tail that goes with it."""
 
+    __slots__ = (
+        "shard",
+        "path",
+        "values",
+        "select",
+        "wanted",
+        "applied",
+        "sealed",
+        "tail",
+        "tail_insts",
+        "db",
+    )
+
     def __init__(self, shard: Path, values: bool) -> None:
         self.shard = shard
         self.path = str(shard / "state.sqlite3")
