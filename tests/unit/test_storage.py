@@ -3,6 +3,7 @@ transactions, limits, reserved keys, read-your-writes, laziness, copies."""
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from fastactor import (
     StatefulActor,
     StorageLimitError,
 )
+from fastactor._core import SNAPSHOT_WAL_LIMIT
 from fastactor.testing import RuntimeFactory
 
 
@@ -243,6 +245,29 @@ def test_list_merges_snapshot_overlay_and_the_turn(actor_runtime: RuntimeFactory
         assert got[2] == {"k00": 0, "k00x": "t", "k01": 1, "k02": 2, "k05": "new", "k06": 6}
         got = await b.do([("list", {"start": "k18"})])
         assert list(got[0]) == ["k18", "k19", "k20"]
+
+    run(actor_runtime, go)
+
+
+def test_the_snapshots_own_wal_file_is_cut_back_after_a_large_checkpoint(
+    actor_runtime: RuntimeFactory,
+) -> None:
+    # SQLite's WAL file grows to hold a checkpoint's transaction. Left at that size while the
+    # runtime runs, one large checkpoint would keep its size on disk for good.
+    wal = actor_runtime.data_dir / "state.sqlite3-wal"
+
+    async def go(rt: Runtime) -> None:
+        value = "v" * 4096
+        for n in range(0, 2400, 400):
+            await asyncio.gather(
+                *(box(rt, f"b{i}").do([("put", "k", value)]) for i in range(n, n + 400))
+            )
+        await rt.checkpoint()  # about 10 MB of rows in one transaction
+        assert wal.stat().st_size > 2 * SNAPSHOT_WAL_LIMIT
+        await box(rt).do([("put", "small", 1)])
+        await rt.checkpoint()  # a small one starts the file over and cuts it
+        assert 0 < wal.stat().st_size <= SNAPSHOT_WAL_LIMIT
+        assert await box(rt, "b2399").do([("get", "k")]) == [value]
 
     run(actor_runtime, go)
 

@@ -266,6 +266,11 @@ def snapshot_row_value(str inst, str key, bytes encoded):
     return _seal(inst, key, encoded)
 
 
+# Bytes of the snapshot's own WAL file kept after a checkpoint (SQLite's default
+# autocheckpoint, 1000 pages of 4 KiB, fits).
+SNAPSHOT_WAL_LIMIT = 4 << 20
+
+
 @cython.final
 cdef class _Store:
     """The snapshot: every instance's state as of ``applied_lsn``, in one SQLite file.
@@ -356,6 +361,11 @@ cdef class _Store:
         db = sqlite3.connect(self.path, isolation_level=None)
         try:
             db.execute("PRAGMA synchronous=FULL")
+            # SQLite's own WAL file grows to hold the largest transaction and keeps that size
+            # for as long as the reading connection stays open: a checkpoint of a million
+            # instances would leave hundreds of MB behind it. Past this limit the next
+            # transaction that starts the file over cuts it back.
+            db.execute(f"PRAGMA journal_size_limit={SNAPSHOT_WAL_LIMIT}")
             db.execute("BEGIN IMMEDIATE")
             for inst, layer in layers.items():
                 if (<_Layer>layer).cleared:
