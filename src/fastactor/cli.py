@@ -197,6 +197,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"each worker answers 503 past N open connections (default {CONNECTIONS})",
     )
     s.add_argument(
+        "--max-resident",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="each worker keeps at most N instances in memory, evicting the least recently "
+        "used between their calls (their state stays on disk); 0: no bound (default 100000)",
+    )
+    s.add_argument(
         "--stall-timeout",
         type=float,
         default=60.0,
@@ -538,6 +546,10 @@ def serve(args: argparse.Namespace) -> int:
         print("fastactor: --commit-window-records must be between 1 and 1000000",
               file=sys.stderr)  # fmt: skip
         return 2
+    if not 0 <= args.max_resident <= 1 << 62:
+        print("fastactor: --max-resident must be 0 (no bound) or a number of instances",
+              file=sys.stderr)  # fmt: skip
+        return 2
     if not (args.stall_timeout == 0 or 1 <= args.stall_timeout <= 86_400):
         print("fastactor: --stall-timeout must be 0 (never) or between 1 and 86400 seconds",
               file=sys.stderr)  # fmt: skip
@@ -608,6 +620,7 @@ def serve(args: argparse.Namespace) -> int:
         "shards": [str(d) for d in layout.shard_dirs(Path(data))],
         "commit_window_us": args.commit_window_us,
         "commit_window_records": args.commit_window_records,
+        "max_resident": args.max_resident,
         "admin_port": args.admin_port,
         "limits": {
             "body": args.max_body,

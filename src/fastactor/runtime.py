@@ -69,6 +69,10 @@ class Runtime:
     records (``--commit-window-us``, ``--commit-window-records``). 0, the default here,
     writes at once.
 
+    ``max_resident``: instances kept in memory at most. Past it the least recently used of
+    those between turns are evicted (down to nine tenths of it) before ``idle_timeout``
+    would; their state stays on disk and reloads on the next call. 0: no bound.
+
     An option of the wrong type or out of its range is a TypeError or ValueError naming it,
     raised here: the budgets are finite numbers of seconds > 0."""
 
@@ -88,6 +92,7 @@ class Runtime:
         group_window_us: int = 0,
         group_window_records: int = 16,
         alarm_timeout: float = 900.0,
+        max_resident: int = 100_000,
     ) -> None:
         _check_options(
             {
@@ -103,6 +108,7 @@ class Runtime:
                 "group_delay_us": (group_delay_us, 0, 1_000_000),
                 "group_window_us": (group_window_us, 0, 1_000_000),
                 "group_window_records": (group_window_records, 1, 1_000_000),
+                "max_resident": (max_resident, 0, 1 << 62),
             },
         )
         bindings = (
@@ -137,6 +143,7 @@ class Runtime:
             "group_window_us": group_window_us,
             "group_window_records": group_window_records,
             "alarm_timeout": alarm_timeout,
+            "max_resident": max_resident,
         }
         self._shard: _core.Shard | None = None
         self._namespaces: dict[str, _core.ActorNamespace] = {}

@@ -149,6 +149,8 @@ def test_startup_failures_exit_2_and_name_the_culprit(tmp_path: Path) -> None:
         ("--commit-window-us", "100001", "--commit-window-us must be between 0 and 100000"),
         ("--commit-window-records", "0", "--commit-window-records must be between 1 and"),
         ("--commit-window-records", "16.5", "invalid int value"),
+        ("--max-resident", "-1", "--max-resident must be 0 (no bound) or a number of"),
+        ("--max-resident", "lots", "invalid int value"),
     ):
         p = run_cli("serve", str(ACCOUNT), flag, value, "--data", str(tmp_path / "d"))
         assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr

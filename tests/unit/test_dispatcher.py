@@ -904,6 +904,35 @@ def test_eviction_then_lazy_reload(actor_runtime: RuntimeFactory) -> None:
     run(actor_runtime, go, Cached, idle_timeout=0.1)
 
 
+@pytest.mark.parametrize("bound", [20, 0])
+def test_past_max_resident_the_least_recently_used_idle_instances_go(
+    actor_runtime: RuntimeFactory, bound: int
+) -> None:
+    # Names called once each (a crawler, a hostile client) must not fill memory for the
+    # idle timeout's whole minute.
+    async def go(rt: Runtime) -> None:
+        busy = asyncio.ensure_future(acct(rt, "busy").slow_step("b", 0.5))
+        await asyncio.sleep(0.01)  # its call has started: the least recently used of all
+        for i in range(60):
+            assert await acct(rt, f"a{i:02}").deposit(i) == i
+        await asyncio.sleep(0)  # a trim asked for by the last instance made runs
+        resident = [
+            n for n in (f"a{i:02}" for i in range(60)) if rt.shard.is_resident("Account", n)
+        ]
+        if bound == 0:  # no bound: only the idle timer evicts
+            assert len(resident) == 60 and rt.stats()["evictions"] == 0
+        else:
+            assert rt.stats()["resident"] <= bound
+            assert resident == [f"a{i:02}" for i in range(60 - len(resident), 60)]
+            assert rt.stats()["evictions"] >= 60 - bound
+        assert rt.shard.is_resident("Account", "busy")  # in a call: never evicted
+        assert await busy == "b"
+        # What they stored stays on disk, and they come back when called.
+        assert [await acct(rt, f"a{i:02}").balance() for i in range(60)] == list(range(60))
+
+    run(actor_runtime, go, max_resident=bound)
+
+
 def test_restart_recovers_from_snapshot_and_log_tail(actor_runtime: RuntimeFactory) -> None:
     async def go() -> None:
         async with actor_runtime(Account) as rt:
@@ -1139,6 +1168,7 @@ def test_odd_class_attributes_do_not_stop_registration(actor_runtime: RuntimeFac
         ("group_window_us", 2_000_000, ValueError, "group_window_us must be between 0 and"),
         ("group_window_records", 0, ValueError, "group_window_records must be between 1 and"),
         ("group_delay_us", 2.5, TypeError, "group_delay_us must be an int, not float"),
+        ("max_resident", -1, ValueError, "max_resident must be between 0 and"),
     ],
 )
 def test_runtime_options_out_of_range_are_refused_by_name(

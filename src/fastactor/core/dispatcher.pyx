@@ -971,6 +971,8 @@ cdef class Shard:
     cdef uint64_t tick
     cdef uint64_t idle_ticks
     cdef object sweeper
+    cdef uint64_t max_resident     # instances kept in memory at most (0: no bound)
+    cdef bint trim_pending         # a _trim is scheduled
     cdef object checkpoint_timer
     cdef object checkpoint_task
     cdef object executor
@@ -995,7 +997,7 @@ cdef class Shard:
                   double idle_timeout=60.0, double checkpoint_interval=30.0,
                   uint64_t checkpoint_bytes=64 << 20, uint32_t group_delay_us=0,
                   uint32_t group_window_us=0, uint32_t group_window_records=16,
-                  double alarm_timeout=900.0):
+                  double alarm_timeout=900.0, uint64_t max_resident=100_000):
         global _shards_made
         _shards_made += 1
         self.origin = (os.getpid() << 20) + _shards_made
@@ -1011,6 +1013,7 @@ cdef class Shard:
         self.group_window_us = group_window_us
         self.group_window_records = group_window_records
         self.alarm_timeout = alarm_timeout
+        self.max_resident = max_resident
         self.namespaces = {}
         self.alarm_handles = {}
         self.alarm_retries = {}
@@ -1182,6 +1185,10 @@ cdef class Shard:
             inst.cache = {}
             self.instances[key] = inst
             inst.tick = self.tick
+            if (self.max_resident and <uint64_t>len(self.instances) > self.max_resident
+                    and not self.trim_pending):
+                self.trim_pending = True
+                self.loop.call_soon(self._trim)
         return inst
 
     cdef void post(self, _Instance inst, _Call c) except *:
@@ -1715,6 +1722,31 @@ cdef class Shard:
     def evict_idle(self):
         """Evicts every instance that is between turns now; returns how many."""
         return self._evict(0)
+
+    def _trim(self):
+        """More instances are resident than max_resident: evicts the least recently used of
+        those that can go (as _evict says) down to nine tenths of it, so that names never
+        called twice (a crawler, a hostile client) can not fill the worker's memory before
+        the idle timer empties it."""
+        cdef _Instance inst
+        cdef list gone = []
+        cdef Py_ssize_t excess
+        cdef uint64_t durable
+        self.trim_pending = False
+        if self.closed:
+            return
+        excess = len(self.instances) - <Py_ssize_t>(self.max_resident - self.max_resident // 10)
+        if excess <= 0 or <uint64_t>len(self.instances) <= self.max_resident:
+            return
+        durable = cwal.fa_wal_durable_lsn(self.wal._w)
+        for inst in self.instances.values():
+            if inst.turn is None and not inst.mailbox and inst.last_lsn <= durable:
+                gone.append(inst.key)
+                if len(gone) == excess:
+                    break
+        for key in gone:
+            (<_Instance>self.instances.pop(key)).drop()
+        self._stats["evictions"] += len(gone)
 
     @property
     def resident(self):

@@ -23,7 +23,7 @@ _COUNTERS = [
     ("turns", "fastactor_turns_total", "actor turns run"),
     ("commits", "fastactor_commits_total", "turns that wrote (one log record each)"),
     ("activations", "fastactor_activations_total", "instances activated"),
-    ("evictions", "fastactor_evictions_total", "idle instances evicted"),
+    ("evictions", "fastactor_evictions_total", "instances evicted (idle, or past --max-resident)"),
     ("checkpoints", "fastactor_checkpoints_total", "snapshots written"),
     ("alarms_run", "fastactor_alarms_run_total", "alarm handlers that succeeded"),
     ("alarm_retries", "fastactor_alarm_retries_total", "failed alarm runs retried"),
