@@ -421,6 +421,30 @@ def test_new_scaffolds_functions_that_serve_as_is(
     assert httpx.get(f"{counting}/counters/a").json()["value"] == 2
 
 
+def test_max_resident_bounds_each_workers_instances(serve: Callable[..., Server]) -> None:
+    admin = free_ports(1)
+    srv = serve(ACCOUNT, extra=("--admin-port", str(admin), "--max-resident", "5"))
+    (url,) = srv.urls
+    with httpx.Client(timeout=30) as c:
+        for i in range(40):
+            assert c.post(f"{url}/accounts/r{i}/deposit", json={"amount": i}).status_code == 200
+        text = c.get(f"http://127.0.0.1:{admin}/metrics").text
+        resident = [
+            int(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("fastactor_instances_resident{")
+        ]
+        evicted = sum(
+            int(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("fastactor_evictions_total{")
+        )
+        assert len(resident) == 2 and max(resident) <= 5 and evicted >= 30, text
+        # Evicted, not lost: each comes back with what it stored.
+        for i in range(40):
+            assert c.get(f"{url}/accounts/r{i}").json()["balance"] == i
+
+
 def test_admin_port_health_and_metrics(serve: Callable[..., Server]) -> None:
     admin = free_ports(1)
     srv = serve(ACCOUNT, extra=("--admin-port", str(admin)))
