@@ -933,6 +933,32 @@ def test_past_max_resident_the_least_recently_used_idle_instances_go(
     run(actor_runtime, go, max_resident=bound)
 
 
+def test_near_max_resident_an_instance_in_use_is_not_the_one_evicted(
+    actor_runtime: RuntimeFactory,
+) -> None:
+    # Recency is kept per sweep tick (15 s) to save the bookkeeping on each call; near the
+    # bound it is kept per call, else an account in constant use, made first, would be the
+    # first evicted and reloaded again and again.
+    made: list[str] = []
+
+    class Counted(Account):
+        def __init__(self, ctx: Any, env: Any) -> None:
+            super().__init__(ctx, env)
+            made.append(ctx.id)
+
+    async def go(rt: Runtime) -> None:
+        ns = rt.namespace("Counted")
+        hot = ns.id_from_name("hot")
+        for i in range(100):
+            await hot.deposit(1)
+            await ns.id_from_name(f"once{i}").deposit(1)
+        assert await hot.balance() == 100
+        assert made.count("hot") == 1  # never evicted, so made once
+        assert rt.stats()["resident"] <= 20 and rt.stats()["evictions"] >= 80
+
+    run(actor_runtime, go, Counted, max_resident=20)
+
+
 def test_restart_recovers_from_snapshot_and_log_tail(actor_runtime: RuntimeFactory) -> None:
     async def go() -> None:
         async with actor_runtime(Account) as rt:

@@ -972,6 +972,7 @@ cdef class Shard:
     cdef uint64_t idle_ticks
     cdef object sweeper
     cdef uint64_t max_resident     # instances kept in memory at most (0: no bound)
+    cdef uint64_t trim_from        # _trim evicts down to this many (no bound: UINT64_MAX)
     cdef bint trim_pending         # a _trim is scheduled
     cdef object checkpoint_timer
     cdef object checkpoint_task
@@ -1014,6 +1015,7 @@ cdef class Shard:
         self.group_window_records = group_window_records
         self.alarm_timeout = alarm_timeout
         self.max_resident = max_resident
+        self.trim_from = max_resident - max_resident // 10 if max_resident else UINT64_MAX
         self.namespaces = {}
         self.alarm_handles = {}
         self.alarm_retries = {}
@@ -1155,8 +1157,10 @@ cdef class Shard:
                 inst.turn.suspects += 1
                 if inst.turn.tt is not None:
                     self.loop.call_soon(_recheck_cycles, inst.turn.tt)
-        if inst.tick != self.tick:
-            del self.instances[inst.key]       # most recently used goes last
+        if inst.tick != self.tick or <uint64_t>len(self.instances) >= self.trim_from:
+            # Most recently used goes last: once a sweep tick, and on every call near
+            # max_resident, where _trim evicts from the front.
+            del self.instances[inst.key]
             self.instances[inst.key] = inst
             inst.tick = self.tick
         c = _Call.__new__(_Call)
@@ -1735,9 +1739,9 @@ cdef class Shard:
         self.trim_pending = False
         if self.closed:
             return
-        excess = len(self.instances) - <Py_ssize_t>(self.max_resident - self.max_resident // 10)
-        if excess <= 0 or <uint64_t>len(self.instances) <= self.max_resident:
+        if <uint64_t>len(self.instances) <= self.max_resident:
             return
+        excess = len(self.instances) - <Py_ssize_t>self.trim_from
         durable = cwal.fa_wal_durable_lsn(self.wal._w)
         for inst in self.instances.values():
             if inst.turn is None and not inst.mailbox and inst.last_lsn <= durable:
