@@ -1707,14 +1707,15 @@ cdef class Shard:
         self._evict(self.idle_ticks)
         self.sweeper = self.loop.call_later(self.idle_timeout / self.idle_ticks, self._sweep)
 
-    cdef Py_ssize_t _evict(self, uint64_t idle_ticks):
+    cdef Py_ssize_t _evict(self, uint64_t idle_ticks, Py_ssize_t most=-1):
         """Drops instances unused for IDLE_TICKS ticks that are between turns and whose last
-        commit is durable (a reply held on it must see the same data after a reload)."""
+        commit is durable (a reply held on it must see the same data after a reload): the
+        least recently used first, at most MOST of them (-1: all)."""
         cdef _Instance inst
         cdef list idle = []
         cdef uint64_t durable = cwal.fa_wal_durable_lsn(self.wal._w)
         for inst in self.instances.values():
-            if inst.tick + idle_ticks > self.tick:
+            if inst.tick + idle_ticks > self.tick or len(idle) == most:
                 break
             if inst.turn is None and not inst.mailbox and inst.last_lsn <= durable:
                 idle.append(inst.key)
@@ -1732,25 +1733,9 @@ cdef class Shard:
         those that can go (as _evict says) down to nine tenths of it, so that names never
         called twice (a crawler, a hostile client) can not fill the worker's memory before
         the idle timer empties it."""
-        cdef _Instance inst
-        cdef list gone = []
-        cdef Py_ssize_t excess
-        cdef uint64_t durable
         self.trim_pending = False
-        if self.closed:
-            return
-        if <uint64_t>len(self.instances) <= self.max_resident:
-            return
-        excess = len(self.instances) - <Py_ssize_t>self.trim_from
-        durable = cwal.fa_wal_durable_lsn(self.wal._w)
-        for inst in self.instances.values():
-            if inst.turn is None and not inst.mailbox and inst.last_lsn <= durable:
-                gone.append(inst.key)
-                if len(gone) == excess:
-                    break
-        for key in gone:
-            (<_Instance>self.instances.pop(key)).drop()
-        self._stats["evictions"] += len(gone)
+        if not self.closed and <uint64_t>len(self.instances) > self.max_resident:
+            self._evict(0, len(self.instances) - <Py_ssize_t>self.trim_from)
 
     @property
     def resident(self):
