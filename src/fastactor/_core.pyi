@@ -2,7 +2,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from datetime import datetime
 from os import PathLike
-from typing import Any, TypeVar, overload
+from typing import Any, Protocol, TypeVar, overload
 
 from typing_extensions import Buffer
 
@@ -165,7 +165,14 @@ class ActorStub:
     @property
     def id(self) -> str: ...
     def __getattr__(self, name: str) -> Callable[..., CallFuture[Any]]: ...
-    def fetch(self, request: Request) -> CallFuture[Response]: ...
+    def fetch(
+        self,
+        request: Request | str,
+        *,
+        method: str | None = None,
+        headers: _HeaderInit = None,
+        body: bytes | str | None = None,
+    ) -> CallFuture[Response]: ...
 
 class ActorNamespace:
     env: object
@@ -246,8 +253,22 @@ class Request:
     def headers(self) -> Headers: ...
     @property
     def query(self) -> dict[str, str]: ...
+    @overload
     def __init__(
-        self, method: str, url: str, headers: _HeaderInit = None, body: bytes = b""
+        self,
+        method: str,
+        url: str,
+        headers: _HeaderInit = None,
+        body: bytes | str | None = b"",
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        url: str,
+        *,
+        method: str = "GET",
+        headers: _HeaderInit = None,
+        body: bytes | str | None = b"",
     ) -> None: ...
     async def body(self) -> bytes: ...
     async def text(self) -> str: ...
@@ -263,10 +284,33 @@ class Response:
     def __init__(
         self, body: bytes | str = b"", status: int = 200, headers: _HeaderInit = None
     ) -> None: ...
-    @staticmethod
-    def json(obj: Any, status: int = 200, headers: _HeaderInit = None) -> Response: ...
-    @staticmethod
-    def text(s: str, status: int = 200, headers: _HeaderInit = None) -> Response: ...
+    # Response.json(obj) / Response.text(s) make one; await response.json() / .text() read it.
+    json: _JsonMethod
+    text: _TextMethod
+    @property
+    def ok(self) -> bool: ...
+
+class _JsonMethod:
+    @overload
+    def __get__(self, obj: None, objtype: type[Response] | None = None) -> _MakeJson: ...
+    @overload
+    def __get__(
+        self, obj: Response, objtype: type[Response] | None = None
+    ) -> Callable[[], Coroutine[Any, Any, Any]]: ...
+
+class _TextMethod:
+    @overload
+    def __get__(self, obj: None, objtype: type[Response] | None = None) -> _MakeText: ...
+    @overload
+    def __get__(
+        self, obj: Response, objtype: type[Response] | None = None
+    ) -> Callable[[], Coroutine[Any, Any, str]]: ...
+
+class _MakeJson(Protocol):
+    def __call__(self, obj: Any, status: int = 200, headers: _HeaderInit = None) -> Response: ...
+
+class _MakeText(Protocol):
+    def __call__(self, s: str, status: int = 200, headers: _HeaderInit = None) -> Response: ...
 
 def encode_response(r: Response, keep_alive: bool, head: bool = False) -> bytes: ...
 
@@ -326,7 +370,14 @@ class RemoteStub:
     @property
     def id(self) -> str: ...
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]: ...
-    def fetch(self, request: Request) -> Awaitable[Response]: ...
+    def fetch(
+        self,
+        request: Request | str,
+        *,
+        method: str | None = None,
+        headers: _HeaderInit = None,
+        body: bytes | str | None = None,
+    ) -> Awaitable[Response]: ...
 
 class RoutedNamespace:
     @property

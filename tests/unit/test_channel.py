@@ -292,8 +292,16 @@ def test_remote_fetch(tmp_path: Path) -> None:
         assert isinstance(r, Response) and r.status == 202
         assert r.headers["x-owner"] == name and r.headers["x-got"] == "yes"
         assert r.body == b'{"m":"POST","p":"/p/q","q":{"a":"1"},"n":3145728}'
-        with pytest.raises(TypeError):
-            remote.fetch("not a request")
+        # As a Durable Object's stub.fetch(url, init): a URL and the request's parts.
+        r = await remote.fetch("http://h/u?a=2", method="PUT", headers={"X-Test": "u"}, body="b")
+        assert r.ok and r.headers["x-got"] == "u"
+        assert await r.json() == {"m": "PUT", "p": "/u", "q": {"a": "2"}, "n": 1}
+        with pytest.raises(TypeError, match="a Request or a URL"):
+            remote.fetch(b"not a request")
+        with pytest.raises(TypeError, match="takes no method"):
+            remote.fetch(req, method="GET")
+        with pytest.raises(ValueError, match="is not a URL"):
+            remote.fetch("not a url")
         with pytest.raises(TypeError, match="Account.fetch returned dict, not a Response"):
             await remote.fetch(Request("GET", "http://h/sloppy"))
 

@@ -570,6 +570,12 @@ def test_fetch_and_fetch_timeout(actor_runtime: RuntimeFactory) -> None:
         a = acct(rt, "carol")
         r = await a.fetch(Request("GET", "http://x/deposit?n=4"))
         assert r.status == 200 and r.body == b'{"name":"carol","balance":4}'
+        r = await a.fetch("http://x/deposit?n=3")  # a URL, as a Durable Object's stub takes
+        assert r.ok and await r.json() == {"name": "carol", "balance": 7}
+        with pytest.raises(TypeError, match="a Request or a URL"):
+            a.fetch(5)
+        with pytest.raises(TypeError, match="takes no method"):
+            a.fetch(Request("GET", "http://x/"), method="POST")
         with pytest.raises(ActorFetchTimeoutError):
             await a.fetch(Request("GET", "http://x/slow"))
         r = await rt.namespace("Plain").id_from_name("p").fetch(Request("GET", "http://x/"))

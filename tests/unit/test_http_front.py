@@ -275,6 +275,45 @@ def test_request_from_the_wire_matches_request_from_a_url() -> None:
             assert url == "http://t" + t
 
 
+def test_requests_are_made_as_the_fetch_api_makes_them_or_method_first() -> None:
+    """Request(url, method=...) as a Durable Objects user writes it, or Request(method, url);
+    what is neither is refused with a message that shows both."""
+    for r in (
+        Request("http://t/p?a=1", method="post", headers={"X-A": "1"}, body=b"hi"),
+        Request(url="http://t/p?a=1", method="POST", headers={"X-A": "1"}, body="hi"),
+        Request("POST", "http://t/p?a=1", {"X-A": "1"}, b"hi"),
+    ):
+        assert (r.method, r.url, r.path, r.query) == ("POST", "http://t/p?a=1", "/p", {"a": "1"})
+        assert r.headers["x-a"] == "1" and asyncio.run(r.body()) == b"hi"
+    assert Request("/only/a/path").method == "GET" and Request(url="http://t/").path == "/"
+    for args, kwargs, err, match in (
+        (("GET",), {}, ValueError, "'GET' is not a URL"),
+        (("http://t/", "GET"), {}, ValueError, "'http://t/' is not an HTTP method"),
+        (("GET", "http://t/"), {"method": "POST"}, TypeError, "method is given twice"),
+        (("http://t/",), {"method": "BAD METHOD"}, ValueError, "not an HTTP method"),
+        (("http://t/",), {"method": b"GET"}, TypeError, "method must be a str"),
+        (("GET", 5), {}, TypeError, "URL must be a str"),
+        ((), {}, TypeError, "needs a URL"),
+    ):
+        with pytest.raises(err, match=match):
+            Request(*args, **kwargs)
+
+
+def test_responses_are_read_as_the_fetch_api_reads_them() -> None:
+    """Response.json(obj) and Response.text(s) make a response; the same names asked of a
+    response read its body (await r.json(), await r.text()); r.ok is a 2xx status."""
+    r = Response.json({"a": [1, "é"]}, 201)
+    assert asyncio.run(r.json()) == {"a": [1, "é"]} and r.ok
+    t = Response.text("héllo", 404)
+    assert asyncio.run(t.text()) == "héllo" and not t.ok
+    assert asyncio.run(Response(b"\xef\xbb\xbfa\xffb").text()) == "a\ufffdb"
+    assert not Response(b"", 302).ok and Response(b"", 299).ok
+    with pytest.raises(ValueError):
+        asyncio.run(Response(b"not json").json())
+    with pytest.raises(TypeError):
+        Response.json()  # the class's json makes a response: it needs the value
+
+
 def test_headers_and_responses() -> None:
     from fastactor.http import Headers
     from fastactor.server.http import encode_response

@@ -484,10 +484,8 @@ cdef class RemoteStub:
         m.name = name
         return m
 
-    def fetch(self, request):
-        if not isinstance(request, Request):
-            raise TypeError(f"fetch takes a Request, not {type(request).__name__}")
-        cdef Request r = <Request>request
+    def fetch(self, request, *, method=None, headers=None, body=None):
+        cdef Request r = _fetch_input(request, method, headers, body)
         headers = [[k, v] for k, v in (<Headers>r.headers)._items]
         return self._ns.channel.call(self._owner, self._ns.key, self.id, KIND_FETCH, "fetch",
                                      (r.method, r.url, headers, r._body), None)

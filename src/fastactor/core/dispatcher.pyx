@@ -842,8 +842,10 @@ cdef class ActorStub:
         m.name = name
         return m
 
-    def fetch(self, request):
-        return self._ns.shard.call(self, KIND_FETCH, "fetch", (request,), None)
+    def fetch(self, request, *, method=None, headers=None, body=None):
+        """The instance's ``fetch``: with a Request, or a URL and the request's parts."""
+        return self._ns.shard.call(self, KIND_FETCH, "fetch",
+                                   (_fetch_input(request, method, headers, body),), None)
 
     def __eq__(self, other):
         return (isinstance(other, ActorStub) and (<ActorStub>other).id == self.id

@@ -273,6 +273,20 @@ cdef bytes _body_bytes(object body, str what):
     raise TypeError(f"{what} body must be bytes, str or None, not {type(body).__name__}")
 
 
+cdef str _text_of(bytes b):
+    """A body as the Fetch API's text() reads it (see Request.text)."""
+    if b.startswith(_BOM):
+        b = b[3:]
+    return b.decode("utf-8", "replace")
+
+
+cdef object _json_of(bytes b):
+    """A body as the Fetch API's json() reads it (see Request.json)."""
+    if b.startswith(_BOM):
+        b = b[3:]
+    return _json_decode(b)
+
+
 cdef class Request:
     """An HTTP request: ``method``, ``url``, ``path``, ``query`` (last value wins),
     ``headers`` (case-insensitive) and the body through ``await body()/text()/json()``. From
@@ -287,10 +301,34 @@ cdef class Request:
                                      # the header lines _plain read (bytes)
     cdef bytes _body
 
-    def __init__(self, str method, str url, headers=None, body=b""):
+    def __init__(self, first=None, url=None, headers=None, body=b"", *, method=None):
+        """``Request(url, method="GET", headers=None, body=b"")`` as the Fetch API makes one
+        (a Durable Object's ``stub.fetch(url, init)``), or ``Request(method, url, ...)``."""
+        if url is None:                          # Request(url, method=...)
+            url = first
+            m = "GET" if method is None else method
+            if type(url) is str and "/" not in url:
+                raise ValueError(f"Request: {url!r:.100} is not a URL (Request(url, "
+                                 "method=...) or Request(method, url))")
+        elif first is None:                      # Request(url=..., method=...)
+            m = "GET" if method is None else method
+        elif method is not None:
+            raise TypeError("Request: the method is given twice (first argument and method=)")
+        else:                                    # Request(method, url)
+            m = first
+        if url is None:
+            raise TypeError("Request needs a URL: Request(url, method=...) or "
+                            "Request(method, url)")
+        if type(url) is not str:
+            raise TypeError(f"Request: the URL must be a str, not {type(url).__name__}")
+        if type(m) is not str:
+            raise TypeError(f"Request: the method must be a str, not {type(m).__name__}")
+        if not _is_token(m):
+            raise ValueError(f"Request: {m!r:.100} is not an HTTP method (a token; "
+                             "Request(method, url) or Request(url, method=...))")
         if type(body) is not bytes:
             body = _body_bytes(body, "Request")
-        self.method = method.upper()
+        self.method = (<str>m).upper()
         self.url = url
         parts = _urlsplit(url)
         self.path = parts.path or "/"
@@ -319,21 +357,29 @@ cdef class Request:
     async def text(self):
         """The body as UTF-8, as the Fetch API's text() reads it: a leading byte order mark
         dropped, each invalid sequence U+FFFD (so a client's bytes never make it raise)."""
-        cdef bytes b = self._body
-        if b.startswith(_BOM):
-            b = b[3:]
-        return b.decode("utf-8", "replace")
+        return _text_of(self._body)
 
     async def json(self):
         """The body parsed as JSON (a leading byte order mark dropped); a ValueError if it
         is not JSON."""
-        cdef bytes b = self._body
-        if b.startswith(_BOM):
-            b = b[3:]
-        return _json_decode(b)
+        return _json_of(self._body)
 
     def __repr__(self):
         return f"<Request {self.method} {self.url}>"
+
+
+cdef Request _fetch_input(object request, object method, object headers, object body):
+    """What ``stub.fetch(request)`` or ``stub.fetch(url, method=, headers=, body=)`` (a
+    Durable Object's ``stub.fetch(url, init)``) sends."""
+    if isinstance(request, Request):
+        if method is not None or headers is not None or body is not None:
+            raise TypeError("fetch(request) takes no method, headers or body: give them to "
+                            "the Request, or call fetch(url, method=..., ...)")
+        return <Request>request
+    if type(request) is str:
+        return Request(request, None, headers, b"" if body is None else body,
+                       method="GET" if method is None else method)
+    raise TypeError(f"fetch takes a Request or a URL (str), not {type(request).__name__}")
 
 
 cdef list _header_lines(bytes lines):
@@ -401,9 +447,57 @@ cdef inline void _check_status(object status) except *:
         raise ValueError(f"bad HTTP status {status!r}")
 
 
+def _response_of_json(obj, status=200, headers=None):
+    """Response.json(obj, status=200, headers=None): OBJ as a JSON body."""
+    _check_status(status)
+    cdef Response r = Response.__new__(Response)
+    r.body = _json_encode(obj)
+    r.status = status
+    r._headers = _with_type(headers, _JSON_HEADERS)
+    return r
+
+
+def _response_of_text(str s, status=200, headers=None):
+    """Response.text(s, status=200, headers=None): S as a UTF-8 text body."""
+    _check_status(status)
+    cdef Response r = Response.__new__(Response)
+    r.body = s.encode("utf-8")
+    r.status = status
+    r._headers = _with_type(headers, _TEXT_HEADERS)
+    return r
+
+
+async def _response_json(Response r):
+    """await response.json(): the body parsed as JSON; a ValueError if it is not JSON."""
+    return _json_of(r.body)
+
+
+async def _response_text(Response r):
+    """await response.text(): the body as UTF-8 (invalid sequences U+FFFD)."""
+    return _text_of(r.body)
+
+
+@cython.final
+cdef class _ClassOrInstance:
+    """A descriptor: MAKE when looked up on the class, READ bound to the instance when
+    looked up on one (Response.json / response.json)."""
+    cdef object make
+    cdef object read
+
+    def __cinit__(self, make, read):
+        self.make = make
+        self.read = read
+
+    def __get__(self, obj, objtype):
+        if obj is None:
+            return self.make
+        return types.MethodType(self.read, obj)
+
+
 cdef class Response:
-    """An HTTP response. ``Response.json(obj)`` and ``Response.text(s)`` set the body and
-    its content type."""
+    """An HTTP response. ``Response.json(obj)`` and ``Response.text(s)`` make one with that
+    body and its content type; ``await response.json()`` and ``await response.text()`` read
+    one (what ``stub.fetch`` answered), as in the Fetch API."""
 
     cdef public bytes body
     cdef public int status
@@ -432,26 +526,20 @@ cdef class Response:
     def headers(self, value):
         self._headers = _as_headers(value)
 
-    @staticmethod
-    def json(obj, status=200, headers=None):
-        _check_status(status)
-        cdef Response r = Response.__new__(Response)
-        r.body = _json_encode(obj)
-        r.status = status
-        r._headers = _with_type(headers, _JSON_HEADERS)
-        return r
+    # As in the Fetch API, json and text make a response when asked of the class
+    # (Response.json(obj)) and read one when asked of a response (await r.json(), say of
+    # what stub.fetch answered).
+    json = _ClassOrInstance(_response_of_json, _response_json)
+    text = _ClassOrInstance(_response_of_text, _response_text)
 
-    @staticmethod
-    def text(str s, status=200, headers=None):
-        _check_status(status)
-        cdef Response r = Response.__new__(Response)
-        r.body = s.encode("utf-8")
-        r.status = status
-        r._headers = _with_type(headers, _TEXT_HEADERS)
-        return r
+    @property
+    def ok(self):
+        """The status is 2xx."""
+        return 200 <= self.status <= 299
 
     def __repr__(self):
         return f"<Response {self.status} {len(self.body)} bytes>"
+
 
 
 # What OPTIONS * answers: the methods every function may be asked (each decides per path).
