@@ -289,6 +289,8 @@ class Response:
     text: _TextMethod
     @property
     def ok(self) -> bool: ...
+    @staticmethod
+    def redirect(url: str, status: int = 302) -> Response: ...
 
 class _JsonMethod:
     @overload

@@ -312,6 +312,19 @@ def test_responses_are_read_as_the_fetch_api_reads_them() -> None:
         asyncio.run(Response(b"not json").json())
     with pytest.raises(TypeError):
         Response.json()  # the class's json makes a response: it needs the value
+    # Response.redirect(url, status=302) as in the Fetch API.
+    r = Response.redirect("http://t/elsewhere?a=1")
+    assert (r.status, r.body, r.headers.raw()) == (
+        302,
+        b"",
+        [("location", "http://t/elsewhere?a=1")],
+    )
+    assert Response.redirect("/x", 308).status == 308
+    for bad in (200, 304, 309, "302", True):
+        with pytest.raises(ValueError, match="redirect's status"):
+            Response.redirect("/x", bad)
+    with pytest.raises(ValueError):
+        Response.redirect("/x\r\nSet-Cookie: a=b")
 
 
 def test_headers_and_responses() -> None:

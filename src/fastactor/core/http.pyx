@@ -537,6 +537,18 @@ cdef class Response:
         """The status is 2xx."""
         return 200 <= self.status <= 299
 
+    @staticmethod
+    def redirect(str url, status=302):
+        """Response.redirect(url, status=302): an empty answer sending the client to URL,
+        with status 301, 302, 303, 307 or 308, as in the Fetch API."""
+        if type(status) is not int or status not in (301, 302, 303, 307, 308):
+            raise ValueError(f"a redirect's status is 301, 302, 303, 307 or 308, not {status!r}")
+        cdef Response r = Response.__new__(Response)
+        r.body = b""
+        r.status = status
+        r._headers = Headers([("location", url)])
+        return r
+
     def __repr__(self):
         return f"<Response {self.status} {len(self.body)} bytes>"
 
