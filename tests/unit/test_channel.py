@@ -167,7 +167,17 @@ def test_routing_follows_the_partition_layout(tmp_path: Path) -> None:
             ws[0].ns.id_from_name(3)
         with pytest.raises(ValueError):
             ws[0].ns.id_from_name("")
-        assert len(ws[0].ns.new_unique_id().id) == 64
+        u = ws[0].ns.new_unique_id()
+        assert len(u.id) == 64
+        # Durable Objects' spellings route like id_from_name: a stub of the owner's kind.
+        for w in ws:
+            back = w.ns.id_from_string(u.id)
+            assert back == w.ns.id_from_name(u.id) == w.ns.get_by_name(u.id)
+            assert w.ns.get(back) is back and w.ns.get(u.id) == back
+        with pytest.raises(ValueError, match="not an id new_unique_id made"):
+            ws[0].ns.id_from_string("alice")
+        with pytest.raises(ValueError, match="stub of another namespace"):
+            ws[0].ns.get(ws[1].ns.id_from_name(names_of(0, 1)[0]))
 
     run(tmp_path, body)
 

@@ -754,6 +754,9 @@ def test_constructor_error_reaches_the_caller(actor_runtime: RuntimeFactory) -> 
 
 
 def test_stubs_and_names(actor_runtime: RuntimeFactory) -> None:
+    class Other(StatefulActor):
+        pass
+
     async def go(rt: Runtime) -> None:
         ns = rt.namespace("Account")
         a = ns.id_from_name("alice")
@@ -770,8 +773,21 @@ def test_stubs_and_names(actor_runtime: RuntimeFactory) -> None:
         assert await ns.id_from_name("\u00e9\U0001f600 \0x").deposit(1) == 1  # any other str
         assert await a.call_other("bob") == 1 and await acct(rt, "bob").balance() == 1
         assert rt.env.ACCOUNT is ns
+        # Durable Objects' spellings: get_by_name, id_from_string of a stored unique id, get.
+        assert ns.get_by_name("alice") == a and ns.get(a) is a and ns.get("bob").id == "bob"
+        back = ns.id_from_string(u1.id)
+        assert back == u1 and await back.balance() == 7
+        for bad in ("alice", u1.id.upper(), u1.id[:-1], u1.id + "0"):
+            with pytest.raises(ValueError, match="not an id new_unique_id made"):
+                ns.id_from_string(bad)
+        with pytest.raises(TypeError):
+            ns.id_from_string(5)
+        with pytest.raises(ValueError, match="stub of another namespace"):
+            rt.namespace("Other").get(a)
+        with pytest.raises(TypeError, match="get takes a stub"):
+            ns.get(5)
 
-    run(actor_runtime, go)
+    run(actor_runtime, go, Account, Other)
 
 
 _trace = contextvars.ContextVar("trace", default=None)

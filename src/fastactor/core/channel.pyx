@@ -550,5 +550,19 @@ cdef class RoutedNamespace:
     def new_unique_id(self, *, location_hint=None):
         return self.id_from_name(secrets.token_hex(32))
 
+    def get_by_name(self, name, *, location_hint=None):
+        return self.id_from_name(name)
+
+    def id_from_string(self, id):
+        return self.id_from_name(_unique_id(id))
+
+    def get(self, stub, *, location_hint=None):
+        if type(stub) is str:
+            return self.id_from_name(stub)
+        if ((type(stub) is RemoteStub and (<RemoteStub>stub)._ns is self) or
+                (type(stub) is ActorStub and (<ActorStub>stub)._ns is self.local)):
+            return stub
+        raise _foreign_stub(stub, self.type_name)
+
     def __repr__(self):
         return f"<ActorNamespace {self.type_name}>"

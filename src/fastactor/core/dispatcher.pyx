@@ -858,6 +858,25 @@ cdef class ActorStub:
         return f"<ActorStub {self._ns.type_name} {self.id!r}>"
 
 
+cdef str _unique_id(object id):
+    """ID if it is a name new_unique_id makes (64 lower-case hex digits), else an error."""
+    if type(id) is not str:
+        raise TypeError(f"an instance id is a str, not {type(id).__name__}")
+    if len(<str>id) != 64 or not _HEX_ONLY(<str>id):
+        raise ValueError(f"{id!r:.80} is not an id new_unique_id made (64 lower-case hex "
+                         "digits); a name goes to id_from_name")
+    return <str>id
+
+
+cdef object _HEX_ONLY = re.compile(r"[0-9a-f]*\Z").match
+
+
+cdef Exception _foreign_stub(object stub, str type_name):
+    if isinstance(stub, (ActorStub, RemoteStub)):
+        return ValueError(f"{stub!r} is a stub of another namespace, not of {type_name}")
+    return TypeError(f"get takes a stub of {type_name} (or a name), not {type(stub).__name__}")
+
+
 @cython.final
 cdef class ActorNamespace:
     """``env.<BINDING>``: reaches the instances of one actor type (ActorNamespace)."""
@@ -902,6 +921,25 @@ cdef class ActorNamespace:
     def new_unique_id(self, *, location_hint=None):
         """The stub of a new instance with a fresh, unguessable 64-hex-digit name."""
         return self.id_from_name(secrets.token_hex(32))
+
+    # Durable Objects' other spellings, so that code written for them reads the same here.
+    def get_by_name(self, name, *, location_hint=None):
+        """id_from_name under Durable Objects' newer name (getByName)."""
+        return self.stub(name)
+
+    def id_from_string(self, id):
+        """The stub of the instance whose ``.id`` is ID, a name new_unique_id made (64
+        lower-case hex digits), as Durable Objects' idFromString reads a stored id back."""
+        return self.stub(_unique_id(id))
+
+    def get(self, stub, *, location_hint=None):
+        """STUB itself, a stub of this namespace, as Durable Objects' get(id) takes what
+        id_from_name made (a str is a name)."""
+        if type(stub) is str:
+            return self.stub(stub)
+        if type(stub) is ActorStub and (<ActorStub>stub)._ns is self:
+            return stub
+        raise _foreign_stub(stub, self.type_name)
 
     cdef object check_method(self, str name):
         err = self._checked.get(name, _MISSING)
