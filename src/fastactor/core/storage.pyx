@@ -282,6 +282,7 @@ cdef class _Store:
 
     cdef readonly str path
     cdef object _db          # the event loop thread's connection (reads)
+    cdef object _point       # its cursor for get(): one, not a cursor (and weakref) a read
     cdef readonly uint64_t applied_lsn
 
     def __cinit__(self, str path):
@@ -292,6 +293,7 @@ cdef class _Store:
         except BaseException:
             self._db.close()           # not a database, damaged, a format we do not read
             raise
+        self._point = self._db.cursor()
 
     cdef void _setup(self) except *:
         db = self._db
@@ -329,9 +331,11 @@ cdef class _Store:
             raise
 
     cdef object get(self, str inst, str key):
-        row = self._db.execute("SELECT value FROM kv WHERE inst = ? AND key = ?",
-                               (inst, key)).fetchone()
-        return _ABSENT if row is None else _unseal(self.path, inst, key, row[0])
+        # fetchall() runs the statement to its end, which resets it: no read transaction
+        # stays open to hold back the snapshot's checkpoints.
+        rows = self._point.execute("SELECT value FROM kv WHERE inst = ? AND key = ?",
+                                   (inst, key)).fetchall()
+        return _ABSENT if not rows else _unseal(self.path, inst, key, rows[0][0])
 
     cdef object alarms(self):
         """(inst, sealed encoded time) of every instance with an alarm, as a cursor: the
