@@ -7,6 +7,7 @@ import contextvars
 import errno
 import io
 import sys
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -426,6 +427,43 @@ def test_rpc_errors(actor_runtime: RuntimeFactory) -> None:
         assert await a.echo(1, (2,), k={3}) == [(1, (2,)), {"k": {3}}]
         assert await a.sync_method() == "plain"
         assert await a.deposit(1) == 1  # still serving
+
+    run(actor_runtime, go)
+
+
+def test_refused_method_names_cost_nothing_kept(actor_runtime: RuntimeFactory) -> None:
+    """Each refused call raises an error of its own (one error raised again would grow its
+    traceback, and the frames it holds, with every raise), and names that are not methods,
+    such as a client's passed on by a fetch, are not remembered."""
+
+    def depth(e: BaseException) -> int:
+        n, tb = 0, e.__traceback__
+        while tb is not None:
+            n, tb = n + 1, tb.tb_next
+        return n
+
+    async def go(rt: Runtime) -> None:
+        a = acct(rt)
+        for name in ("no_such_method", "_private"):
+            errors = []
+            for _ in range(3):
+                try:
+                    await getattr(a, name)()
+                except (ActorUnknownMethodError, ActorPrivateMethodError) as e:
+                    errors.append(e)
+            assert len({id(e) for e in errors}) == 3
+            assert depth(errors[0]) == depth(errors[2])
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(5000):
+                with pytest.raises(ActorUnknownMethodError):
+                    await getattr(a, f"made_up_{i}")()
+            kept = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert kept < 200_000, kept  # 5,000 names with their errors were 5 MB
+        assert await a.deposit(1) == 1
 
     run(actor_runtime, go)
 

@@ -885,7 +885,7 @@ cdef class ActorNamespace:
     cdef readonly object cls
     cdef public object env         # what the type's actors get as env (else the shard's)
     cdef Shard shard
-    cdef dict _checked            # method name -> None (callable) or the error to raise
+    cdef set _methods             # names check_method found callable over RPC
     cdef str _prefix
     # The budgets of this type's turns, in seconds: its class's, else the shard's.
     cdef readonly double method_timeout
@@ -897,7 +897,7 @@ cdef class ActorNamespace:
         self.shard = shard
         self.type_name = type_name
         self.cls = cls
-        self._checked = {}
+        self._methods = set()
         self._prefix = type_name + "\0"
         if cls is not None:
             _note_actor_codes(cls)
@@ -942,18 +942,19 @@ cdef class ActorNamespace:
         raise _foreign_stub(stub, self.type_name)
 
     cdef object check_method(self, str name):
-        err = self._checked.get(name, _MISSING)
-        if err is _MISSING:
-            err = None
-            if name.startswith("_") or name in _NOT_RPC or hasattr(_StatefulActorBase, name):
-                err = ActorPrivateMethodError(
-                    f"{self.type_name}.{name} is not callable over RPC")
-            else:
-                attr = getattr(self.cls, name, None)
-                if attr is None or not callable(attr):
-                    err = ActorUnknownMethodError(f"{self.type_name} has no method {name!r}")
-            self._checked[name] = err
-        return err
+        """None if callers may call NAME, else a new error (each raise has its own: one
+        raised again and again would grow its traceback with every raise). Only the names
+        of methods are remembered: names that are not (a client's, passed on by a fetch)
+        would otherwise fill memory."""
+        if name in self._methods:
+            return None
+        if name.startswith("_") or name in _NOT_RPC or hasattr(_StatefulActorBase, name):
+            return ActorPrivateMethodError(f"{self.type_name}.{name} is not callable over RPC")
+        attr = getattr(self.cls, name, None)
+        if attr is None or not callable(attr):
+            return ActorUnknownMethodError(f"{self.type_name} has no method {name!r}")
+        self._methods.add(name)
+        return None
 
     def __repr__(self):
         return f"<ActorNamespace {self.type_name}>"
