@@ -7,5 +7,8 @@ async def fetch(request: Request, env) -> Response:
     name = request.path.strip("/")
     if request.method != "GET" or not name or "/" in name:
         return Response.json({"error": "not found"}, status=404)
-    account = env.ACCOUNT.id_from_name(name)
+    try:
+        account = env.ACCOUNT.id_from_name(name)
+    except ValueError as e:  # a name longer than 2048 UTF-8 bytes
+        return Response.json({"error": str(e)[:200]}, status=400)
     return Response.json({"account": account.id, **await account.balance(), "view": True})

@@ -32,7 +32,10 @@ async def fetch(request: Request, env) -> Response:
         return Response.json({"ok": True})
     if len(parts) < 2 or parts[0] != "accounts" or not parts[1]:
         return Response.json({"error": "not found"}, status=404)
-    account = env.ACCOUNT.id_from_name(parts[1])
+    try:
+        account = env.ACCOUNT.id_from_name(parts[1])
+    except ValueError as e:  # a name longer than 2048 UTF-8 bytes
+        return Response.json({"error": str(e)[:200]}, status=400)
     if len(parts) == 2 and request.method == "GET":
         return Response.json({"account": account.id, **await account.balance()})
     if len(parts) == 3 and parts[2] in ("deposit", "debit") and request.method == "POST":

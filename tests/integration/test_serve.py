@@ -52,6 +52,10 @@ def test_quick_start(serve: Callable[..., Server]) -> None:
     assert r.status_code == 400 and "amount" in r.json()["error"]
     assert httpx.get(f"{url}/health").status_code == 200
     assert httpx.get(f"{url}/nowhere").status_code == 404
+    # A name no instance may have (over 2048 UTF-8 bytes) is the client's error.
+    r = httpx.get(f"{url}/accounts/{'n' * 3000}")
+    assert r.status_code == 400 and "2048" in r.json()["error"]
+    assert httpx.get(f"{url}/accounts/{'n' * 2048}").json()["balance"] == 0
 
 
 def test_parallel_debits_on_one_account_never_overdraw(serve: Callable[..., Server]) -> None:

@@ -809,6 +809,12 @@ def test_stubs_and_names(actor_runtime: RuntimeFactory) -> None:
         with pytest.raises(TypeError):
             ns.id_from_name(5)
         assert await ns.id_from_name("\u00e9\U0001f600 \0x").deposit(1) == 1  # any other str
+        # ... of at most 2048 UTF-8 bytes (as a storage key).
+        for ok in ("n" * 2048, "\u00e9" * 1024, "\U0001f600" * 512):
+            assert await ns.id_from_name(ok).deposit(2) == 2
+        for long in ("n" * 2049, "\u00e9" * 1024 + "n", "\U0001f600" * 513, "n" * 70_000):
+            with pytest.raises(ValueError, match="longer than 2048 UTF-8 bytes"):
+                ns.id_from_name(long)
         assert await a.call_other("bob") == 1 and await acct(rt, "bob").balance() == 1
         assert rt.env.ACCOUNT is ns
         # Durable Objects' spellings: get_by_name, id_from_string of a stored unique id, get.

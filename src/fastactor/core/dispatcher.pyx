@@ -24,6 +24,7 @@ cdef enum TurnKind:
     KIND_ALARM = 3
 
 cdef object _MISSING = object()
+cdef Py_ssize_t MAX_NAME_BYTES = 2048       # an instance name's length at most, in UTF-8
 cdef object _enter_task = asyncio.tasks._enter_task
 cdef object _leave_task = asyncio.tasks._leave_task
 cdef object _swap_current_task = getattr(asyncio.tasks, "_swap_current_task", None)
@@ -903,7 +904,8 @@ cdef class ActorNamespace:
             _note_actor_codes(cls)
 
     def id_from_name(self, name, *, location_hint=None):
-        """The stub of the instance called NAME (any non-empty str)."""
+        """The stub of the instance called NAME (a non-empty str of at most 2048 UTF-8
+        bytes)."""
         return self.stub(name)
 
     cdef ActorStub stub(self, object name):
@@ -912,7 +914,15 @@ cdef class ActorNamespace:
         if not name:
             raise ValueError("instance names must not be empty")
         if not utf8_encodable(<str>name):
-            raise ValueError(f"instance name {name!r} is not valid Unicode (a lone surrogate)")
+            raise ValueError(f"instance name {name!r:.80} is not valid Unicode (a lone "
+                             "surrogate)")
+        # A bound, as for storage keys: a resident instance keeps its name, and a name often
+        # comes from a client (a URL's path), so --max-resident instances of names as long
+        # as a request's head allows would hold gigabytes.
+        if (len(<str>name) > MAX_NAME_BYTES // 4 and
+                len((<str>name).encode()) > MAX_NAME_BYTES):
+            raise ValueError(f"instance name {name!r:.80} is longer than {MAX_NAME_BYTES} "
+                             "UTF-8 bytes")
         cdef ActorStub s = ActorStub.__new__(ActorStub)
         s.id = name
         s._ns = self
