@@ -608,6 +608,47 @@ def test_a_client_that_does_not_read_is_not_read_either() -> None:
     assert other.startswith(b"HTTP/1.1 200") and other.endswith(b"x" * 100)
 
 
+def test_pipelined_bodies_waiting_behind_a_slow_fetch_are_not_all_read() -> None:
+    """Requests pipelined behind a fetch that takes its time: the front reads on only until
+    the waiting ones hold 1 MiB of bodies (the client's own buffers hold the rest), answers
+    all of them in order once the fetch ends, and does not count the wait against the client
+    (no 408 for a request it stopped reading itself)."""
+    release = asyncio.Event()
+    body = b"b" * (256 << 10)
+
+    async def fetch(req: Request, env: Any) -> Response:
+        if req.path == "/slow":
+            await release.wait()
+        return Response.text(f"{req.path} {len(await req.body())}")
+
+    async def go() -> tuple[int, bytes]:
+        counters = {"requests": 0}
+        limits = Limits(head_timeout=0.4, request_timeout=0.4, idle_timeout=0.4)
+        server, port = await _listen(fetch, limits, counters)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        for i in range(24):  # 6 MiB of bodies
+            writer.write(
+                b"POST /%d HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+                % (i, len(body), body)
+            )
+        writer.write(b"GET /last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        await asyncio.sleep(1.2)  # three times the timeouts
+        queued = counters["requests"]
+        release.set()
+        data = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        server.close()
+        return queued, data
+
+    queued, data = uvloop.run(go())
+    assert queued <= 8, queued  # the slow one and up to 1 MiB of bodies behind it, not all 26
+    answers = re.findall(rb"HTTP/1.1 (\d+) .*?\r\n\r\n(/\w+ \d+)", data, re.S)
+    expected = [b"/slow 0"] + [b"/%d %d" % (i, len(body)) for i in range(24)] + [b"/last 0"]
+    assert [a for _, a in answers] == expected
+    assert {s for s, _ in answers} == {b"200"}
+
+
 async def _trickle(port: int, chunks: list[bytes], every: float) -> tuple[bytes, float]:
     """Sends CHUNKS one at a time, EVERY seconds apart, until the server closes; what it
     answered and after how many seconds."""
@@ -652,6 +693,12 @@ def test_a_client_trickling_a_request_gets_408_and_is_closed() -> None:
     data, took = uvloop.run(go(Limits(idle_timeout=0.3), [b"GET /never HT"]))
     assert data.startswith(b"HTTP/1.1 408 ") and b"stalled" in data, data
     assert called == []
+    # A head that begins in the chunk that ended a request httptools read (HTTP/1.0 here)
+    # is timed from there too.
+    both = [b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /never HTTP/1.1\r\nHo"]
+    data, took = uvloop.run(go(Limits(head_timeout=0.4, idle_timeout=30), both))
+    assert data.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 408 " in data, data
+    assert 0.4 <= took < 3 and called == ["/a"]
 
 
 def test_an_idle_connection_closes_and_a_slow_fetch_is_not_idle() -> None:

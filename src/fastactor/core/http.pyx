@@ -817,6 +817,13 @@ cdef class _FetchTask(_TaskBase):
         return f"<fetch task {'done' if self.finished else 'pending'}>"
 
 
+# The bodies a connection's pipelined requests may hold while they wait for the ones ahead
+# of them: past it the front stops reading from the connection until they are answered.
+# Without it one client pipelining 100 bodies of 8 MiB behind a slow fetch made its worker
+# hold 850 MB (each body is still refused past --max-body).
+cdef Py_ssize_t QUEUED_BYTES = 1 << 20
+
+
 cdef void _reading(object transport, bint on) except *:
     """Flow control of a protocol whose peer stopped reading (pause_writing): stop reading
     from it until it reads again (resume_writing)."""
@@ -936,6 +943,10 @@ cdef class HttpConnection:
     cdef object budget               # the fetch_timeout timer, armed while fetches run
     cdef bint timed_out
     cdef readonly object idle_handle
+    cdef Py_ssize_t queued_bytes     # the bodies of the requests waiting in queue
+    cdef bint queue_full             # past QUEUED_BYTES: reading stops until they are answered
+    cdef bint write_full             # the client stopped reading answers (pause_writing)
+    cdef bint read_paused            # the transport's reading is paused (either of those)
     cdef bint lingering              # a refusal closes: read and drop until LINGER passes
     cdef object linger_handle
     cdef double last_active
@@ -1021,10 +1032,26 @@ cdef class HttpConnection:
     def pause_writing(self):
         # The client is not reading its answers: stop reading its requests until it does,
         # so a pipelining client that never reads cannot grow the write buffer for ever.
-        _reading(self.transport, False)
+        self.write_full = True
+        self._flow()
 
     def resume_writing(self):
-        _reading(self.transport, True)
+        self.write_full = False
+        self._flow()
+
+    cdef void _flow(self) except *:
+        """Reading from the client stops while it does not read its answers or its queued
+        requests hold more than QUEUED_BYTES of bodies, and goes on once neither holds."""
+        cdef bint pause = self.write_full or self.queue_full
+        if pause == self.read_paused:
+            return
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.read_paused = pause
+        if pause:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
 
     def data_received(self, data):
         cdef Py_ssize_t n
@@ -1107,7 +1134,10 @@ cdef class HttpConnection:
                 self.closing = True
                 self.transport.close()
             return
-        if self.reading:
+        if self.reading and self.queue_full:
+            self.read_since = -1.0     # the front stopped reading, not the client: its clock
+                                       # starts again once the front reads on
+        elif self.reading:
             if self.read_since < 0:
                 self.read_since = now
             elif not self.head_read and now - self.read_since >= self.head_timeout:
@@ -1166,6 +1196,9 @@ cdef class HttpConnection:
 
     def on_message_begin(self):
         self.mid = True
+        # A request that begins after another one ended in the same chunk is being read too
+        # (_complete reset the flag): its head and request timers run from here.
+        self.reading = True
 
     def on_url(self, bytes url):
         self.url.append(url)
@@ -1325,6 +1358,11 @@ cdef class HttpConnection:
             self._refuse(_error_response(429, "too many pipelined requests"))
             return
         self.queue.append((req, resp, keep))
+        if req is not None:
+            self.queued_bytes += PyBytes_GET_SIZE(req._body)
+            if self.queued_bytes > QUEUED_BYTES and not self.queue_full:
+                self.queue_full = True
+                self._flow()
 
     cdef Py_ssize_t _plain(self, bytes data) except -1:
         """Reads the whole, plain requests at the start of DATA, which begins a request,
@@ -1441,6 +1479,11 @@ cdef class HttpConnection:
         cdef Request req
         while self.queue and not self.busy:
             req_, resp, keep = self.queue.popleft()
+            if req_ is not None:
+                self.queued_bytes -= PyBytes_GET_SIZE((<Request>req_)._body)
+                if self.queue_full and self.queued_bytes <= QUEUED_BYTES // 2:
+                    self.queue_full = False
+                    self._flow()
             if req_ is None:
                 if keep and (<Response>resp).status < 400:   # the front's own (OPTIONS *)
                     self._send(resp, True)
@@ -1564,6 +1607,7 @@ cdef class HttpConnection:
                 # answer, drop what still comes in (data_received ignores it), and close
                 # once the client does or _LINGER seconds pass.
                 self.transport.write_eof()
+                self.read_paused = self.queue_full = self.write_full = False
                 _reading(self.transport, True)
                 self.linger_handle = self.loop.call_later(_LINGER, self.transport.close)
             else:
