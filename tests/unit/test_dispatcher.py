@@ -431,6 +431,29 @@ def test_rpc_errors(actor_runtime: RuntimeFactory) -> None:
     run(actor_runtime, go)
 
 
+def test_close_refuses_the_calls_still_queued(actor_runtime: RuntimeFactory) -> None:
+    """Closing lets the running turn end; calls queued behind it never start and are told
+    so (close used to wait on them for ever)."""
+
+    class Napper(StatefulActor):
+        async def nap(self, t: float) -> float:
+            await asyncio.sleep(t)
+            return t
+
+    async def go() -> list[Any]:
+        async with actor_runtime(Napper) as rt:
+            n = rt.namespace("Napper").id_from_name("n")
+            futs = [asyncio.ensure_future(n.nap(0.2)) for _ in range(3)]
+            await asyncio.sleep(0.05)
+        return await asyncio.gather(*futs, return_exceptions=True)
+
+    results = uvloop.run(asyncio.wait_for(go(), 10))
+    assert results[0] == 0.2
+    for r in results[1:]:
+        assert isinstance(r, RuntimeError) and "closed before this call started" in str(r)
+    assert results[1] is not results[2]
+
+
 def test_refused_method_names_cost_nothing_kept(actor_runtime: RuntimeFactory) -> None:
     """Each refused call raises an error of its own (one error raised again would grow its
     traceback, and the frames it holds, with every raise), and names that are not methods,

@@ -1862,8 +1862,7 @@ cdef class Shard:
         self.checkpoint_timer.cancel()
         if self.alarm_timer is not None:
             self.alarm_timer.cancel()
-        while any((<_Instance>i).turn is not None or (<_Instance>i).mailbox
-                  for i in self.instances.values()):
+        while self._unfinished():
             await asyncio.sleep(0.001)
         if self.checkpoint_task is not None:
             try:
@@ -1879,6 +1878,26 @@ cdef class Shard:
         self.wal.close()
         self.store.close()
         self._drop_instances()
+
+    cdef bint _unfinished(self) except -1:
+        """Whether a turn still runs. Calls still queued once an instance has no turn never
+        start (a closed shard starts none): each caller gets a RuntimeError now, not a wait
+        that would hold close() for ever; a queued alarm run stays stored, to run after the
+        next start."""
+        cdef _Instance inst
+        cdef _Call c
+        cdef bint running = False
+        for i in self.instances.values():
+            inst = <_Instance>i
+            if inst.turn is not None:
+                running = True
+                continue
+            while inst.mailbox:
+                c = <_Call>inst.mailbox.popleft()
+                if c.kind != KIND_ALARM:
+                    self.resolve(c.fut, RuntimeError(
+                        "the runtime closed before this call started"), True)
+        return running
 
     cdef void _drop_instances(self):
         for inst in self.instances.values():
