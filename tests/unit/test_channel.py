@@ -326,10 +326,16 @@ def test_a_peer_going_away_fails_its_calls_and_the_next_call_reconnects(
         remote = ws[0].ns.id_from_name(name)
         assert await remote.deposit(5) == 5
         in_flight = asyncio.ensure_future(remote.nap(0.5))
+        # More calls in flight, one queued behind in_flight on its instance: the owner's
+        # close ends the running ones and refuses the queued one (it waited for ever).
+        also = [asyncio.ensure_future(ws[0].ns.id_from_name(n).nap(0.5)) for n in names_of(1, 3)]
         await asyncio.sleep(0.1)
         await ws[1].stop()
         with pytest.raises(ActorOutputGateError):
             await in_flight  # it may or may not have run: the caller is told so
+        errors = await asyncio.gather(*also, return_exceptions=True)
+        assert all(isinstance(e, ActorOutputGateError) for e in errors), errors
+        assert len({id(e) for e in errors}) == 3  # each caller its own (and its traceback)
         # A call made while the owner is down waits for it to come back (same data).
         later = asyncio.ensure_future(remote.deposit(1))
         await asyncio.sleep(0.2)

@@ -377,7 +377,9 @@ cdef class _Peer(_FrameConn):
         self.out.clear()
         for fut in waiting.values():
             if not fut.done():
-                fut.set_exception(err)
+                # An error of its own for each caller: one raised in every caller would
+                # carry all their tracebacks, one after another.
+                fut.set_exception(type(err)(*err.args))
 
 
 cdef class Channel:
