@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime
 import json
 import os
@@ -277,6 +278,40 @@ def test_sigterm_drains_exits_0_and_state_persists(
     assert s.proc.wait(60) == 0
     s2 = serve(ACCOUNT, data=tmp_path / "keep")
     assert httpx.get(f"{s2.urls[0]}/accounts/eve").json()["balance"] == 5
+
+
+NAPPER_APP = """
+import asyncio
+from fastactor import Response, StatefulActor
+
+class Napper(StatefulActor):
+    async def nap(self, t):
+        await asyncio.sleep(t)
+        return t
+
+async def fetch(request, env):
+    return Response.json(await env.NAPPER.id_from_name("one").nap(2))
+"""
+
+
+def test_sigterm_exits_0_with_calls_queued_behind_a_turn(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    # Three requests on one instance, each waiting 2 s for it; fetch gives up after 1 s
+    # (504), so the drain finds its requests done while the instance still runs one call
+    # with two queued behind it. serve used to wait on those two for ever.
+    d = function_dir(tmp_path, "nap", NAPPER_APP, {"NAPPER": "Napper"})
+    s = serve(d, workers=1, extra=("--fetch-timeout", "1"))
+
+    def get(_: int) -> int:
+        return httpx.get(s.urls[0], timeout=30).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        codes = pool.map(get, range(3))
+        time.sleep(0.5)
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(20) == 0
+        assert sorted(codes) == [504, 504, 504]
 
 
 def test_a_data_directory_too_deep_for_unix_sockets_serves(
