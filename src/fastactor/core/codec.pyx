@@ -224,6 +224,12 @@ cdef inline bint utf8_encodable(str s):
     return True
 
 
+cdef inline bint utf8_longer(str s, Py_ssize_t limit) except -1:
+    """Whether S (utf8_encodable) takes more than LIMIT bytes in UTF-8; encoded only when
+    its length in characters leaves it in doubt (a character is at most 4 bytes)."""
+    return len(s) > limit // 4 and len(s.encode()) > limit
+
+
 cdef object _surrogate_error(object e):
     """The CodecError for E, the UnicodeEncodeError of a str with a lone surrogate."""
     return CodecError(f"a str holds a lone surrogate ({e.object[e.start:e.end]!r}), which "

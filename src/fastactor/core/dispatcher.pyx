@@ -919,8 +919,7 @@ cdef class ActorNamespace:
         # A bound, as for storage keys: a resident instance keeps its name, and a name often
         # comes from a client (a URL's path), so --max-resident instances of names as long
         # as a request's head allows would hold gigabytes.
-        if (len(<str>name) > MAX_NAME_BYTES // 4 and
-                len((<str>name).encode()) > MAX_NAME_BYTES):
+        if utf8_longer(<str>name, MAX_NAME_BYTES):
             raise ValueError(f"instance name {name!r:.80} is longer than {MAX_NAME_BYTES} "
                              "UTF-8 bytes")
         cdef ActorStub s = ActorStub.__new__(ActorStub)

@@ -304,18 +304,18 @@ cdef class Request:
     def __init__(self, first=None, url=None, headers=None, body=b"", *, method=None):
         """``Request(url, method="GET", headers=None, body=b"")`` as the Fetch API makes one
         (a Durable Object's ``stub.fetch(url, init)``), or ``Request(method, url, ...)``."""
-        if url is None:                          # Request(url, method=...)
-            url = first
-            m = "GET" if method is None else method
-            if type(url) is str and "/" not in url:
-                raise ValueError(f"Request: {url!r:.100} is not a URL (Request(url, "
-                                 "method=...) or Request(method, url))")
-        elif first is None:                      # Request(url=..., method=...)
-            m = "GET" if method is None else method
-        elif method is not None:
-            raise TypeError("Request: the method is given twice (first argument and method=)")
-        else:                                    # Request(method, url)
+        if first is not None and url is not None:    # Request(method, url)
+            if method is not None:
+                raise TypeError("Request: the method is given twice (first argument and "
+                                "method=)")
             m = first
+        else:                                        # Request(url, method=...)
+            if url is None:
+                url = first
+                if type(url) is str and "/" not in url:
+                    raise ValueError(f"Request: {url!r:.100} is not a URL (Request(url, "
+                                     "method=...) or Request(method, url))")
+            m = "GET" if method is None else method
         if url is None:
             raise TypeError("Request needs a URL: Request(url, method=...) or "
                             "Request(method, url)")
@@ -377,8 +377,7 @@ cdef Request _fetch_input(object request, object method, object headers, object 
                             "the Request, or call fetch(url, method=..., ...)")
         return <Request>request
     if type(request) is str:
-        return Request(request, None, headers, b"" if body is None else body,
-                       method="GET" if method is None else method)
+        return Request(request, None, headers, b"" if body is None else body, method=method)
     raise TypeError(f"fetch takes a Request or a URL (str), not {type(request).__name__}")
 
 

@@ -36,7 +36,7 @@ cdef int check_key(object key) except -1:
         raise ValueError(f"storage keys starting with {RESERVED_PREFIX!r} are reserved")
     if not utf8_encodable(<str>key):
         raise ValueError(f"storage key {key!r} is not valid Unicode (a lone surrogate)")
-    if len(<str>key) > MAX_KEY_BYTES // 4 and len((<str>key).encode()) > MAX_KEY_BYTES:
+    if utf8_longer(<str>key, MAX_KEY_BYTES):
         raise StorageLimitError(f"storage key is longer than {MAX_KEY_BYTES} UTF-8 bytes")
     return 0
 
