@@ -27,7 +27,7 @@ from typing import Any
 from ._version import __version__
 from .errors import FastactorError
 from .manifest import ManifestError, load_function, resolve
-from .server.http import CONNECTIONS, base_url, connection_cap
+from .server.http import BODY_MEMORY, CONNECTIONS, base_url, connection_cap
 from .server.layout import Layout, prepare
 from .server.watchdog import STACKS_SIGNAL, STALLED_S, Watch, describe_ref
 
@@ -39,16 +39,20 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib":
 MAX_BODY_LIMIT = 512 << 20  # a forwarded request crosses between workers in one frame
 
 
-def _size(text: str) -> int:
-    """BYTES, or a number of KiB, MiB or GiB ("10MiB", "512k", "1.5M")."""
+def _size(text: str, most: int = MAX_BODY_LIMIT) -> int:
+    """BYTES, or a number of KiB, MiB or GiB ("10MiB", "512k", "1.5M"), at most MOST."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
     unit = _SIZE_UNITS.get(m.group(2).lower()) if m else None
     if m is None or unit is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (bytes, or 64k, 10MiB, 1G)")
     n = int(float(m.group(1)) * unit)
-    if not 0 <= n <= MAX_BODY_LIMIT:
-        raise argparse.ArgumentTypeError(f"{text!r} is over {MAX_BODY_LIMIT >> 20} MiB")
+    if not 0 <= n <= most:
+        raise argparse.ArgumentTypeError(f"{text!r} is over {most >> 20} MiB")
     return n
+
+
+def _memory(text: str) -> int:
+    return _size(text, 1 << 40)
 
 
 def _ranged(parse: Callable[[str], Any], ok: Callable[[Any], bool], says: str) -> Any:
@@ -174,6 +178,15 @@ def _parser() -> argparse.ArgumentParser:
         default=10 << 20,
         metavar="SIZE",
         help="a request body past this gets 413 (bytes, or 512k, 10MiB; default 10MiB)",
+    )
+    s.add_argument(
+        "--max-body-memory",
+        type=_memory,
+        default=None,
+        metavar="SIZE",
+        help="the request bodies each worker holds at once, across its connections; a body "
+        "over 64 KiB that would go past it gets 503 with Retry-After (at least --max-body; "
+        f"default {BODY_MEMORY >> 20}MiB, or --max-body if larger)",
     )
     s.add_argument(
         "--fetch-timeout",
@@ -554,6 +567,14 @@ def serve(args: argparse.Namespace) -> int:
         print("fastactor: --stall-timeout must be 0 (never) or between 1 and 86400 seconds",
               file=sys.stderr)  # fmt: skip
         return 2
+    body_memory = args.max_body_memory
+    if body_memory is None:
+        body_memory = max(BODY_MEMORY, args.max_body)
+    elif body_memory < args.max_body:
+        print(f"fastactor: --max-body-memory ({body_memory} bytes) must be at least --max-body "
+              f"({args.max_body} bytes): a body the server takes must fit",
+              file=sys.stderr)  # fmt: skip
+        return 2
     dirs = [str(Path(d).resolve()) for d in args.dirs]
     try:
         functions = [load_function(d) for d in dirs]
@@ -624,6 +645,7 @@ def serve(args: argparse.Namespace) -> int:
         "admin_port": args.admin_port,
         "limits": {
             "body": args.max_body,
+            "body_memory": body_memory,
             "fetch_timeout": args.fetch_timeout,
             "idle_timeout": args.idle_timeout,
             "connections": args.max_connections,

@@ -20,7 +20,7 @@ with atheris.instrument_imports():
     import uvloop
 
     from fastactor import Request, Response
-    from fastactor.server.http import HttpProtocol, Limits  # noqa: F401 (instrumented)
+    from fastactor.server.http import HttpProtocol, Limits, bodies_held  # noqa: F401
 
 STATUS = re.compile(rb"HTTP/1\.1 [1-5][0-9][0-9] [^\r\n]*\r\n")
 LOOP = uvloop.new_event_loop()
@@ -72,7 +72,11 @@ def test_one_input(data: bytes) -> None:
         assert not p.queue or p.busy or t.closed or t.eof, "requests left unanswered"
         answered = check_responses(bytes(t.out))
         assert answered <= p.counters["requests"] + 1
+        # The bodies it holds came in these bytes (none here is large enough to be counted
+        # ahead from its Content-Length), and all of them are given back once it closes.
+        assert 0 <= bodies_held() <= sum(map(len, chunks)), bodies_held()
         p.connection_lost(None)
+        assert bodies_held() == 0, bodies_held()
         await asyncio.sleep(0)
         if p.idle_handle is not None:
             p.idle_handle.cancel()

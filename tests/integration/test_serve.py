@@ -147,6 +147,7 @@ def test_startup_failures_exit_2_and_name_the_culprit(tmp_path: Path) -> None:
         ("--fetch-timeout", "0", "is not a number of seconds"),
         ("--idle-timeout", "nan", "is not a number of seconds"),
         ("--max-connections", "0", "is not a number of connections"),
+        ("--max-body-memory", "2 tons", "is not a size (bytes, or 64k, 10MiB, 1G)"),
     ):
         p = run_cli("serve", str(ACCOUNT), flag, value, "--data", str(tmp_path / "d"))
         assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
@@ -159,6 +160,9 @@ def test_startup_failures_exit_2_and_name_the_culprit(tmp_path: Path) -> None:
     ):
         p = run_cli("serve", str(ACCOUNT), flag, value, "--data", str(tmp_path / "d"))
         assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
+    p = run_cli("serve", str(ACCOUNT), "--max-body-memory", "1MiB", "--data", str(tmp_path / "d"))
+    says = "--max-body-memory (1048576 bytes) must be at least --max-body (10485760 bytes)"
+    assert p.returncode == 2 and says in p.stderr, p.stderr
     for stall in ("0.5", "-1", "nan", "1e9"):
         p = run_cli("serve", str(ACCOUNT), "--stall-timeout", stall, "--data", str(tmp_path / "d"))
         assert p.returncode == 2 and "--stall-timeout must be 0 (never) or" in p.stderr, p.stderr
@@ -1028,6 +1032,53 @@ def test_http_limits_are_set_from_the_command_line(
     # The defaults, where nothing is given: 10 MiB bodies pass.
     srv = serve(d, workers=1, data=tmp_path / "defaults")
     assert httpx.post(srv.urls[0], content=b"x" * (10 << 20)).text == str(10 << 20)
+
+
+def test_max_body_memory_answers_503_to_a_large_body_that_would_not_fit(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """A worker holds at most --max-body-memory of request bodies: with one large body on
+    its way, a second that would not fit gets 503 and Retry-After at once, a small one goes
+    on, and /metrics shows what is held."""
+    d = function_dir(
+        tmp_path,
+        "uploads",
+        "from fastactor import Response\n"
+        "async def fetch(request, env):\n"
+        "    return Response.text(str(len(await request.body())))\n",
+    )
+    admin = free_ports(1)
+    extra = ("--max-body", "200k", "--max-body-memory", "300k", "--admin-port", str(admin))
+    (url,) = serve(d, workers=1, extra=extra).urls
+    host, port = url.removeprefix("http://").split(":")
+    size = 200 << 10
+
+    def held() -> int:
+        text = httpx.get(f"http://127.0.0.1:{admin}/metrics").text
+        (n,) = re.findall(r'^fastactor_http_body_bytes\{worker="0"\} (\d+)$', text, re.M)
+        return int(n)
+
+    def head(path: str) -> bytes:
+        return f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n".encode()
+
+    first = socket.create_connection((host, int(port)), timeout=10)
+    second = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        first.sendall(head("/first") + b"x" * 10)
+        deadline = time.monotonic() + 10
+        while held() != size and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert held() == size
+        second.sendall(head("/second"))
+        refused = second.recv(4096)
+        assert refused.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1\r\n" in refused.lower()
+        assert httpx.post(url, content=b"x" * 1000).text == "1000"
+        first.sendall(b"x" * (size - 10))
+        assert first.recv(4096).endswith(b"\r\n\r\n%d" % size)
+        assert held() == 0
+    finally:
+        first.close()
+        second.close()
 
 
 BLOCKING_ALARM_APP = """

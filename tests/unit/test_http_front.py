@@ -16,7 +16,7 @@ import pytest
 import uvloop
 
 from fastactor import Request, Response
-from fastactor.server.http import HttpProtocol, Limits
+from fastactor.server.http import HttpProtocol, Limits, bodies_held
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from taskprobe import watch_pending  # noqa: E402
@@ -647,6 +647,187 @@ def test_pipelined_bodies_waiting_behind_a_slow_fetch_are_not_all_read() -> None
     expected = [b"/slow 0"] + [b"/%d %d" % (i, len(body)) for i in range(24)] + [b"/last 0"]
     assert [a for _, a in answers] == expected
     assert {s for s, _ in answers} == {b"200"}
+
+
+def _post(path: bytes, size: int, *, body: bool = True, close: bool = False) -> bytes:
+    """A POST with a body of SIZE bytes (BODY: the head alone)."""
+    head = b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n%s\r\n" % (
+        path,
+        size,
+        b"Connection: close\r\n" if close else b"",
+    )
+    return head + (b"b" * size if body else b"")
+
+
+async def _connect(port: int, opened: list[Any]) -> tuple[Any, Any]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    opened.append(writer)
+    return reader, writer
+
+
+def _run_closing(go: Any) -> Any:
+    """uvloop.run(GO(opened)), closing every server and writer GO put in OPENED even when it
+    fails (a failed test would otherwise hang in the loop's close)."""
+
+    async def run() -> Any:
+        opened: list[Any] = []
+        try:
+            return await go(opened)
+        finally:
+            for o in opened:
+                o.close()
+
+    return uvloop.run(run())
+
+
+async def _until_held(n: int) -> None:
+    """Waits (up to 5 s) until the front holds N bytes of request bodies."""
+    for _ in range(500):
+        if bodies_held() == n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the front holds {bodies_held()} bytes of bodies, not {n}")
+
+
+def test_bodies_past_the_memory_bound_get_503_and_small_ones_go_on() -> None:
+    """With one large body on its way (its Content-Length counted from its head), a second
+    large one that would not fit in body_memory is answered 503 with Retry-After before its
+    body is read, a small one goes on, and once the first is answered there is room again."""
+    mib = 1 << 20
+
+    async def fetch(req: Request, env: Any) -> Response:
+        return Response.text(f"{req.path} {len(await req.body())}")
+
+    async def go(opened: list[Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        server, port = await _listen(fetch, Limits(body=mib, body_memory=mib + mib // 2))
+        opened.append(server)
+        ra, wa = await _connect(port, opened)
+        wa.write(_post(b"/a", mib, body=False) + b"b" * 1000)
+        await _until_held(mib)
+        rb, wb = await _connect(port, opened)
+        wb.write(_post(b"/b", mib, body=False))
+        out["b"] = await asyncio.wait_for(rb.read(), 10)  # answered, and closed
+        rc, wc = await _connect(port, opened)
+        wc.write(_post(b"/c", 60_000, close=True))
+        out["c"] = await asyncio.wait_for(rc.read(), 10)
+        out["held"] = bodies_held()
+        wa.write(b"b" * (mib - 1000))
+        out["a"] = await asyncio.wait_for(ra.readuntil(b"/a %d" % mib), 10)
+        await _until_held(0)
+        rd, wd = await _connect(port, opened)
+        wd.write(_post(b"/d", mib, close=True))
+        out["d"] = await asyncio.wait_for(rd.read(), 10)
+        return out
+
+    out = _run_closing(go)
+    assert out["b"].startswith(b"HTTP/1.1 503"), out["b"]
+    assert b"retry-after: 1\r\n" in out["b"].lower() and b"request bodies" in out["b"]
+    assert out["c"].startswith(b"HTTP/1.1 200") and out["c"].endswith(b"/c 60000")
+    assert out["held"] == mib  # the first body's, all of it, though 1000 bytes came so far
+    assert out["a"].startswith(b"HTTP/1.1 200")
+    assert out["d"].startswith(b"HTTP/1.1 200") and out["d"].endswith(b"/d %d" % mib)
+
+
+def test_a_chunked_body_past_the_memory_bound_gets_503() -> None:
+    """A chunked body declares no length: it counts as it comes, and is refused once it is
+    past 64 KiB with the bound reached; what it held is given back."""
+    mib = 1 << 20
+
+    async def fetch(req: Request, env: Any) -> Response:
+        return Response.text(f"{req.path} {len(await req.body())}")
+
+    async def go(opened: list[Any]) -> tuple[bytes, bytes]:
+        server, port = await _listen(fetch, Limits(body=mib, body_memory=mib + mib // 2))
+        opened.append(server)
+        ra, wa = await _connect(port, opened)
+        wa.write(_post(b"/a", mib, body=False))
+        await _until_held(mib)
+        rb, wb = await _connect(port, opened)
+        wb.write(b"POST /b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (100_000, b"c" * 100_000)
+        got = asyncio.ensure_future(rb.read())
+        for _ in range(10):  # 1 MB in all: past the bound after the sixth
+            if got.done():
+                break
+            wb.write(chunk)
+            await asyncio.sleep(0.05)
+        refused = await asyncio.wait_for(got, 10)
+        await _until_held(mib)  # the refused body's bytes are given back
+        wa.write(b"b" * mib)
+        done = await asyncio.wait_for(ra.readuntil(b"/a %d" % mib), 10)
+        await _until_held(0)
+        return refused, done
+
+    refused, done = _run_closing(go)
+    assert refused.startswith(b"HTTP/1.1 503"), refused
+    assert done.startswith(b"HTTP/1.1 200")
+
+
+def test_what_a_connection_holds_of_bodies_is_given_back_on_every_path() -> None:
+    """The count of body bytes held goes back to 0 after each way a request ends: answered on
+    a connection that stays open (plain and httptools-parsed, pipelined), a fetch that raises
+    or times out, a 413, a body cut off by the client, a connection closed while its fetch
+    runs, a request asking to upgrade (its body read past the parser). A count that drifted
+    up would refuse every large body for good."""
+    release = asyncio.Event()
+
+    async def fetch(req: Request, env: Any) -> Response:
+        body = await req.body()
+        if req.path == "/raise":
+            raise RuntimeError("no")
+        if req.path == "/slow":
+            await asyncio.sleep(5)
+        if req.path == "/wait":
+            await release.wait()
+        return Response.text(f"{req.path} {len(body)}")
+
+    async def go(opened: list[Any]) -> list[tuple[str, int]]:
+        seen: list[tuple[str, int]] = []
+        limits = Limits(body=1 << 20, fetch_timeout=0.2)
+        server, port = await _listen(fetch, limits)
+        opened.append(server)
+        reader, writer = await _connect(port, opened)
+        for i, size in enumerate([10, 100_000, 300_000, 70_000]):
+            writer.write(_post(b"/%d" % i, size))
+            await reader.readuntil(b"/%d %d" % (i, size))
+            seen.append(("one by one", bodies_held()))
+        writer.write(b"".join(_post(b"/p%d" % i, 200_000) for i in range(5)))
+        await reader.readuntil(b"/p4 200000")
+        writer.write(_post(b"/raise", 100_000) + _post(b"/slow", 100_000))
+        await reader.readuntil(b"fetch ran past")
+        seen.append(("pipelined, raised, timed out", bodies_held()))
+        writer.write(_post(b"/big", 2 << 20, body=False))
+        await asyncio.wait_for(reader.read(), 10)
+        await _until_held(0)
+        seen.append(("413", bodies_held()))
+        writer.close()
+        reader, writer = await _connect(port, opened)
+        writer.write(_post(b"/cut", 500_000, body=False) + b"b" * 1000)
+        await _until_held(500_000)
+        writer.close()
+        await _until_held(0)
+        seen.append(("cut off", bodies_held()))
+        reader, writer = await _connect(port, opened)
+        writer.write(_post(b"/wait", 300_000) + _post(b"/after", 300_000))
+        await _until_held(600_000)
+        writer.close()
+        await _until_held(0)
+        seen.append(("closed while its fetch ran", bodies_held()))
+        reader, writer = await _connect(port, opened)
+        writer.write(
+            b"POST /up HTTP/1.1\r\nHost: t\r\nUpgrade: x\r\nConnection: upgrade\r\n"
+            b"Content-Length: 100000\r\n\r\n" + b"u" * 100_000
+        )
+        await reader.readuntil(b"/up 100000")
+        seen.append(("asked to upgrade", bodies_held()))
+        writer.close()
+        release.set()
+        await asyncio.sleep(0.05)
+        seen.append(("and that fetch ended", bodies_held()))
+        return seen
+
+    assert all(n == 0 for _, n in _run_closing(go))
 
 
 async def _trickle(port: int, chunks: list[bytes], every: float) -> tuple[bytes, float]:

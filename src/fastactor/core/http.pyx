@@ -822,6 +822,21 @@ cdef class _FetchTask(_TaskBase):
 # hold 850 MB (each body is still refused past --max-body).
 cdef Py_ssize_t QUEUED_BYTES = 1 << 20
 
+# The request bodies this process's connections hold at once (being read, queued, running),
+# against Limits.body_memory: a body of more than SMALL_BODY that would take it past the
+# limit is answered 503 (with its Content-Length, before a byte of it is read). Without it,
+# 100 connections each sending all but the last byte of a 10 MiB body made a worker hold
+# 1 GB, and a few thousand would have it killed for memory. Smaller bodies are never refused
+# for it: requests of the usual size go on while large uploads are told to come back. (A
+# whole request the front finds in one read is taken as it is: it is already in memory.)
+cdef Py_ssize_t _BODIES = 0
+cdef Py_ssize_t SMALL_BODY = 64 << 10
+
+
+def bodies_held():
+    """The request body bytes this process's connections hold now (for /metrics, tests)."""
+    return _BODIES
+
 
 cdef void _reading(object transport, bint on) except *:
     """Flow control of a protocol whose peer stopped reading (pause_writing): stop reading
@@ -905,6 +920,7 @@ cdef class HttpConnection:
     cdef Py_ssize_t max_headers
     cdef Py_ssize_t max_pipeline
     cdef Py_ssize_t max_conns
+    cdef Py_ssize_t body_memory      # the bound on _BODIES past which big bodies get 503
     cdef double fetch_timeout
     cdef double idle_timeout
     cdef double head_timeout
@@ -921,6 +937,8 @@ cdef class HttpConnection:
     cdef Py_ssize_t header_bytes
     cdef list body
     cdef Py_ssize_t body_bytes
+    cdef Py_ssize_t declared         # its Content-Length; -1: none (chunked, or no body)
+    cdef Py_ssize_t partial          # what its body holds of _BODIES (reserved or read)
     cdef object refused
     cdef int expect                  # 1: "Expect: 100-continue" seen; 2: and the head is whole
     cdef int hosts                   # Host header lines
@@ -943,6 +961,7 @@ cdef class HttpConnection:
     cdef bint timed_out
     cdef readonly object idle_handle
     cdef Py_ssize_t queued_bytes     # the bodies of the requests waiting in queue
+    cdef Py_ssize_t charged          # its share of _BODIES: partial, queued, running
     cdef bint queue_full             # past QUEUED_BYTES: reading stops until they are answered
     cdef bint write_full             # the client stopped reading answers (pause_writing)
     cdef bint read_paused            # the transport's reading is paused (either of those)
@@ -963,6 +982,7 @@ cdef class HttpConnection:
         self.max_headers = limits.headers
         self.max_pipeline = limits.max_pipeline
         self.max_conns = limits.connections
+        self.body_memory = limits.body_memory
         self.fetch_timeout = limits.fetch_timeout
         self.idle_timeout = limits.idle_timeout
         self.head_timeout = limits.head_timeout
@@ -978,6 +998,7 @@ cdef class HttpConnection:
         self.header_bytes = 0
         self.body = []
         self.body_bytes = 0
+        self.declared = -1
         self.refused = None
         self.expect = 0
         self.hosts = 0
@@ -985,6 +1006,25 @@ cdef class HttpConnection:
         self.reading = False
         self.head_read = False
         self.read_since = -1.0
+
+    cdef inline void _charge(self, Py_ssize_t n) noexcept:
+        """Adds N bytes of bodies (N < 0: takes away, never more than it holds) to what
+        this connection holds of _BODIES."""
+        global _BODIES
+        if n < -self.charged:
+            n = -self.charged
+        self.charged += n
+        _BODIES += n
+
+    cdef inline void _drop_partial(self) noexcept:
+        """The body of the request being read is dropped (refused, or it became a
+        request, which _queue charges): what it held is given back."""
+        self._charge(-self.partial)
+        self.partial = 0
+
+    cdef inline bint _no_room(self, Py_ssize_t more) noexcept:
+        """Taking MORE bytes of bodies would go past body_memory."""
+        return _BODIES + more > self.body_memory
 
     def pending(self):
         """True while a request is running or waiting to."""
@@ -1016,6 +1056,9 @@ cdef class HttpConnection:
         self.conns.discard(self)
         self.closing = True
         self.queue.clear()
+        self.body = []
+        self.partial = 0
+        self._charge(-self.charged)    # a fetch still running keeps its body a while yet
         if self.idle_handle is not None:
             self.idle_handle.cancel()
         if self.linger_handle is not None:
@@ -1186,9 +1229,11 @@ cdef class HttpConnection:
 
     cdef void _refuse(self, Response response):
         """Answers after the requests already queued, then closes: the stream is not
-        trustworthy past a refused request."""
+        trustworthy past a refused request, and the body of the one being read is dropped."""
         self.closing = True
         self.lingering = True
+        self.body = []
+        self._drop_partial()
         self.queue.append((None, response, False))
 
     # -- httptools callbacks -------------------------------------------------------------------
@@ -1215,6 +1260,8 @@ cdef class HttpConnection:
             self.refused = _error_response(
                 413, f"request body is larger than {self.max_body} bytes")
             raise httptools.HttpParserError("body too large")
+        if len(name) == 14 and value.isdigit() and name.lower() == b"content-length":
+            self.declared = int(value)     # (httptools refuses a second one)
         if len(name) == 6 and name.lower() == b"expect":
             if value.strip().lower() != b"100-continue":
                 self.refused = _error_response(
@@ -1246,9 +1293,21 @@ cdef class HttpConnection:
         if (self.upgrade and self.parser.should_upgrade()
                 and self.parser.get_method() != b"CONNECT"):
             self._hold()               # (a refused request holds nothing)
+        if self.declared > SMALL_BODY:
+            # A body of known length holds its bytes in _BODIES from here, read or not.
+            if self._no_room(self.declared):
+                self._busy_refusal()
+            self._charge(self.declared)
+            self.partial = self.declared
         if self.expect and version == "1.1":
             self.expect = 2
             self._continue()
+
+    cdef void _busy_refusal(self) except *:
+        self.refused = _error_response(
+            503, "the server holds too many request bodies now; send this one again shortly")
+        self.refused.headers["retry-after"] = "1"
+        raise httptools.HttpParserError("no memory for the body")
 
     cdef void _continue(self) except *:
         """Sends the "100 Continue" a client that sent "Expect: 100-continue" waits for before
@@ -1281,6 +1340,12 @@ cdef class HttpConnection:
             self.refused = _error_response(
                 413, f"request body is larger than {self.max_body} bytes")
             raise httptools.HttpParserError("body too large")
+        if self.body_bytes > self.partial:
+            # Past what was reserved for it: a chunked body, or a small one.
+            self._charge(self.body_bytes - self.partial)
+            self.partial = self.body_bytes
+            if self.body_bytes > SMALL_BODY and self._no_room(0):
+                self._busy_refusal()
         self.body.append(body)
 
     def on_message_complete(self):
@@ -1330,6 +1395,7 @@ cdef class HttpConnection:
             except (UnicodeDecodeError, ValueError) as e:
                 resp = _error_response(400, f"bad request target: {e}")
         self._reset()
+        self._drop_partial()
         self._queue(req, resp, keep)
 
     cdef str _base(self, const unsigned char* host, Py_ssize_t n):
@@ -1358,6 +1424,7 @@ cdef class HttpConnection:
             return
         self.queue.append((req, resp, keep))
         if req is not None:
+            self._charge(PyBytes_GET_SIZE(req._body))
             self.queued_bytes += PyBytes_GET_SIZE(req._body)
             if self.queued_bytes > QUEUED_BYTES and not self.queue_full:
                 self.queue_full = True
@@ -1575,6 +1642,7 @@ cdef class HttpConnection:
 
     cdef void _answer(self, Response resp):
         cdef bint head = self.current.method == "HEAD"
+        self._charge(-PyBytes_GET_SIZE(self.current._body))
         if self.t0 >= 0:
             self.stats.took(_mono() - self.t0)
             self.t0 = -1
@@ -1599,6 +1667,9 @@ cdef class HttpConnection:
         if last:
             self.closing = True
             self.queue.clear()
+            self.body = []
+            self.partial = 0
+            self._charge(-self.charged)
             if self.lingering and self.transport.can_write_eof():
                 # The client may still be sending (the body refused, the requests after
                 # it): closing now with its bytes unread would send a reset, which can

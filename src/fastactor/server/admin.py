@@ -75,6 +75,14 @@ def render_metrics(
     out.extend(f'fastactor_alarms_pending{{worker="{i}"}} {s["alarms_pending"]}' for i, s in live)
     family("fastactor_http_connections", "gauge", "open HTTP connections")
     out.extend(f'fastactor_http_connections{{worker="{i}"}} {s["connections"]}' for i, s in live)
+    family(
+        "fastactor_http_body_bytes",
+        "gauge",
+        "request body bytes held (being read, queued, running); see --max-body-memory",
+    )
+    out.extend(
+        f'fastactor_http_body_bytes{{worker="{i}"}} {s.get("body_bytes", 0)}' for i, s in live
+    )
     family("fastactor_commit_batches_total", "counter", "log write + fdatasync rounds")
     out.extend(
         f'fastactor_commit_batches_total{{worker="{i}"}} {s["wal"]["batches"]}' for i, s in live

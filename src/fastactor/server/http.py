@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import resource
 
-from .._core import FrontStats, encode_response
+from .._core import FrontStats, bodies_held, encode_response
 from .._core import HttpConnection as HttpProtocol
 
 __all__ = [
+    "BODY_MEMORY",
     "CONNECTIONS",
     "FrontStats",
     "HttpProtocol",
     "Limits",
     "base_url",
+    "bodies_held",
     "connection_cap",
     "encode_response",
 ]
@@ -27,6 +29,7 @@ def base_url(host: str, port: int) -> str:
 
 
 CONNECTIONS = 10_000  # a worker's connections, by default, before it answers 503
+BODY_MEMORY = 512 << 20  # the request bodies a worker holds at once, by default
 
 
 def connection_cap(default: int = CONNECTIONS) -> int:
@@ -44,7 +47,10 @@ class Limits:
     """The front's limits. A request's head must be whole HEAD_TIMEOUT seconds after its first
     byte, the whole request REQUEST_TIMEOUT after it, else 408 and the connection closes; a
     connection with nothing pending closes after IDLE_TIMEOUT seconds without a byte. Timers
-    tick at half the smallest of the three, so each acts up to that much late."""
+    tick at half the smallest of the three, so each acts up to that much late. BODY_MEMORY
+    bounds the request bodies a worker holds at once across its connections: a body over 64
+    KiB that would take it past that is answered 503 with Retry-After (never less than BODY,
+    so that a body the server takes always fits)."""
 
     __slots__ = (
         "body",
@@ -55,6 +61,7 @@ class Limits:
         "request_timeout",
         "max_pipeline",
         "connections",
+        "body_memory",
     )
 
     def __init__(
@@ -67,6 +74,7 @@ class Limits:
         request_timeout: float = 300.0,
         max_pipeline: int = 128,
         connections: int = CONNECTIONS,
+        body_memory: int = BODY_MEMORY,
     ) -> None:
         self.body = body
         self.headers = headers
@@ -76,3 +84,4 @@ class Limits:
         self.request_timeout = request_timeout
         self.max_pipeline = max_pipeline
         self.connections = connections
+        self.body_memory = max(body_memory, body)

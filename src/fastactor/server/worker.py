@@ -30,7 +30,15 @@ from .._core import Shard
 from ..errors import FastactorError
 from ..manifest import load_function, resolve
 from ..runtime import Env
-from .http import CONNECTIONS, FrontStats, HttpProtocol, Limits, base_url, connection_cap
+from .http import (
+    CONNECTIONS,
+    FrontStats,
+    HttpProtocol,
+    Limits,
+    base_url,
+    bodies_held,
+    connection_cap,
+)
 from .ipc import Channel, RoutedNamespace, channel_stats, serve_calls
 from .watchdog import Heartbeat, resolve_ref
 
@@ -119,6 +127,7 @@ async def serve(cfg: dict[str, Any]) -> None:
             **counters,
             "wal": wal,
             "connections": len(conns),
+            "body_bytes": bodies_held(),
             "channel": channel_stats(),
             "http": {name: st.snapshot() for name, st in front_stats.items()},
         }
