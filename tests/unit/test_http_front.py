@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import email.utils
+import gc
 import re
 import sys
 import time
@@ -1070,3 +1071,37 @@ def test_the_url_of_an_ipv6_listener_brackets_the_address() -> None:
     assert base_url("::1", 8787) == "http://[::1]:8787"
     r = Request("GET", base_url("::1", 8787) + "/a/b?x=1", [], b"")
     assert (r.url, r.path, r.query) == ("http://[::1]:8787/a/b?x=1", "/a/b", {"x": "1"})
+
+
+def test_a_closed_connection_is_freed_without_the_garbage_collector() -> None:
+    """Its parser, transport and timers refer back to it: the cycles are cut when it closes,
+    so it goes at once. (Left to the collector, connections a load kept open stayed in its
+    oldest generation, which an idle worker never collects, and pinned 16 to 22 MiB.)"""
+
+    async def fetch(req: Request, env: Any) -> Response:
+        return Response.text("ok")
+
+    async def go() -> tuple[int, int]:
+        server, port = await _listen(fetch, Limits())
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            await reader.readuntil(b"ok")
+            writer.close()
+            await writer.wait_closed()
+        open_now = sum(isinstance(o, HttpProtocol) for o in gc.get_objects())
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            left = sum(isinstance(o, HttpProtocol) for o in gc.get_objects())
+            if left == 0:
+                break
+        server.close()
+        return open_now, left
+
+    gc.collect()
+    gc.disable()
+    try:
+        open_now, left = uvloop.run(go())
+    finally:
+        gc.enable()
+    assert open_now <= 5 and left == 0, (open_now, left)

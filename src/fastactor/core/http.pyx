@@ -1061,11 +1061,20 @@ cdef class HttpConnection:
         self._charge(-self.charged)    # a fetch still running keeps its body a while yet
         if self.idle_handle is not None:
             self.idle_handle.cancel()
+            self.idle_handle = None
         if self.linger_handle is not None:
             self.linger_handle.cancel()
+            self.linger_handle = None
         if self.budget is not None and self.task is None:
             self.budget.cancel()       # else it keeps a closed connection for up to 30 s
             self.budget = None
+        # The parser, the transport and the timers each refer back to this connection: the
+        # cycles are cut here so that a closed connection is freed now, not at the next
+        # full collection. (Connections a load kept open for its whole run end up in the
+        # collector's oldest generation, which an idle worker never collects: 64 of them
+        # kept 16 to 22 MiB of a worker's memory after the load, by the arenas they pinned.)
+        self.parser = None
+        self.transport = None
 
     def eof_received(self):
         # Half-closed by the client: answer what came in, then close (the default).
