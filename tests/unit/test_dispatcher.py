@@ -1142,6 +1142,39 @@ def test_the_spec_example_imports_and_runs(actor_runtime: RuntimeFactory) -> Non
     run(actor_runtime, go, Example)
 
 
+def test_evicting_a_burst_of_instances_gives_their_table_back(
+    actor_runtime: RuntimeFactory,
+) -> None:
+    """The table of resident instances is sized again once most of them are evicted: a dict
+    keeps the table of its largest size, which after a burst of 30,000 names held 1.3 MB for
+    none (tracemalloc counts what is still allocated)."""
+    import gc
+    import tracemalloc
+
+    class Pinged(StatefulActor):
+        async def ping(self) -> None:
+            return None
+
+    async def go(rt: Runtime) -> None:
+        ns = rt.namespace("Pinged")
+        await ns.id_from_name("warm-up").ping()
+        rt.evict_idle()
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(30_000):
+                await ns.id_from_name(f"n{i}").ping()
+            assert rt.evict_idle() == 30_000
+            gc.collect()
+            left = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert left < 300_000, left
+
+    run(actor_runtime, go, Pinged)
+
+
 def test_a_kept_stub_does_not_pin_an_evicted_instance(actor_runtime: RuntimeFactory) -> None:
     import gc
     import weakref
