@@ -765,6 +765,42 @@ def test_a_chunked_body_past_the_memory_bound_gets_503() -> None:
     assert done.startswith(b"HTTP/1.1 200")
 
 
+def test_past_the_memory_bound_a_pipeline_of_small_bodies_is_read_no_further_ahead() -> None:
+    """Small bodies are never refused for memory; with the bound passed, a connection
+    pipelining them behind a slow fetch is read no further until its next request starts
+    (about one read's worth queued, not its own 1 MiB share), and every request is answered
+    once the fetch ends."""
+    mib = 1 << 20
+    release = asyncio.Event()
+
+    async def fetch(req: Request, env: Any) -> Response:
+        if req.path == "/slow":
+            await release.wait()
+        return Response.text(f"{req.path} {len(await req.body())}")
+
+    async def go(opened: list[Any]) -> tuple[int, bytes]:
+        counters = {"requests": 0}
+        server, port = await _listen(fetch, Limits(body=mib, body_memory=mib), counters)
+        opened.append(server)
+        ra, wa = await _connect(port, opened)
+        wa.write(_post(b"/big", mib, body=False))  # holds all of the bound
+        await _until_held(mib)
+        rb, wb = await _connect(port, opened)
+        wb.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        for i in range(200):  # 2 MB of 10 KB bodies
+            wb.write(_post(b"/%d" % i, 10_000, close=i == 199))
+        await asyncio.sleep(0.5)
+        queued = counters["requests"]
+        release.set()
+        data = await asyncio.wait_for(rb.read(), 10)
+        return queued, data
+
+    queued, data = _run_closing(go)
+    assert queued < 60, queued  # about one read (256 KiB); before, its 1 MiB share: 114
+    answers = re.findall(rb"HTTP/1.1 200 .*?\r\n\r\n(/\w+ \d+)", data, re.S)
+    assert answers == [b"/slow 0"] + [b"/%d 10000" % i for i in range(200)]
+
+
 def test_what_a_connection_holds_of_bodies_is_given_back_on_every_path() -> None:
     """The count of body bytes held goes back to 0 after each way a request ends: answered on
     a connection that stays open (plain and httptools-parsed, pipelined), a fetch that raises

@@ -962,7 +962,8 @@ cdef class HttpConnection:
     cdef readonly object idle_handle
     cdef Py_ssize_t queued_bytes     # the bodies of the requests waiting in queue
     cdef Py_ssize_t charged          # its share of _BODIES: partial, queued, running
-    cdef bint queue_full             # past QUEUED_BYTES: reading stops until they are answered
+    cdef bint queue_full             # past QUEUED_BYTES or body_memory: reading stops until
+                                     # the next request starts (at half of QUEUED_BYTES)
     cdef bint write_full             # the client stopped reading answers (pause_writing)
     cdef bint read_paused            # the transport's reading is paused (either of those)
     cdef bint lingering              # a refusal closes: read and drop until LINGER passes
@@ -1435,7 +1436,11 @@ cdef class HttpConnection:
         if req is not None:
             self._charge(PyBytes_GET_SIZE(req._body))
             self.queued_bytes += PyBytes_GET_SIZE(req._body)
-            if self.queued_bytes > QUEUED_BYTES and not self.queue_full:
+            if ((self.queued_bytes > QUEUED_BYTES or _BODIES > self.body_memory)
+                    and not self.queue_full):
+                # Past its own share, or the worker's bound on bodies is passed: read no
+                # further ahead until the next of its requests starts (small bodies are
+                # never refused for memory, so this is what bounds a pipeline of them).
                 self.queue_full = True
                 self._flow()
 
