@@ -867,6 +867,46 @@ def test_what_a_connection_holds_of_bodies_is_given_back_on_every_path() -> None
     assert all(n == 0 for _, n in _run_closing(go))
 
 
+def test_pipelined_heads_count_with_the_bodies_waiting_behind_a_slow_fetch() -> None:
+    """Large heads count towards what a connection's waiting requests may hold (1 MiB) as
+    bodies do: before, all 100 requests with 60 KB of headers each were read and held (6 MB)
+    behind the slow one. Both the plain reader's requests and httptools' count."""
+    release: list[asyncio.Event] = []
+    pad = b"X-Pad: " + b"p" * 997 + b"\r\n"
+
+    async def fetch(req: Request, env: Any) -> Response:
+        if req.path == "/slow":
+            await release[-1].wait()
+        return Response.text(f"{req.path} {len(req.headers.get('x-pad') or '')}")
+
+    async def go(opened: list[Any], chunked: bool) -> tuple[int, bytes]:
+        counters = {"requests": 0}
+        release.append(asyncio.Event())
+        server, port = await _listen(fetch, Limits(), counters)
+        opened.append(server)
+        reader, writer = await _connect(port, opened)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        # Transfer-Encoding sends a request past the plain reader to httptools.
+        te = b"Transfer-Encoding: chunked\r\n" if chunked else b""
+        end = b"0\r\n\r\n" if chunked else b""
+        for i in range(100):
+            close = b"Connection: close\r\n" if i == 99 else b""
+            writer.write(
+                b"POST /%d HTTP/1.1\r\nHost: t\r\n%s%s%s\r\n%s" % (i, te, close, pad * 60, end)
+            )
+        await asyncio.sleep(0.5)
+        queued = counters["requests"]
+        release[-1].set()
+        data = await asyncio.wait_for(reader.read(), 10)
+        return queued, data
+
+    for chunked in (False, True):
+        queued, data = _run_closing(lambda opened, c=chunked: go(opened, c))
+        assert queued < 40, (chunked, queued)
+        answers = re.findall(rb"HTTP/1.1 200 .*?\r\n\r\n(/\w+ \d+)", data, re.S)
+        assert len(answers) == 101 and answers[-1] == b"/99 %d" % (60 * 997 + 2 * 59)
+
+
 async def _trickle(port: int, chunks: list[bytes], every: float) -> tuple[bytes, float]:
     """Sends CHUNKS one at a time, EVERY seconds apart, until the server closes; what it
     answered and after how many seconds."""

@@ -300,6 +300,7 @@ cdef class Request:
     cdef object _headers             # Headers; until first asked for, the parser's list or
                                      # the header lines _plain read (bytes)
     cdef bytes _body
+    cdef Py_ssize_t _queued          # what it counts in its connection's queued_bytes
 
     def __init__(self, first=None, url=None, headers=None, body=b"", *, method=None):
         """``Request(url, method="GET", headers=None, body=b"")`` as the Fetch API makes one
@@ -816,8 +817,9 @@ cdef class _FetchTask(_TaskBase):
         return f"<fetch task {'done' if self.finished else 'pending'}>"
 
 
-# The bodies a connection's pipelined requests may hold while they wait for the ones ahead
-# of them: past it the front stops reading from the connection until they are answered.
+# The bodies and heads a connection's pipelined requests may hold while they wait for the
+# ones ahead of them: past it the front stops reading from the connection until they are
+# answered.
 # Without it one client pipelining 100 bodies of 8 MiB behind a slow fetch made its worker
 # hold 850 MB (each body is still refused past --max-body).
 cdef Py_ssize_t QUEUED_BYTES = 1 << 20
@@ -960,7 +962,7 @@ cdef class HttpConnection:
     cdef object budget               # the fetch_timeout timer, armed while fetches run
     cdef bint timed_out
     cdef readonly object idle_handle
-    cdef Py_ssize_t queued_bytes     # the bodies of the requests waiting in queue
+    cdef Py_ssize_t queued_bytes     # the bodies and heads of the requests waiting in queue
     cdef Py_ssize_t charged          # its share of _BODIES: partial, queued, running
     cdef bint queue_full             # past QUEUED_BYTES or body_memory: reading stops until
                                      # the next request starts (at half of QUEUED_BYTES)
@@ -1404,9 +1406,10 @@ cdef class HttpConnection:
                                     self.headers, body)
             except (UnicodeDecodeError, ValueError) as e:
                 resp = _error_response(400, f"bad request target: {e}")
+        cdef Py_ssize_t head = self.header_bytes
         self._reset()
         self._drop_partial()
-        self._queue(req, resp, keep)
+        self._queue(req, resp, keep, head)
 
     cdef str _base(self, const unsigned char* host, Py_ssize_t n):
         """The base of a request's URL: "http://" and its Host, if that is a plain authority
@@ -1425,7 +1428,10 @@ cdef class HttpConnection:
         self.host_base = "http://" + PyUnicode_DecodeASCII(<const char*>host, n, NULL)
         return self.host_base
 
-    cdef void _queue(self, Request req, Response resp, bint keep) except *:
+    cdef void _queue(self, Request req, Response resp, bint keep, Py_ssize_t head=0) except *:
+        """Queues a request read whole (REQ, or RESP, the front's own answer to it); HEAD is
+        the size of its head, which counts with its body in the connection's queued_bytes
+        (without it, 128 pipelined requests of 64 KiB heads each were 8 MiB a connection)."""
         if self.closing:
             return                     # past a refusal: nothing more is answered
         self.counters["requests"] += 1
@@ -1435,7 +1441,8 @@ cdef class HttpConnection:
         self.queue.append((req, resp, keep))
         if req is not None:
             self._charge(PyBytes_GET_SIZE(req._body))
-            self.queued_bytes += PyBytes_GET_SIZE(req._body)
+            req._queued = PyBytes_GET_SIZE(req._body) + head
+            self.queued_bytes += req._queued
             if ((self.queued_bytes > QUEUED_BYTES or _BODIES > self.body_memory)
                     and not self.queue_full):
                 # Past its own share, or the worker's bound on bodies is passed: read no
@@ -1543,7 +1550,7 @@ cdef class HttpConnection:
             self._queue(_wire_request(
                 method, self._base(b + hv0, hv1 - hv0),
                 PyUnicode_DecodeASCII(<const char*>b + t0, t1 - t0, NULL), lines, body),
-                None, keep)
+                None, keep, size)
             pos = i
             if not keep:
                 self.ended = True      # what follows a request that closes is no request
@@ -1560,7 +1567,7 @@ cdef class HttpConnection:
         while self.queue and not self.busy:
             req_, resp, keep = self.queue.popleft()
             if req_ is not None:
-                self.queued_bytes -= PyBytes_GET_SIZE((<Request>req_)._body)
+                self.queued_bytes -= (<Request>req_)._queued
                 if self.queue_full and self.queued_bytes <= QUEUED_BYTES // 2:
                     self.queue_full = False
                     self._flow()
