@@ -907,6 +907,41 @@ def test_pipelined_heads_count_with_the_bodies_waiting_behind_a_slow_fetch() -> 
         assert len(answers) == 101 and answers[-1] == b"/99 %d" % (60 * 997 + 2 * 59)
 
 
+def test_a_header_line_that_never_ends_gets_431() -> None:
+    """A header is counted once its line ends, and httptools keeps the part of a line it has
+    read: a line that never ended held all that came (200 MiB sent, 378 MB in the worker)
+    until the head timeout. Past twice the limit of a head's bytes it is refused; a head
+    just under the limit, sent in small pieces, is not."""
+
+    async def fetch(req: Request, env: Any) -> Response:
+        return Response.text(f"{len(req.headers.get('x-pad') or '')}")
+
+    async def go(opened: list[Any]) -> tuple[bytes, bytes]:
+        server, port = await _listen(fetch, Limits(head_timeout=20, request_timeout=20))
+        opened.append(server)
+        reader, writer = await _connect(port, opened)
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nX-Long: ")
+        got = asyncio.ensure_future(reader.read())
+        for _ in range(40):  # 400 KB of one header line, in pieces
+            if got.done():
+                break
+            writer.write(b"a" * 10_000)
+            await asyncio.sleep(0.005)
+        long = await asyncio.wait_for(got, 5)
+        reader, writer = await _connect(port, opened)
+        head = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+        head += b"".join(b"X-Pad: %s\r\n" % (b"p" * 990) for _ in range(64)) + b"\r\n"
+        for i in range(0, len(head), 2000):
+            writer.write(head[i : i + 2000])
+            await asyncio.sleep(0.002)
+        under = await asyncio.wait_for(reader.read(), 5)
+        return long, under
+
+    long, under = _run_closing(go)
+    assert long.startswith(b"HTTP/1.1 431 "), long[:100]
+    assert under.startswith(b"HTTP/1.1 200 ") and under.endswith(b"%d" % (64 * 990 + 63 * 2))
+
+
 async def _trickle(port: int, chunks: list[bytes], every: float) -> tuple[bytes, float]:
     """Sends CHUNKS one at a time, EVERY seconds apart, until the server closes; what it
     answered and after how many seconds."""

@@ -931,6 +931,8 @@ cdef class HttpConnection:
     # the request being parsed
     cdef bint reading                # a request has begun and is not whole yet
     cdef bint head_read              # and its head is whole
+    cdef Py_ssize_t head_fed         # bytes fed to the parser in chunks wholly inside its head
+    cdef bint head_began             # its head began in the chunk being fed
     cdef double read_since           # loop time the timer first saw it reading; -1: not yet
     cdef bint mid                    # httptools holds part of a request
     cdef bint ended                  # a request without keep-alive was read: no more come
@@ -1137,8 +1139,11 @@ cdef class HttpConnection:
                     break
             fresh = not self.mid
             count = self.counters["requests"]
+            self.head_began = False
             try:
                 self.parser.feed_data(data)
+                if self.mid and not self.head_read and not self.head_began:
+                    self._head_grew(len(data))
                 break
             except httptools.HttpParserUpgrade as e:
                 data = self._upgrade(data, e.args[0])
@@ -1252,6 +1257,8 @@ cdef class HttpConnection:
 
     def on_message_begin(self):
         self.mid = True
+        self.head_fed = 0
+        self.head_began = True
         # A request that begins after another one ended in the same chunk is being read too
         # (_complete reset the flag): its head and request timers run from here.
         self.reading = True
@@ -1281,6 +1288,18 @@ cdef class HttpConnection:
                 raise httptools.HttpParserError("unsupported expectation")
             self.expect = 1
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    cdef void _head_grew(self, Py_ssize_t n) except *:
+        """N more bytes of a head that began in an earlier chunk and is still not whole.
+        _count sees a header only once its line ends, and httptools keeps the part of a line
+        it has read: a header line that never ended held all that came (200 MiB sent, 378 MB
+        in the worker) until the head timeout. These bytes are all the head's: past twice
+        max_headers of them it is too large however it ends, even counted as _count counts
+        (without the request line's method and version, line breaks and blanks)."""
+        self.head_fed += n
+        if self.head_fed > 2 * self.max_headers and self.refused is None:
+            self._refuse(_error_response(
+                431, f"request headers are larger than {self.max_headers} bytes"))
 
     cdef void _count(self, Py_ssize_t n) except *:
         self.header_bytes += n
