@@ -910,24 +910,33 @@ def test_pipelined_heads_count_with_the_bodies_waiting_behind_a_slow_fetch() -> 
 def test_a_header_line_that_never_ends_gets_431() -> None:
     """A header is counted once its line ends, and httptools keeps the part of a line it has
     read: a line that never ended held all that came (200 MiB sent, 378 MB in the worker)
-    until the head timeout. Past twice the limit of a head's bytes it is refused; a head
-    just under the limit, sent in small pieces, is not."""
+    until the head timeout, a trailer's too. Past twice the limit of a head's bytes it is
+    refused; a head just under the limit, sent in small pieces, is not."""
 
     async def fetch(req: Request, env: Any) -> Response:
         return Response.text(f"{len(req.headers.get('x-pad') or '')}")
 
-    async def go(opened: list[Any]) -> tuple[bytes, bytes]:
-        server, port = await _listen(fetch, Limits(head_timeout=20, request_timeout=20))
-        opened.append(server)
+    async def endless(port: int, opened: list[Any], start: bytes) -> bytes:
         reader, writer = await _connect(port, opened)
-        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nX-Long: ")
+        writer.write(start)
         got = asyncio.ensure_future(reader.read())
-        for _ in range(40):  # 400 KB of one header line, in pieces
+        for _ in range(40):  # 400 KB of one line, in pieces
             if got.done():
                 break
             writer.write(b"a" * 10_000)
             await asyncio.sleep(0.005)
-        long = await asyncio.wait_for(got, 5)
+        return await asyncio.wait_for(got, 5)
+
+    async def go(opened: list[Any]) -> tuple[list[bytes], bytes]:
+        server, port = await _listen(fetch, Limits(head_timeout=20, request_timeout=20))
+        opened.append(server)
+        chunked = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        starts = [
+            b"GET / HTTP/1.1\r\nHost: t\r\nX-Long: ",  # a header's value
+            b"GET /",  # the target
+            chunked + b"3\r\nabc\r\n0\r\nX-Trailer: ",  # a trailer after the last chunk
+        ]
+        long = [await endless(port, opened, start) for start in starts]
         reader, writer = await _connect(port, opened)
         head = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
         head += b"".join(b"X-Pad: %s\r\n" % (b"p" * 990) for _ in range(64)) + b"\r\n"
@@ -938,7 +947,7 @@ def test_a_header_line_that_never_ends_gets_431() -> None:
         return long, under
 
     long, under = _run_closing(go)
-    assert long.startswith(b"HTTP/1.1 431 "), long[:100]
+    assert all(x.startswith(b"HTTP/1.1 431 ") for x in long), [x[:100] for x in long]
     assert under.startswith(b"HTTP/1.1 200 ") and under.endswith(b"%d" % (64 * 990 + 63 * 2))
 
 

@@ -1140,10 +1140,14 @@ cdef class HttpConnection:
             fresh = not self.mid
             count = self.counters["requests"]
             self.head_began = False
+            body_before = self.body_bytes
             try:
                 self.parser.feed_data(data)
-                if self.mid and not self.head_read and not self.head_began:
-                    self._head_grew(len(data))
+                if self.mid and not self.head_began:
+                    if not self.head_read or self.body_bytes == body_before:
+                        self._head_grew(len(data))   # the head, or a trailer (or framing)
+                    else:
+                        self.head_fed = 0
                 break
             except httptools.HttpParserUpgrade as e:
                 data = self._upgrade(data, e.args[0])
@@ -1295,7 +1299,9 @@ cdef class HttpConnection:
         it has read: a header line that never ended held all that came (200 MiB sent, 378 MB
         in the worker) until the head timeout. These bytes are all the head's: past twice
         max_headers of them it is too large however it ends, even counted as _count counts
-        (without the request line's method and version, line breaks and blanks)."""
+        (without the request line's method and version, line breaks and blanks). The same
+        goes for chunks of a chunked body that bring none of its bytes: a trailer line that
+        never ended held all that came as well (100 MiB sent: 152 MB)."""
         self.head_fed += n
         if self.head_fed > 2 * self.max_headers and self.refused is None:
             self._refuse(_error_response(
