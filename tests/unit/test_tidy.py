@@ -18,7 +18,7 @@ def test_memory_is_given_back_once_per_quiet_spell() -> None:
 
     async def go() -> None:
         task = asyncio.ensure_future(
-            worker.tidy_when_idle(lambda: counters[0], 0.2, lambda: given.append(counters[0]))
+            worker.tidy_when_idle(lambda: counters[0], lambda: given.append(counters[0]), 0.2)
         )
         await asyncio.sleep(0.5)  # idle from the start: nothing happened to tidy after
         for _ in range(30):  # busy: the counters move ten times a period
@@ -35,21 +35,32 @@ def test_memory_is_given_back_once_per_quiet_spell() -> None:
     assert given == [30, 130]
 
 
-def test_giving_back_frees_cyclic_garbage_and_trims() -> None:
-    """The default: a full collection (what the oldest generation held goes) and
-    malloc_trim, which must not fail here (glibc)."""
+def test_memory_is_given_back_only_by_a_worker_that_grew() -> None:
+    """A full collection, then malloc_trim (which must not fail here, glibc), once the
+    process holds 16 MiB more than when it was ready; not after a load that left it as it
+    was (what it would cost the next burst buys nothing then)."""
 
     class Node:
         def __init__(self) -> None:
             self.me = self
 
+    def nodes() -> int:
+        return sum(isinstance(o, Node) for o in gc.get_objects())
+
+    mib = 1 << 20
     gc.collect()
     gc.disable()
     try:
         for _ in range(1000):
             Node()
-        assert sum(isinstance(o, Node) for o in gc.get_objects()) == 1000
-        worker._give_back()
-        assert sum(isinstance(o, Node) for o in gc.get_objects()) == 0
+        assert not worker.give_back_if_grown(100 * mib, lambda: 110 * mib)
+        assert nodes() == 1000
+        assert worker.give_back_if_grown(100 * mib, lambda: 120 * mib)
+        assert nodes() == 0
+        for _ in range(10):
+            Node()
+        assert worker.give_back_if_grown(0)  # the start unknown: always
+        assert nodes() == 0
     finally:
         gc.enable()
+    assert worker.resident_bytes() > mib  # read from /proc on Linux

@@ -74,19 +74,39 @@ def _malloc_trim() -> Callable[[], object]:
 _TRIM = _malloc_trim()
 
 
-def _give_back() -> None:
+def resident_bytes() -> int:
+    """This process's resident memory (Linux's /proc/self/statm); 0 where that is not
+    known."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+GROWN = 16 << 20  # what a worker must hold past its start before it gives memory back
+
+
+def give_back_if_grown(start: int, rss: Callable[[], int] = resident_bytes) -> bool:
+    """A full garbage collection, then malloc_trim, if the process holds GROWN more than
+    START (its resident bytes once ready; 0: unknown, always): after a burst over many
+    names, not after a load that left it as it was. Both cost the next burst a little (free
+    lists to fill again, pages to fault back in): a few per cent of the next 6 s of load in
+    an A/B of back-to-back runs (BENCHMARKS.md, round 21). Whether it ran."""
+    now = rss()
+    if start and now and now < start + GROWN:
+        return False
     gc.collect()
     _TRIM()
+    return True
 
 
 async def tidy_when_idle(
-    activity: Callable[[], Hashable],
-    every: float = TIDY_S,
-    give_back: Callable[[], None] = _give_back,
+    activity: Callable[[], Hashable], give_back: Callable[[], object], every: float = TIDY_S
 ) -> None:
-    """Runs GIVE_BACK (a full garbage collection, then malloc_trim) once the worker has been
-    idle for a period of EVERY seconds (ACTIVITY(), its counters, unchanged across it) after
-    something happened: once when a load stops, once more when its instances are evicted.
+    """Runs GIVE_BACK (give_back_if_grown) once the worker has been idle for a period of
+    EVERY seconds (ACTIVITY(), its counters, unchanged across it) after something happened:
+    once when a load stops, once more when its instances are evicted.
 
     Why: a worker that served a burst over many names stayed at 60 to 75 MiB once idle,
     against 33 MiB fresh (BENCHMARKS.md, rounds 19 to 21). Objects the burst left in the
@@ -233,9 +253,11 @@ async def serve(cfg: dict[str, Any]) -> None:
             await asyncio.sleep(0.1)
 
     watch_task = loop.create_task(watch_log())
+    start_rss = resident_bytes()
     tidy_task = loop.create_task(
         tidy_when_idle(
-            lambda: (counters["requests"], shard.stats["turns"], shard.resident, len(conns))
+            lambda: (counters["requests"], shard.stats["turns"], shard.resident, len(conns)),
+            lambda: give_back_if_grown(start_rss),
         )
     )
     if heartbeat is not None:
