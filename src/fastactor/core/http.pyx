@@ -1027,6 +1027,12 @@ cdef class HttpConnection:
         self._charge(-self.partial)
         self.partial = 0
 
+    cdef inline void _drop_all(self) noexcept:
+        """The connection is done with every request it holds: all it held is given back."""
+        self.body = []
+        self.partial = 0
+        self._charge(-self.charged)
+
     cdef inline bint _no_room(self, Py_ssize_t more) noexcept:
         """Taking MORE bytes of bodies would go past body_memory."""
         return _BODIES + more > self.body_memory
@@ -1061,9 +1067,7 @@ cdef class HttpConnection:
         self.conns.discard(self)
         self.closing = True
         self.queue.clear()
-        self.body = []
-        self.partial = 0
-        self._charge(-self.charged)    # a fetch still running keeps its body a while yet
+        self._drop_all()               # a fetch still running keeps its body a while yet
         if self.idle_handle is not None:
             self.idle_handle.cancel()
             self.idle_handle = None
@@ -1713,9 +1717,7 @@ cdef class HttpConnection:
         if last:
             self.closing = True
             self.queue.clear()
-            self.body = []
-            self.partial = 0
-            self._charge(-self.charged)
+            self._drop_all()
             if self.lingering and self.transport.can_write_eof():
                 # The client may still be sending (the body refused, the requests after
                 # it): closing now with its bytes unread would send a reset, which can
