@@ -833,10 +833,16 @@ cdef Py_ssize_t QUEUED_BYTES = 1 << 20
 # whole request the front finds in one read is taken as it is: it is already in memory.)
 cdef Py_ssize_t _BODIES = 0
 cdef Py_ssize_t SMALL_BODY = 64 << 10
+# Request heads still arriving count in _BODIES too, with what may be held of them (httptools
+# keeps the part of a header line it has read): past SMALL_HEAD, with the bound passed, such
+# a head is answered 503 as a large body is. Without it, 2,000 connections each sending
+# 60 KB of a head that never ended held 183 MB of a worker until the head timeout.
+cdef Py_ssize_t SMALL_HEAD = 16 << 10
 
 
 def bodies_held():
-    """The request body bytes this process's connections hold now (for /metrics, tests)."""
+    """The request body bytes this process's connections hold now, with heads still arriving
+    (for /metrics, tests)."""
     return _BODIES
 
 
@@ -943,6 +949,7 @@ cdef class HttpConnection:
     cdef Py_ssize_t body_bytes
     cdef Py_ssize_t declared         # its Content-Length; -1: none (chunked, or no body)
     cdef Py_ssize_t partial          # what its body holds of _BODIES (reserved or read)
+    cdef Py_ssize_t head_held        # what its head holds of _BODIES while it arrives
     cdef object refused
     cdef int expect                  # 1: "Expect: 100-continue" seen; 2: and the head is whole
     cdef int hosts                   # Host header lines
@@ -1022,15 +1029,17 @@ cdef class HttpConnection:
         _BODIES += n
 
     cdef inline void _drop_partial(self) noexcept:
-        """The body of the request being read is dropped (refused, or it became a
-        request, which _queue charges): what it held is given back."""
-        self._charge(-self.partial)
+        """The request being read is dropped (refused, or it became a request, which
+        _queue charges): what its body and head held is given back."""
+        self._charge(-self.partial - self.head_held)
         self.partial = 0
+        self.head_held = 0
 
     cdef inline void _drop_all(self) noexcept:
         """The connection is done with every request it holds: all it held is given back."""
         self.body = []
         self.partial = 0
+        self.head_held = 0
         self._charge(-self.charged)
 
     cdef inline bint _no_room(self, Py_ssize_t more) noexcept:
@@ -1056,7 +1065,9 @@ cdef class HttpConnection:
         if len(self.conns) >= self.max_conns:
             # Over the cap: a short answer and goodbye, before any request is read.
             self.closing = True
-            transport.write(_wire_response(_error_response(503, "too many connections"), False))
+            busy = _error_response(503, "too many connections")
+            busy.headers["retry-after"] = "1"
+            transport.write(_wire_response(busy, False))
             transport.close()
             return
         self.conns.add(self)
@@ -1147,11 +1158,14 @@ cdef class HttpConnection:
             body_before = self.body_bytes
             try:
                 self.parser.feed_data(data)
-                if self.mid and not self.head_began:
-                    if not self.head_read or self.body_bytes == body_before:
-                        self._head_grew(len(data))   # the head, or a trailer (or framing)
-                    else:
-                        self.head_fed = 0
+                if self.mid:
+                    if not self.head_began:
+                        if not self.head_read or self.body_bytes == body_before:
+                            self._head_grew(len(data))  # the head, or a trailer (framing)
+                        else:
+                            self.head_fed = 0
+                    if not self.head_read and not self.closing:
+                        self._hold_head(len(data))
                 break
             except httptools.HttpParserUpgrade as e:
                 data = self._upgrade(data, e.args[0])
@@ -1310,6 +1324,20 @@ cdef class HttpConnection:
         if self.head_fed > 2 * self.max_headers and self.refused is None:
             self._refuse(_error_response(
                 431, f"request headers are larger than {self.max_headers} bytes"))
+
+    cdef void _hold_head(self, Py_ssize_t n) except *:
+        """A head is still open after a chunk of N bytes: it may hold all of them (it began
+        in this chunk) or all of them more (it began earlier). That bound counts in _BODIES
+        until the request is read or dropped; past SMALL_HEAD, with the bound passed, the
+        request is answered 503 now rather than held to the head timeout."""
+        cdef Py_ssize_t held = n if self.head_began else self.head_held + n
+        self._charge(held - self.head_held)
+        self.head_held = held
+        if held > SMALL_HEAD and self.refused is None and self._no_room(0):
+            busy = _error_response(
+                503, "the server holds too many large requests now; send this one again shortly")
+            busy.headers["retry-after"] = "1"
+            self._refuse(busy)
 
     cdef void _count(self, Py_ssize_t n) except *:
         self.header_bytes += n

@@ -78,7 +78,8 @@ def render_metrics(
     family(
         "fastactor_http_body_bytes",
         "gauge",
-        "request body bytes held (being read, queued, running); see --max-body-memory",
+        "request body bytes held (being read, queued, running) and heads still arriving; "
+        "see --max-body-memory",
     )
     out.extend(
         f'fastactor_http_body_bytes{{worker="{i}"}} {s.get("body_bytes", 0)}' for i, s in live

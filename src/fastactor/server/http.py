@@ -50,7 +50,8 @@ class Limits:
     tick at half the smallest of the three, so each acts up to that much late. BODY_MEMORY
     bounds the request bodies a worker holds at once across its connections: a body over 64
     KiB that would take it past that is answered 503 with Retry-After (never less than BODY,
-    so that a body the server takes always fits)."""
+    so that a body the server takes always fits), and so is a head still arriving past 16 KiB
+    once it is passed."""
 
     __slots__ = (
         "body",
