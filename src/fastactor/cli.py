@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -475,9 +476,17 @@ class Supervisor:
                 p.send_signal(signal.SIGTERM)
         for p in self.procs:
             self.wait_line(p, "drained", 60)
-        for p in self.procs:  # every worker has drained: let them close
+        for p in self.procs:  # every worker has drained: let the turns still running end
+            with contextlib.suppress(OSError, ValueError):
+                if p.stdin is not None:
+                    p.stdin.write("quiesce\n")
+                    p.stdin.flush()
+        for p in self.procs:
+            self.wait_line(p, "idle", 60)
+        for p in self.procs:  # every worker is idle: let them close
             if p.stdin is not None:
-                p.stdin.close()
+                with contextlib.suppress(OSError):
+                    p.stdin.close()
         rc = 0
         for p, state in zip(self.procs, self._pending, strict=True):
             try:

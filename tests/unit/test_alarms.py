@@ -272,6 +272,34 @@ def test_alarm_waits_for_the_running_call(actor_runtime: RuntimeFactory) -> None
     run(actor_runtime, go)
 
 
+def test_held_alarms_stay_stored_and_busy_sees_running_turns(
+    actor_runtime: RuntimeFactory,
+) -> None:
+    """serve's shutdown: once alarms are held none starts, neither one due nor one set
+    afterwards, and each stays stored for the next start; busy() is true while a turn runs
+    or a call waits for one, and false once all have ended."""
+
+    async def go(rt: Runtime) -> None:
+        a, b = timer(rt, "a"), timer(rt, "b")
+        when = now_ms() + 50
+        await a.arm(when)
+        assert not rt.shard.busy()
+        rt.shard.hold_alarms()
+        held = asyncio.ensure_future(b.hold(0.2))
+        queued = asyncio.ensure_future(b.get())
+        await until(lambda: RUNS)
+        assert rt.shard.busy()
+        await b.arm(now_ms() + 20)
+        await asyncio.gather(held, queued)
+        assert not rt.shard.busy()
+        await asyncio.sleep(0.2)
+        assert [r[1] for r in RUNS] == [-1, -2]  # hold's two marks, no alarm run
+        assert await a.get() == when and await a.fired() == 0
+        assert await b.get() is not None
+
+    run(actor_runtime, go)
+
+
 def test_alarm_reactivates_an_evicted_instance(actor_runtime: RuntimeFactory) -> None:
     async def go(rt: Runtime) -> None:
         t = timer(rt)

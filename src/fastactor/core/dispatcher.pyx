@@ -1038,6 +1038,7 @@ cdef class Shard:
     cdef uint64_t n_turns
     cdef uint64_t n_commits
     cdef bint closed
+    cdef bint alarms_held          # hold_alarms(): no alarm run starts (serve's shutdown)
     cdef readonly object origin    # this shard's identity in call chains (unique per process)
     # Called with (instance key, retries) as a step of an alarm run starts, and (None, 0) as
     # it ends: serve's watchdog, to learn which alarm held a stalled event loop.
@@ -1635,7 +1636,7 @@ cdef class Shard:
     cdef void reschedule(self) except *:
         """Arms the loop's one alarm timer for the wheel's next due time."""
         nxt = self.wheel.next_due()
-        if nxt is None or self.closed:
+        if nxt is None or self.closed or self.alarms_held:
             return
         if self.alarm_timer is not None:
             if self.alarm_timer_at <= nxt:
@@ -1650,7 +1651,7 @@ cdef class Shard:
         cdef _Call c
         cdef ActorNamespace ns
         self.alarm_timer = None
-        if self.closed:
+        if self.closed or self.alarms_held:
             return
         for key in self.wheel.advance(max(_now_ms(), 0)):
             del self.alarm_handles[key]
@@ -1794,6 +1795,24 @@ cdef class Shard:
     @property
     def resident(self):
         return len(self.instances)
+
+    def hold_alarms(self):
+        """Starts no more alarm runs; those due stay stored, for the next start. For a
+        shutdown that lets running turns end first (serve's), so that alarms do not keep
+        coming due while it waits."""
+        self.alarms_held = True
+        if self.alarm_timer is not None:
+            self.alarm_timer.cancel()
+            self.alarm_timer = None
+
+    def busy(self):
+        """Whether a turn runs or a call waits for one, on any instance."""
+        cdef _Instance inst
+        for i in self.instances.values():
+            inst = <_Instance>i
+            if inst.turn is not None or inst.mailbox:
+                return True
+        return False
 
     def is_resident(self, str type_name, str name):
         inst = self.instances.get(type_name + "\0" + name)

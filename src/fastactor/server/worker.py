@@ -3,10 +3,13 @@ and snapshot) holding its hash partition of the instances, an HTTP listener per 
 (SO_REUSEPORT, shared with the other workers) and a Unix socket for calls from the others.
 
 Talks to the supervisor over stdin/stdout: prints "ready" once it accepts requests and
-"drained" once SIGTERM has stopped it accepting and its requests have finished; exits when
-the supervisor closes its stdin (so every worker keeps answering calls from the others until
-all have drained). A supervisor that dies without a word (kill -9) closes the stdin too: the
-worker then drains and exits on its own, rather than serve on unsupervised.
+"drained" once SIGTERM has stopped it accepting and its requests have finished. Once every
+worker has drained the supervisor writes "quiesce": the worker starts no more alarm runs,
+waits for the turns still running (an alarm's, a call's whose request timed out) and prints
+"idle", answering calls from the others all along, for those turns may call it. It exits when
+the supervisor closes its stdin, once every worker is idle. A supervisor that dies without a
+word (kill -9) closes the stdin too: the worker then drains and exits on its own, rather than
+serve on unsupervised.
 
 A worker whose log failed (an fdatasync or write error: every write from then on fails with
 ActorOutputGateError) stops accepting, answers what is running, and exits with code
@@ -229,16 +232,22 @@ async def serve(cfg: dict[str, Any]) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # The supervisor writes nothing on stdin: it closes it, after the drain or by dying.
+    # The supervisor writes "quiesce" on stdin once all have drained, and closes it once all
+    # are idle (or by dying).
     closed = asyncio.Event()
+    quiesce = asyncio.Event()
 
-    def supervisor_closed() -> None:
-        if not os.read(sys.stdin.fileno(), 4096):
+    def supervisor_said() -> None:
+        said = os.read(sys.stdin.fileno(), 4096)
+        if not said:
             loop.remove_reader(sys.stdin.fileno())
             closed.set()
+            quiesce.set()
             stop.set()
+        elif b"quiesce" in said:
+            quiesce.set()
 
-    loop.add_reader(sys.stdin.fileno(), supervisor_closed)
+    loop.add_reader(sys.stdin.fileno(), supervisor_said)
 
     failed: list[BaseException] = []
 
@@ -286,7 +295,14 @@ async def serve(cfg: dict[str, Any]) -> None:
         _remove(sock)
         raise SystemExit(LOG_FAILED)
     tell("drained")
-    # Keep answering the other workers until the supervisor says all have drained.
+    # Keep answering the other workers until the supervisor says all have drained, then
+    # until the turns still running here and there have ended: they may call each other.
+    await quiesce.wait()
+    if not closed.is_set():
+        shard.hold_alarms()
+        while shard.busy() and not closed.is_set():
+            await asyncio.sleep(0.01)
+        tell("idle")
     await closed.wait()
     ipc_server.close()
     channel.close()
