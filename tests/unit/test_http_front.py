@@ -956,8 +956,8 @@ def test_heads_still_arriving_count_in_the_memory_bound() -> None:
     """Heads that are not whole count with bodies in what a worker holds: once many
     connections each hold 40 KB of a head that does not end, the next such heads get 503 with
     Retry-After rather than being held to the head timeout; a small request still goes on,
-    and all they held is given back when they close. Before, every one was held (2,000 of 60
-    KB: 183 MB of a worker) until the head timeout."""
+    and all they held is given back when they close. Before, every one was held (9,000 of
+    120 KB: 1,101 MB of a worker) until the head timeout."""
     bound = 300_000
 
     async def fetch(req: Request, env: Any) -> Response:
