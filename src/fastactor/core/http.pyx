@@ -562,6 +562,13 @@ cdef Response _error_response(int status, str message):
     return Response.json({"error": _REASONS.get(status, "Error"), "message": message}, status)
 
 
+cdef Response _busy_response(str message):
+    """503 for a request refused for what the worker holds now: to be sent again shortly."""
+    cdef Response r = _error_response(503, message)
+    r.headers["retry-after"] = "1"
+    return r
+
+
 cdef bytes _status_line(int status):
     line = _STATUS_LINES.get(status)
     if line is None:
@@ -1065,9 +1072,7 @@ cdef class HttpConnection:
         if len(self.conns) >= self.max_conns:
             # Over the cap: a short answer and goodbye, before any request is read.
             self.closing = True
-            busy = _error_response(503, "too many connections")
-            busy.headers["retry-after"] = "1"
-            transport.write(_wire_response(busy, False))
+            transport.write(_wire_response(_busy_response("too many connections"), False))
             transport.close()
             return
         self.conns.add(self)
@@ -1342,10 +1347,8 @@ cdef class HttpConnection:
         self._charge(held - self.head_held)
         self.head_held = held
         if held > SMALL_HEAD and self.refused is None and self._no_room(0):
-            busy = _error_response(
-                503, "the server holds too many large requests now; send this one again shortly")
-            busy.headers["retry-after"] = "1"
-            self._refuse(busy)
+            self._refuse(_busy_response(
+                "the server holds too many large requests now; send this one again shortly"))
 
     cdef void _count(self, Py_ssize_t n) except *:
         self.header_bytes += n
@@ -1381,9 +1384,8 @@ cdef class HttpConnection:
             self._continue()
 
     cdef void _busy_refusal(self) except *:
-        self.refused = _error_response(
-            503, "the server holds too many request bodies now; send this one again shortly")
-        self.refused.headers["retry-after"] = "1"
+        self.refused = _busy_response(
+            "the server holds too many request bodies now; send this one again shortly")
         raise httptools.HttpParserError("no memory for the body")
 
     cdef void _continue(self) except *:
