@@ -228,6 +228,15 @@ def _parser() -> argparse.ArgumentParser:
         "alarm that blocks without awaiting), after writing its stacks to stderr; it recovers "
         "from its log; 0: never (default 60)",
     )
+    s.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=90.0,
+        metavar="S",
+        help="on SIGTERM or Ctrl-C, give requests and running turns up to S seconds in all "
+        "to end; then stop the turns still running (their writes are dropped, an alarm stays "
+        "stored for the next start), flush and exit 0 (default 90)",
+    )
     a = sub.add_parser("actors", help="what a data directory stores")
     a.add_argument("what", choices=["list", "inspect", "instances"])
     a.add_argument("type", nargs="?", help="the actor type (inspect, instances)")
@@ -315,6 +324,7 @@ class Supervisor:
         # for stalling, for its next process to count as failed.
         self.stalled_alarms: dict[int, tuple[str, int]] = {}
         self.stalls = [0.0] * cfg["workers"]  # seconds each worker's loop has not run
+        self.deadline = 0.0  # (monotonic) when the drain stops the turns still running
 
     def spawn(self, i: int) -> subprocess.Popen[str]:
         cfg = dict(self.cfg, index=i, stalled_alarm=self.stalled_alarms.pop(i, None))
@@ -468,21 +478,31 @@ class Supervisor:
         return True
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if not self.stopping:
+            self.deadline = time.monotonic() + self.cfg.get("shutdown_timeout", 90.0)
         self.stopping = True
 
     def _drain(self) -> int:
+        """Each worker stops accepting and finishes its requests, then (once all have) the
+        turns still running, stopping those left at the --shutdown-timeout deadline (the
+        worker keeps its own, from the same SIGTERM); then they close. The waits here allow a
+        few seconds past the deadline for that, and kill a worker that is still there."""
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
+
+        def left(grace: float) -> float:
+            return max(0.0, self.deadline + grace - time.monotonic())
+
         for p in self.procs:
-            self.wait_line(p, "drained", 60)
+            self.wait_line(p, "drained", left(5))
         for p in self.procs:  # every worker has drained: let the turns still running end
             with contextlib.suppress(OSError, ValueError):
                 if p.stdin is not None:
                     p.stdin.write("quiesce\n")
                     p.stdin.flush()
         for p in self.procs:
-            self.wait_line(p, "idle", 60)
+            self.wait_line(p, "idle", left(15))
         for p in self.procs:  # every worker is idle: let them close
             if p.stdin is not None:
                 with contextlib.suppress(OSError):
@@ -490,7 +510,7 @@ class Supervisor:
         rc = 0
         for p, state in zip(self.procs, self._pending, strict=True):
             try:
-                code = p.wait(60)
+                code = p.wait(max(60.0, left(30)))  # its checkpoint may take a while
             except subprocess.TimeoutExpired:
                 p.kill()
                 code = 1
@@ -575,6 +595,10 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     if not (args.stall_timeout == 0 or 1 <= args.stall_timeout <= 86_400):
         print("fastactor: --stall-timeout must be 0 (never) or between 1 and 86400 seconds",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if not 0 <= args.shutdown_timeout <= 86_400:
+        print("fastactor: --shutdown-timeout must be between 0 and 86400 seconds",
               file=sys.stderr)  # fmt: skip
         return 2
     body_memory = args.max_body_memory
@@ -662,6 +686,7 @@ def serve(args: argparse.Namespace) -> int:
         },
         "heartbeat": os.path.join(data, "run", "heartbeat"),
         "stall_timeout": args.stall_timeout,
+        "shutdown_timeout": args.shutdown_timeout,
     }
     conns = args.max_connections
     limit = _open_files(conns + 1024)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -100,7 +101,8 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
     yield start
     for p in procs:
-        if p.poll() is None:
+        # The whole group, even once serve itself is gone: its workers may outlive it.
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGKILL)
         p.wait(10)
         if p.stdout is not None:

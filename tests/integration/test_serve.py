@@ -209,19 +209,20 @@ def test_a_port_or_data_directory_in_use_stops_start_up(
     assert r.returncode == 2 and f"port {base}" in r.stderr and "fastactor.toml" in r.stderr
 
 
+def running(pid: int) -> bool:
+    """Whether process PID is alive (not gone, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_workers_of_a_killed_supervisor_drain_and_exit(
     serve: Callable[..., Server], tmp_path: Path
 ) -> None:
     """Workers do not serve on unsupervised (no restarts, holding the port) once their
     supervisor is gone: they drain and exit, and a new server starts on the same port and data."""
-
-    def running(pid: int) -> bool:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-        except FileNotFoundError:
-            return False
-
     srv = serve(ACCOUNT, workers=2)
     httpx.post(f"{srv.urls[0]}/accounts/orphan/deposit", json={"amount": 5})
     workers = srv.workers()
@@ -366,6 +367,122 @@ def test_sigterm_lets_running_alarms_finish_their_calls_to_other_workers(
     stored = {x["id"]: x["storage"] for x in map(json.loads, shown.splitlines())}
     for i in range(12):
         assert stored[f"s{i}"]["done"] == 1 and stored[f"p{i}"]["n"] == 1, stored
+
+
+SLOW_ALARM_APP = """
+import asyncio, os, time
+from fastactor import Response, StatefulActor
+
+class Slow(StatefulActor):
+    async def arm(self, flag):
+        await self.ctx.storage.put("flag", flag)
+        await self.ctx.storage.set_alarm(time.time() * 1000)
+        return "armed"
+
+    async def alarm(self, info):
+        await self.ctx.storage.put("runs", (await self.ctx.storage.get("runs") or 0) + 1)
+        while os.path.exists(await self.ctx.storage.get("flag")):
+            await asyncio.sleep(0.05)
+
+    async def runs(self):
+        return [await self.ctx.storage.get("runs"), await self.ctx.storage.get_alarm()]
+
+async def fetch(request, env):
+    slow = env.SLOW.id_from_name("s")
+    if request.path == "/arm":
+        return Response.json(await slow.arm(request.query["flag"]))
+    return Response.json(await slow.runs())
+"""
+
+
+def test_sigterm_stops_turns_still_running_at_the_shutdown_timeout(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    # An alarm that runs on (its 15 min budget) while FLAG exists. With --shutdown-timeout
+    # 1, SIGTERM stops it a second in: serve exits 0 at once, the run's write is dropped,
+    # and the alarm stays stored, to run after the next start. Before, serve waited 60 s
+    # for it, then 60 s more, then killed the worker and exited 1.
+    d = function_dir(tmp_path, "slow", SLOW_ALARM_APP, {"SLOW": "Slow"})
+    data = tmp_path / "slow-data"
+    flag = tmp_path / "hold"
+    flag.touch()
+    s = serve(d, data=data, extra=("--shutdown-timeout", "1"))
+    assert httpx.get(f"{s.urls[0]}/arm", params={"flag": str(flag)}).json() == "armed"
+    time.sleep(0.5)
+    began = time.monotonic()
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(30) == 0
+    assert time.monotonic() - began < 20
+    time.sleep(0.2)  # the log lines the drain thread still reads
+    assert [x for x in s.lines if "stopped 1 turns still running" in x], "".join(s.lines)
+    shown = run_cli("actors", "inspect", "Slow", "--data", str(data)).stdout
+    assert "runs" not in json.loads(shown)["storage"]
+    flag.unlink()
+    s = serve(d, data=data)
+    deadline = time.monotonic() + 10
+    while (got := httpx.get(f"{s.urls[0]}/runs").json()) != [1, None]:
+        assert time.monotonic() < deadline, got
+        time.sleep(0.05)
+
+
+def test_workers_of_a_killed_supervisor_stop_turns_at_the_shutdown_timeout(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    # With the supervisor gone, a worker's running alarm gets until --shutdown-timeout too:
+    # before, the worker waited for it (up to the alarm's 15 min budget), serving nothing.
+    d = function_dir(tmp_path, "slow", SLOW_ALARM_APP, {"SLOW": "Slow"})
+    flag = tmp_path / "hold"
+    flag.touch()
+    s = serve(d, extra=("--shutdown-timeout", "1"))
+    assert httpx.get(f"{s.urls[0]}/arm", params={"flag": str(flag)}).json() == "armed"
+    workers = s.workers()
+    time.sleep(0.5)
+    os.kill(s.proc.pid, signal.SIGKILL)
+    deadline = time.time() + 20
+    while any(running(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(running(w) for w in workers)
+    flag.unlink()
+
+
+SLOW_FETCH_APP = """
+import asyncio
+from fastactor import Response
+
+async def fetch(request, env):
+    await asyncio.sleep(float(request.query["s"]))
+    return Response.text("slept")
+"""
+
+
+def test_sigterm_answers_requests_still_running_at_the_shutdown_timeout_503(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    # A fetch that would take 20 s (under its 30 s budget) when SIGTERM comes, with
+    # --shutdown-timeout 1: its client gets a 503 with Retry-After a second later, not a
+    # connection closed without an answer; serve exits 0.
+    d = function_dir(tmp_path, "nap", SLOW_FETCH_APP)
+    s = serve(d, extra=("--shutdown-timeout", "1"))
+    quick = httpx.get(s.urls[0], params={"s": "0"})
+    assert quick.text == "slept"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.get, s.urls[0], params={"s": "20"}, timeout=30)
+        time.sleep(0.5)
+        began = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        r = slow.result()
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["message"] == "the server is shutting down"
+        assert r.headers["connection"] == "close"
+        assert s.proc.wait(30) == 0
+        assert time.monotonic() - began < 10
+
+
+def test_shutdown_timeout_must_be_a_number_of_seconds(tmp_path: Path) -> None:
+    for bad in ("-1", "nan", "1e9"):
+        p = run_cli("serve", str(ACCOUNT), "--shutdown-timeout", bad, "--data", str(tmp_path))
+        assert p.returncode == 2
+        assert "--shutdown-timeout must be between 0 and 86400 seconds" in p.stderr
 
 
 def test_a_data_directory_too_deep_for_unix_sockets_serves(

@@ -300,6 +300,78 @@ def test_held_alarms_stay_stored_and_busy_sees_running_turns(
     run(actor_runtime, go)
 
 
+class Sleeper(StatefulActor):
+    """Its alarm (and its call) writes, then sleeps while SLEEPING holds: a turn still
+    running when serve's shutdown deadline comes."""
+
+    async def alarm(self, info: AlarmInfo) -> None:
+        RUNS.append((self.ctx.id, info.retry_count, info.is_retry, now_ms()))
+        await self.ctx.storage.put("began", (await self.ctx.storage.get("began") or 0) + 1)
+        while SLEEPING:
+            await asyncio.sleep(0.01)
+
+    async def arm(self) -> None:
+        await self.ctx.storage.set_alarm(now_ms())
+
+    async def write_and_sleep(self) -> None:
+        await self.ctx.storage.put("x", 1)
+        while SLEEPING:
+            await asyncio.sleep(0.01)
+
+    async def read(self) -> tuple[Any, Any, Any]:
+        s = self.ctx.storage
+        return await s.get("began"), await s.get("x"), await s.get_alarm()
+
+
+SLEEPING: list[bool] = []
+
+
+def test_stopped_turns_drop_their_writes_and_alarms_stay_stored(
+    actor_runtime: RuntimeFactory,
+) -> None:
+    """serve's shutdown deadline: stop_turns ends the running turns at once (a call's caller
+    gets a RuntimeError and its writes are dropped; an alarm run's writes are dropped and
+    the alarm stays stored, not counted as failed), fails the calls queued behind them, and
+    refuses calls from then on. The next start runs the alarm."""
+    RUNS.clear()
+    SLEEPING[:] = [True]
+
+    async def first() -> None:
+        async with actor_runtime(Sleeper) as rt:
+            ns = rt.namespace("Sleeper")
+            a, b = ns.id_from_name("a"), ns.id_from_name("b")
+            await a.arm()
+            await until(lambda: RUNS)
+            running = asyncio.ensure_future(b.write_and_sleep())
+            queued = asyncio.ensure_future(b.read())
+            await asyncio.sleep(0.05)
+            assert rt.shard.busy()
+            rt.shard.hold_alarms()
+            assert rt.shard.stop_turns() == 2
+            with pytest.raises(RuntimeError, match="shut down before this call ended"):
+                await running
+            with pytest.raises(RuntimeError, match="shut down before this call started"):
+                await queued
+            with pytest.raises(RuntimeError, match="shutting down"):
+                await b.read()
+            await until(lambda: not rt.shard.busy())
+            assert len(RUNS) == 1  # no retry
+
+    async def second() -> None:
+        async with actor_runtime(Sleeper) as rt:
+            ns = rt.namespace("Sleeper")
+            await until(lambda: RUNS)
+            assert RUNS[0][1:3] == (0, False)
+            began, x, alarm = await ns.id_from_name("a").read()
+            assert (began, alarm) == (1, None)
+            assert await ns.id_from_name("b").read() == (None, None, None)
+
+    uvloop.run(first())
+    RUNS.clear()
+    SLEEPING.clear()
+    uvloop.run(second())
+
+
 def test_alarm_reactivates_an_evicted_instance(actor_runtime: RuntimeFactory) -> None:
     async def go(rt: Runtime) -> None:
         t = timer(rt)

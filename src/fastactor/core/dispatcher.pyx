@@ -1039,6 +1039,7 @@ cdef class Shard:
     cdef uint64_t n_commits
     cdef bint closed
     cdef bint alarms_held          # hold_alarms(): no alarm run starts (serve's shutdown)
+    cdef bint turns_stopped        # stop_turns(): no turn starts (serve's shutdown deadline)
     cdef readonly object origin    # this shard's identity in call chains (unique per process)
     # Called with (instance key, retries) as a step of an alarm run starts, and (None, 0) as
     # it ends: serve's watchdog, to learn which alarm held a stalled event loop.
@@ -1182,6 +1183,8 @@ cdef class Shard:
         cdef Py_ssize_t at
         if self.closed:
             raise RuntimeError("the runtime is closed")
+        if self.turns_stopped:
+            raise RuntimeError("the runtime is shutting down: it starts no more calls")
         if kind == KIND_CALL:
             err = ns.check_method(method)
             if err is not None:
@@ -1680,6 +1683,10 @@ cdef class Shard:
         key = inst.key
         if key in self.alarm_handles:
             return                             # moved or set again meanwhile: that one runs
+        if self.alarms_held:                   # shutting down: no retry here
+            _alarm_log.warning("%s %r: alarm run ended early (%s); it stays stored, to run "
+                               "after the next start", inst.ns.type_name, inst.name, err)
+            return
         policy = getattr(inst.ns.cls, "alarm_retry", None)
         if policy is None:
             policy = _AlarmRetry()
@@ -1804,6 +1811,37 @@ cdef class Shard:
         if self.alarm_timer is not None:
             self.alarm_timer.cancel()
             self.alarm_timer = None
+
+    def stop_turns(self):
+        """Ends every running turn now, as a timeout would, and starts no more: serve's
+        shutdown once its deadline has passed. A stopped call's caller gets a RuntimeError and
+        its writes are dropped; a stopped or queued alarm run stays stored, for the next start
+        (it is not counted as failed); calls queued or made from now on fail with a
+        RuntimeError. Returns how many turns it stopped. Each stays on its instance until its
+        task has really ended (code that swallows the cancellation holds close())."""
+        cdef _Instance inst
+        cdef _Turn t
+        cdef _Call c
+        cdef int stopped = 0
+        self.turns_stopped = True
+        self.hold_alarms()
+        err = RuntimeError("the server shut down before this call ended (its writes are "
+                           "dropped)")
+        for i in list(self.instances.values()):
+            inst = <_Instance>i
+            while inst.mailbox:
+                c = <_Call>inst.mailbox.popleft()
+                if c.kind != KIND_ALARM:
+                    self.resolve(c.fut, RuntimeError(
+                        "the server shut down before this call started"), True)
+            t = inst.turn
+            if t is None or t.finished:
+                continue
+            stopped += 1
+            self.finish(t, None, err, True)
+            if t.task is not None:
+                t.task.cancel()
+        return stopped
 
     def busy(self):
         """Whether a turn runs or a call waits for one, on any instance."""

@@ -977,6 +977,7 @@ cdef class HttpConnection:
     cdef bint in_start               # the fetch's first step is running
     cdef object budget               # the fetch_timeout timer, armed while fetches run
     cdef bint timed_out
+    cdef bint giving_up              # give_up() cancelled the running fetch
     cdef readonly object idle_handle
     cdef Py_ssize_t queued_bytes     # the bodies and heads of the requests waiting in queue
     cdef Py_ssize_t charged          # its share of _BODIES: partial, queued, running
@@ -1062,6 +1063,19 @@ cdef class HttpConnection:
         self.closing = True
         if self.transport is not None:
             self.transport.close()
+
+    def give_up(self):
+        """The server's shutdown deadline has passed: a running fetch is cancelled and
+        answered 503 with Retry-After, and the connection closes after that answer; requests
+        waiting behind it are dropped unanswered (a client sees them unanswered when the
+        connection closes). A connection with no fetch running closes now."""
+        self.closing = True
+        self.queue.clear()
+        if self.task is not None and self.transport is not None:
+            self.giving_up = True
+            self.task.cancel()
+        else:
+            self.shut()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -1702,6 +1716,8 @@ cdef class HttpConnection:
                 _http_log.warning("%s %s: fetch ran past %g s", self.current.method,
                                   self.current.path, self.fetch_timeout)
                 self._answer(_error_response(504, f"fetch ran past {self.fetch_timeout:g} s"))
+            elif self.giving_up:
+                self._answer(_busy_response("the server is shutting down"))
             else:
                 self._answer(_error_response(503, "the request was cancelled"))
         else:

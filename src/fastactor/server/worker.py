@@ -6,7 +6,8 @@ Talks to the supervisor over stdin/stdout: prints "ready" once it accepts reques
 "drained" once SIGTERM has stopped it accepting and its requests have finished. Once every
 worker has drained the supervisor writes "quiesce": the worker starts no more alarm runs,
 waits for the turns still running (an alarm's, a call's whose request timed out) and prints
-"idle", answering calls from the others all along, for those turns may call it. It exits when
+"idle", answering calls from the others all along, for those turns may call it. What still
+runs --shutdown-timeout seconds after the SIGTERM is stopped (Shard.stop_turns). It exits when
 the supervisor closes its stdin, once every worker is idle. A supervisor that dies without a
 word (kill -9) closes the stdin too: the worker then drains and exits on its own, rather than
 serve on unsupervised.
@@ -273,15 +274,29 @@ async def serve(cfg: dict[str, Any]) -> None:
         heartbeat.start()
     tell("ready")
     await stop.wait()
+    # What is still running at the deadline is stopped (--shutdown-timeout).
+    deadline = loop.time() + cfg.get("shutdown_timeout", 90.0)
     watch_task.cancel()
     tidy_task.cancel()
     # Drain: stop accepting, let running requests finish, close idle connections.
     for s in servers:
         s.close()
-    for _ in range(3000):
-        if not any(c.pending() for c in conns):
-            break
+    while any(c.pending() for c in conns) and loop.time() < deadline:
         await asyncio.sleep(0.01)
+    late = [c for c in conns if c.pending()]
+    if late:
+        log.warning(
+            "worker %d: %d requests still running at the --shutdown-timeout deadline: "
+            "answering them 503",
+            me,
+            len(late),
+        )
+        for c in late:
+            c.give_up()
+        for _ in range(100):  # their fetches end at their next await
+            if not any(c.pending() for c in late):
+                break
+            await asyncio.sleep(0.01)
     for c in list(conns):
         c.shut()
     if failed:
@@ -299,15 +314,40 @@ async def serve(cfg: dict[str, Any]) -> None:
     # until the turns still running here and there have ended: they may call each other.
     await quiesce.wait()
     if not closed.is_set():
-        shard.hold_alarms()
-        while shard.busy() and not closed.is_set():
-            await asyncio.sleep(0.01)
+        await settle(shard, me, deadline, closed)
         tell("idle")
     await closed.wait()
+    # Without a supervisor (it died), the turns still running get until the deadline too.
+    await settle(shard, me, deadline, None)
     ipc_server.close()
     channel.close()
     await shard.close()
     _remove(sock)
+
+
+async def settle(shard: Shard, me: int, deadline: float, closed: asyncio.Event | None) -> None:
+    """Starts no more alarm runs and waits for the turns still running (and the calls queued
+    behind them) to end, until DEADLINE (loop time) or until CLOSED is set; at the deadline,
+    stops those still running."""
+    loop = asyncio.get_running_loop()
+    shard.hold_alarms()
+    while shard.busy() and loop.time() < deadline:
+        if closed is not None and closed.is_set():
+            return
+        await asyncio.sleep(0.01)
+    if not shard.busy():
+        return
+    n = shard.stop_turns()
+    log.warning(
+        "worker %d: stopped %d turns still running at the --shutdown-timeout deadline (their "
+        "writes are dropped; an alarm stays stored for the next start)",
+        me,
+        n,
+    )
+    for _ in range(500):  # their tasks end at their next await
+        if not shard.busy():
+            break
+        await asyncio.sleep(0.01)
 
 
 def _remove(sock: str) -> None:
