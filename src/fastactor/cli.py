@@ -187,7 +187,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="the request bodies each worker holds at once, across its connections; a body "
         "over 64 KiB (or a head still arriving past 16 KiB) that would go past it gets 503 "
-        "with Retry-After (at least --max-body; "
+        "with Retry-After, a smaller one still arriving past a quarter more (at least "
+        "--max-body; "
         f"default {BODY_MEMORY >> 20}MiB, or --max-body if larger)",
     )
     s.add_argument(

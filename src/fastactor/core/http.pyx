@@ -835,15 +835,18 @@ cdef Py_ssize_t QUEUED_BYTES = 1 << 20
 # against Limits.body_memory: a body of more than SMALL_BODY that would take it past the
 # limit is answered 503 (with its Content-Length, before a byte of it is read). Without it,
 # 100 connections each sending all but the last byte of a 10 MiB body made a worker hold
-# 1 GB, and a few thousand would have it killed for memory. Smaller bodies are never refused
-# for it: requests of the usual size go on while large uploads are told to come back. (A
-# whole request the front finds in one read is taken as it is: it is already in memory.)
+# 1 GB, and a few thousand would have it killed for memory. Smaller bodies are refused only
+# past a quarter more than the limit: requests of the usual size go on while large uploads
+# are told to come back, and many connections each trickling a small body stop there too
+# (with 10,000 of them, 64 KiB each, a worker went 800 MB past the limit). A whole request
+# the front finds in one read is taken as it is: it is already in memory.
 cdef Py_ssize_t _BODIES = 0
 cdef Py_ssize_t SMALL_BODY = 64 << 10
 # Request heads still arriving count in _BODIES too, with what may be held of them (httptools
 # keeps the part of a header line it has read): past SMALL_HEAD, with the bound passed, such
-# a head is answered 503 as a large body is. Without it, 9,000 connections each sending
-# 120 KB of a head that never ended held 1,101 MB of a worker until the head timeout.
+# a head is answered 503 as a large body is, and a smaller one past the quarter more. Without
+# it, 9,000 connections each sending 120 KB of a head that never ended held 1,101 MB of a
+# worker until the head timeout.
 cdef Py_ssize_t SMALL_HEAD = 16 << 10
 
 
@@ -1054,6 +1057,11 @@ cdef class HttpConnection:
         """Taking MORE bytes of bodies would go past body_memory."""
         return _BODIES + more > self.body_memory
 
+    cdef inline bint _past_ceiling(self) noexcept:
+        """The worker holds more than a quarter past body_memory: the room left for small
+        bodies and heads (never refused below it) is spent too."""
+        return _BODIES > self.body_memory + (self.body_memory >> 2)
+
     def pending(self):
         """True while a request is running or waiting to."""
         return self.busy or len(self.queue) > 0
@@ -1144,7 +1152,7 @@ cdef class HttpConnection:
             self.transport.resume_reading()
 
     def data_received(self, data):
-        cdef Py_ssize_t n
+        cdef Py_ssize_t n, partial_before
         if self.ended and not self.closing:
             # Bytes after a request that closes: dropped, and the answer is followed by a FIN
             # and a linger, not a close that would reset it (see _send).
@@ -1175,6 +1183,7 @@ cdef class HttpConnection:
             count = self.counters["requests"]
             self.head_began = False
             body_before = self.body_bytes
+            partial_before = self.partial
             try:
                 self.parser.feed_data(data)
                 if self.mid:
@@ -1185,6 +1194,15 @@ cdef class HttpConnection:
                             self.head_fed = 0
                     if not self.head_read and not self.closing:
                         self._hold_head(len(data))
+                    elif (self.partial > partial_before and self.refused is None
+                            and not self.closing and not self.busy and not self.queue
+                            and self._past_ceiling()):
+                        # A body still arriving that holds more as it comes (a small one, or
+                        # chunked: a large one of known length holds all of it from its
+                        # head on), once the ceiling is passed. (Behind requests of its
+                        # connection, reading stops instead: see _queue.)
+                        self._refuse(_busy_response("the server holds too many request "
+                                                    "bodies now; send this one again shortly"))
                 break
             except httptools.HttpParserUpgrade as e:
                 data = self._upgrade(data, e.args[0])
@@ -1355,12 +1373,15 @@ cdef class HttpConnection:
     cdef void _hold_head(self, Py_ssize_t n) except *:
         """A head is still open after a chunk of N bytes: it may hold all of them (it began
         in this chunk) or all of them more (it began earlier). That bound counts in _BODIES
-        until the request is read or dropped; past SMALL_HEAD, with the bound passed, the
-        request is answered 503 now rather than held to the head timeout."""
+        until the request is read or dropped; past SMALL_HEAD with the bound passed, or at
+        any size past the ceiling (the connection's only request), the request is answered
+        503 now rather than held to the head timeout."""
         cdef Py_ssize_t held = n if self.head_began else self.head_held + n
         self._charge(held - self.head_held)
         self.head_held = held
-        if held > SMALL_HEAD and self.refused is None and self._no_room(0):
+        if self.refused is None and (
+                (held > SMALL_HEAD and self._no_room(0))
+                or (not self.busy and not self.queue and self._past_ceiling())):
             self._refuse(_busy_response(
                 "the server holds too many large requests now; send this one again shortly"))
 

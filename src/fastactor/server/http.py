@@ -51,7 +51,8 @@ class Limits:
     bounds the request bodies a worker holds at once across its connections: a body over 64
     KiB that would take it past that is answered 503 with Retry-After (never less than BODY,
     so that a body the server takes always fits), and so is a head still arriving past 16 KiB
-    once it is passed."""
+    once it is passed; a smaller body or head still arriving is answered so past a quarter
+    more."""
 
     __slots__ = (
         "body",
