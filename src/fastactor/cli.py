@@ -30,7 +30,7 @@ from .errors import FastactorError
 from .manifest import ManifestError, load_function, resolve
 from .server.http import BODY_MEMORY, CONNECTIONS, base_url, connection_cap
 from .server.layout import Layout, prepare
-from .server.watchdog import STACKS_SIGNAL, STALLED_S, Watch, describe_ref
+from .server.watchdog import HURRY_SIGNAL, STACKS_SIGNAL, STALLED_S, Watch, describe_ref
 
 __all__ = ["main"]
 
@@ -236,7 +236,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="on SIGTERM or Ctrl-C, give requests and running turns up to S seconds in all "
         "to end; then stop the turns still running (their writes are dropped, an alarm stays "
-        "stored for the next start), flush and exit 0 (default 90)",
+        "stored for the next start), flush and exit 0; a second signal stops them at once "
+        "(default 90)",
     )
     a = sub.add_parser("actors", help="what a data directory stores")
     a.add_argument("what", choices=["list", "inspect", "instances"])
@@ -481,7 +482,14 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: Any) -> None:
         if not self.stopping:
             self.deadline = time.monotonic() + self.cfg.get("shutdown_timeout", 90.0)
-        self.stopping = True
+            self.stopping = True
+            return
+        # Again: what still runs is stopped now (each worker, on HURRY_SIGNAL).
+        self.deadline = min(self.deadline, time.monotonic())
+        for p in self.procs:
+            if p.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, HURRY_SIGNAL)
 
     def _drain(self) -> int:
         """Each worker stops accepting and finishes its requests, then (once all have) the

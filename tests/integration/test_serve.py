@@ -425,6 +425,30 @@ def test_sigterm_stops_turns_still_running_at_the_shutdown_timeout(
         time.sleep(0.05)
 
 
+def test_a_second_ctrl_c_stops_turns_still_running_at_once(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    # Ctrl-C in a terminal signals the whole process group, serve and its workers. The
+    # first drains with the default --shutdown-timeout (90 s); a second one stops the alarm
+    # still running at once, and serve exits 0. Before, it changed nothing.
+    d = function_dir(tmp_path, "slow", SLOW_ALARM_APP, {"SLOW": "Slow"})
+    flag = tmp_path / "hold"
+    flag.touch()
+    s = serve(d)
+    assert httpx.get(f"{s.urls[0]}/arm", params={"flag": str(flag)}).json() == "armed"
+    time.sleep(0.5)
+    os.killpg(s.proc.pid, signal.SIGINT)
+    time.sleep(1)
+    assert s.proc.poll() is None  # still draining: the alarm runs on
+    began = time.monotonic()
+    os.killpg(s.proc.pid, signal.SIGINT)
+    assert s.proc.wait(30) == 0
+    assert time.monotonic() - began < 10
+    time.sleep(0.2)  # the log lines the drain thread still reads
+    assert [x for x in s.lines if "stopped 1 turns still running" in x], "".join(s.lines)
+    flag.unlink()
+
+
 def test_workers_of_a_killed_supervisor_stop_turns_at_the_shutdown_timeout(
     serve: Callable[..., Server], tmp_path: Path
 ) -> None:

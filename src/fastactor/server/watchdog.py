@@ -38,6 +38,7 @@ BEAT_S = 0.25  # a worker's loop counts this often
 STALLED_S = 2.0  # a loop that has not counted for this long is stalled (readiness 503)
 LATE_TICK_S = 1.0  # a supervisor tick this late starts every count afresh
 STACKS_SIGNAL = signal.SIGUSR1  # a worker writes its Python stacks to stderr on it
+HURRY_SIGNAL = signal.SIGUSR2  # a draining worker stops what still runs at once on it
 # Each worker's region of the file: its count, then the alarm a step of which runs now (the
 # length of its alarm_ref, 0 for none, its retries so far, the alarm_ref).
 REGION = 4096

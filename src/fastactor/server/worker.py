@@ -7,7 +7,8 @@ Talks to the supervisor over stdin/stdout: prints "ready" once it accepts reques
 worker has drained the supervisor writes "quiesce": the worker starts no more alarm runs,
 waits for the turns still running (an alarm's, a call's whose request timed out) and prints
 "idle", answering calls from the others all along, for those turns may call it. What still
-runs --shutdown-timeout seconds after the SIGTERM is stopped (Shard.stop_turns). It exits when
+runs --shutdown-timeout seconds after the SIGTERM (or at once on HURRY_SIGNAL, which the
+supervisor sends on a second SIGTERM) is stopped (Shard.stop_turns). It exits when
 the supervisor closes its stdin, once every worker is idle. A supervisor that dies without a
 word (kill -9) closes the stdin too: the worker then drains and exits on its own, rather than
 serve on unsupervised.
@@ -25,6 +26,7 @@ import ctypes
 import gc
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -47,7 +49,7 @@ from .http import (
     connection_cap,
 )
 from .ipc import Channel, RoutedNamespace, channel_stats, serve_calls
-from .watchdog import Heartbeat, resolve_ref
+from .watchdog import HURRY_SIGNAL, Heartbeat, resolve_ref
 
 log = logging.getLogger("fastactor.worker")
 LOG_FAILED = 3  # the exit code of a worker whose log failed
@@ -233,6 +235,15 @@ async def serve(cfg: dict[str, Any]) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # When what still runs is stopped: --shutdown-timeout after the SIGTERM, or at once on
+    # HURRY_SIGNAL (the supervisor's, on a second SIGTERM or Ctrl-C).
+    deadline = [math.inf]
+
+    def hurry() -> None:
+        deadline[0] = loop.time()
+        stop.set()
+
+    loop.add_signal_handler(HURRY_SIGNAL, hurry)
     # The supervisor writes "quiesce" on stdin once all have drained, and closes it once all
     # are idle (or by dying).
     closed = asyncio.Event()
@@ -274,14 +285,13 @@ async def serve(cfg: dict[str, Any]) -> None:
         heartbeat.start()
     tell("ready")
     await stop.wait()
-    # What is still running at the deadline is stopped (--shutdown-timeout).
-    deadline = loop.time() + cfg.get("shutdown_timeout", 90.0)
+    deadline[0] = min(deadline[0], loop.time() + cfg.get("shutdown_timeout", 90.0))
     watch_task.cancel()
     tidy_task.cancel()
     # Drain: stop accepting, let running requests finish, close idle connections.
     for s in servers:
         s.close()
-    while any(c.pending() for c in conns) and loop.time() < deadline:
+    while any(c.pending() for c in conns) and loop.time() < deadline[0]:
         await asyncio.sleep(0.01)
     late = [c for c in conns if c.pending()]
     if late:
@@ -325,13 +335,15 @@ async def serve(cfg: dict[str, Any]) -> None:
     _remove(sock)
 
 
-async def settle(shard: Shard, me: int, deadline: float, closed: asyncio.Event | None) -> None:
+async def settle(
+    shard: Shard, me: int, deadline: list[float], closed: asyncio.Event | None
+) -> None:
     """Starts no more alarm runs and waits for the turns still running (and the calls queued
-    behind them) to end, until DEADLINE (loop time) or until CLOSED is set; at the deadline,
-    stops those still running."""
+    behind them) to end, until DEADLINE[0] (loop time, which may move nearer meanwhile) or
+    until CLOSED is set; at the deadline, stops those still running."""
     loop = asyncio.get_running_loop()
     shard.hold_alarms()
-    while shard.busy() and loop.time() < deadline:
+    while shard.busy() and loop.time() < deadline[0]:
         if closed is not None and closed.is_set():
             return
         await asyncio.sleep(0.01)
@@ -358,6 +370,8 @@ def _remove(sock: str) -> None:
 
 
 def main() -> None:
+    # Until serve() handles it: a signal that comes during start-up must not kill the worker.
+    signal.signal(HURRY_SIGNAL, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     cfg = json.loads(sys.argv[1])
     uvloop.run(serve(cfg))
