@@ -52,6 +52,9 @@ def _size(text: str, most: int = MAX_BODY_LIMIT) -> int:
     return n
 
 
+CACHE_MEMORY = 256 << 20  # the values each worker's instances cache, by default
+
+
 def _memory(text: str) -> int:
     return _size(text, 1 << 40)
 
@@ -219,6 +222,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="each worker keeps at most N instances in memory, evicting the least recently "
         "used between their calls (their state stays on disk); 0: no bound (default 100000)",
+    )
+    s.add_argument(
+        "--max-cache-memory",
+        type=_memory,
+        default=CACHE_MEMORY,
+        metavar="SIZE",
+        help="the stored values each worker's instances cache at most (their encoded size); "
+        "past it the least recently used instances between their calls are evicted (their "
+        f"state stays on disk); 0: no bound (default {CACHE_MEMORY >> 20}MiB)",
     )
     s.add_argument(
         "--stall-timeout",
@@ -685,6 +697,7 @@ def serve(args: argparse.Namespace) -> int:
         "commit_window_us": args.commit_window_us,
         "commit_window_records": args.commit_window_records,
         "max_resident": args.max_resident,
+        "max_cache_bytes": args.max_cache_memory,
         "admin_port": args.admin_port,
         "limits": {
             "body": args.max_body,

@@ -73,6 +73,10 @@ class Runtime:
     those between turns are evicted (down to nine tenths of it) before ``idle_timeout``
     would; their state stays on disk and reloads on the next call. 0: no bound.
 
+    ``max_cache_bytes``: the stored values (encoded) that resident instances cache, at most.
+    Past it the least recently used instances caching values that can go are evicted the
+    same way, down to nine tenths of it. 0: no bound.
+
     An option of the wrong type or out of its range is a TypeError or ValueError naming it,
     raised here: the budgets are finite numbers of seconds > 0."""
 
@@ -93,6 +97,7 @@ class Runtime:
         group_window_records: int = 16,
         alarm_timeout: float = 900.0,
         max_resident: int = 100_000,
+        max_cache_bytes: int = 256 << 20,
     ) -> None:
         _check_options(
             {
@@ -109,6 +114,7 @@ class Runtime:
                 "group_window_us": (group_window_us, 0, 1_000_000),
                 "group_window_records": (group_window_records, 1, 1_000_000),
                 "max_resident": (max_resident, 0, 1 << 62),
+                "max_cache_bytes": (max_cache_bytes, 0, 1 << 62),
             },
         )
         bindings = (
@@ -144,6 +150,7 @@ class Runtime:
             "group_window_records": group_window_records,
             "alarm_timeout": alarm_timeout,
             "max_resident": max_resident,
+            "max_cache_bytes": max_cache_bytes,
         }
         self._shard: _core.Shard | None = None
         self._namespaces: dict[str, _core.ActorNamespace] = {}

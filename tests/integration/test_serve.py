@@ -148,6 +148,7 @@ def test_startup_failures_exit_2_and_name_the_culprit(tmp_path: Path) -> None:
         ("--idle-timeout", "nan", "is not a number of seconds"),
         ("--max-connections", "0", "is not a number of connections"),
         ("--max-body-memory", "2 tons", "is not a size (bytes, or 64k, 10MiB, 1G)"),
+        ("--max-cache-memory", "lots", "is not a size (bytes, or 64k, 10MiB, 1G)"),
     ):
         p = run_cli("serve", str(ACCOUNT), flag, value, "--data", str(tmp_path / "d"))
         assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
@@ -677,6 +678,47 @@ def test_max_resident_bounds_each_workers_instances(serve: Callable[..., Server]
         # Evicted, not lost: each comes back with what it stored.
         for i in range(40):
             assert c.get(f"{url}/accounts/r{i}").json()["balance"] == i
+
+
+BLOB_APP = """
+from fastactor import Response, StatefulActor
+
+class Blob(StatefulActor):
+    async def put(self, n):
+        await self.ctx.storage.put("v", b"x" * n)
+
+    async def size(self):
+        return len(await self.ctx.storage.get("v", b""))
+
+async def fetch(request, env):
+    blob = env.BLOB.id_from_name(request.path.strip("/"))
+    if request.method == "POST":
+        await blob.put(10_000)
+    return Response.json(await blob.size())
+"""
+
+
+def test_max_cache_memory_bounds_the_values_each_worker_caches(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    d = function_dir(tmp_path, "blob", BLOB_APP, {"BLOB": "Blob"})
+    admin = free_ports(1)
+    srv = serve(d, extra=("--admin-port", str(admin), "--max-cache-memory", "50k"))
+    (url,) = srv.urls
+    with httpx.Client(timeout=30) as c:
+        for i in range(40):  # 400 KB of values
+            assert c.post(f"{url}/b{i}").json() == 10_000
+        text = c.get(f"http://127.0.0.1:{admin}/metrics").text
+
+        def values(name: str) -> list[int]:
+            return [int(x.split()[-1]) for x in text.splitlines() if x.startswith(name + "{")]
+
+        cached = values("fastactor_cache_bytes")
+        assert len(cached) == 2 and max(cached) <= 50 * 1024, text
+        assert sum(values("fastactor_evictions_total")) >= 20, text
+        # Evicted, not lost.
+        for i in range(40):
+            assert c.get(f"{url}/b{i}").json() == 10_000
 
 
 def test_admin_port_health_and_metrics(serve: Callable[..., Server]) -> None:

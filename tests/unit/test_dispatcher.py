@@ -1022,6 +1022,85 @@ def test_past_max_resident_the_least_recently_used_idle_instances_go(
     run(actor_runtime, go, max_resident=bound)
 
 
+class Blob(StatefulActor):
+    async def put(self, key: str, n: int) -> None:
+        await self.ctx.storage.put(key, b"x" * n)
+
+    async def size(self, key: str) -> int:
+        v = await self.ctx.storage.get(key)
+        return -1 if v is None else len(v)
+
+    async def delete(self, key: str) -> None:
+        await self.ctx.storage.delete(key)
+
+    async def wipe(self) -> None:
+        await self.ctx.storage.delete_all()
+
+    async def hold(self, t: float) -> None:
+        await asyncio.sleep(t)
+
+
+def test_the_cache_is_counted_in_bytes_as_values_come_and_go(
+    actor_runtime: RuntimeFactory,
+) -> None:
+    async def go(rt: Runtime) -> None:
+        b = rt.namespace("Blob").id_from_name("b")
+
+        def cached() -> int:
+            return int(rt.stats()["cache_bytes"])
+
+        assert cached() == 0
+        await b.put("a", 1000)
+        big = cached()
+        assert 1000 < big < 1100  # the encoded value
+        await b.put("a", 10)
+        assert 10 < cached() < 100
+        await b.delete("a")
+        assert cached() == 0
+        await b.put("a", 1000)
+        await b.put("c", 1000)
+        assert cached() == 2 * big
+        await b.wipe()
+        assert cached() == 0
+        await b.put("a", 1000)
+        assert rt.evict_idle() == 1 and cached() == 0
+        assert await b.size("a") == 1000  # read back from disk: cached again
+        assert cached() == big
+        assert await b.size("nothing") == -1 and cached() == big
+
+    run(actor_runtime, go, Blob)
+
+
+def test_past_max_cache_bytes_the_least_recently_used_idle_instances_go(
+    actor_runtime: RuntimeFactory,
+) -> None:
+    # Few names with large values must not fill memory either: the bound counts the cached
+    # values' bytes, not only instances.
+    bound = 100_000
+
+    async def go(rt: Runtime) -> None:
+        ns = rt.namespace("Blob")
+        await ns.id_from_name("big").put("v", 60_000)
+        holding = asyncio.ensure_future(ns.id_from_name("big").hold(0.5))
+        await asyncio.sleep(0.01)  # in a call: it can not go, though least recently used
+        for i in range(20):
+            await ns.id_from_name(f"s{i:02}").put("v", 10_000)
+            await asyncio.sleep(0)  # a trim asked for runs
+            assert rt.stats()["cache_bytes"] <= bound + 10_100
+        assert rt.shard.is_resident("Blob", "big")
+        assert rt.shard.is_resident("Blob", "s19")
+        assert not rt.shard.is_resident("Blob", "s00")
+        assert rt.stats()["evictions"] >= 14
+        await holding
+        # What they stored stays on disk, and they come back when called.
+        sizes = [await ns.id_from_name(f"s{i:02}").size("v") for i in range(20)]
+        assert sizes == [10_000] * 20
+        await asyncio.sleep(0)
+        assert rt.stats()["cache_bytes"] <= bound
+
+    run(actor_runtime, go, Blob, max_cache_bytes=bound)
+
+
 def test_near_max_resident_an_instance_in_use_is_not_the_one_evicted(
     actor_runtime: RuntimeFactory,
 ) -> None:

@@ -742,6 +742,11 @@ cdef class _Turn:
         return {k: decode_value(merged[k]) for k in keys[:limit]}
 
 
+cdef inline Py_ssize_t _size(object v) noexcept:
+    """What a cached value holds: an encoded value's length (0 for _ABSENT, or None)."""
+    return PyBytes_GET_SIZE(v) if PyBytes_CheckExact(v) else 0
+
+
 @cython.final
 cdef class _Instance:
     cdef readonly str key          # "<type>\0<name>"
@@ -751,6 +756,7 @@ cdef class _Instance:
     cdef object actor
     cdef ActorContext ctx
     cdef dict cache                # key -> bytes | _ABSENT, committed state
+    cdef Py_ssize_t cache_bytes    # the encoded values in cache (the shard sums them)
     cdef _Turn turn
     cdef object mailbox            # deque of _Call, created on first contention
     cdef bint constructing
@@ -762,10 +768,10 @@ cdef class _Instance:
     cdef void drop(self):
         """Evicted: a stub may still point here, so let go of everything but the name (the
         stub looks the instance up again on its next call)."""
+        self.set_cache(None)
         self.evicted = True
         self.actor = None
         self.ctx = None
-        self.cache = None
         self.mailbox = None
 
     cdef object committed(self, str key):
@@ -773,7 +779,39 @@ cdef class _Instance:
         if v is _MISSING:
             v = self.shard.lookup(self.key, key)
             self.cache[key] = v
+            self.cached(_size(v))
         return v
+
+    cdef inline void cached(self, Py_ssize_t delta) except *:
+        """The cache grew by DELTA bytes (shrank, if negative)."""
+        cdef Shard shard = self.shard
+        self.cache_bytes += delta
+        if self.evicted:
+            return                     # (counted in no shard's total any more)
+        shard.cache_bytes += delta
+        if (delta > 0 and shard.max_cache_bytes and shard.cache_bytes > shard.max_cache_bytes
+                and shard.cache_bytes > shard.cache_retrim and not shard.trim_pending):
+            shard.trim_pending = True
+            shard.loop.call_soon(shard._trim)
+
+    cdef void set_cache(self, dict cache) except *:
+        """The cache becomes CACHE (None: no cache, evicted)."""
+        cdef Py_ssize_t n = 0
+        if cache:
+            for v in cache.values():
+                n += _size(v)
+        self.cache = cache
+        self.cached(n - self.cache_bytes)
+
+    cdef void cache_update(self, dict puts) except *:
+        """PUTS (key -> bytes, or _ABSENT: deleted) are committed: into the cache."""
+        cdef Py_ssize_t delta = 0
+        cdef dict cache = self.cache
+        for k, v in puts.items():
+            delta += _size(v) - _size(cache.get(k))
+        cache.update(puts)
+        if delta:
+            self.cached(delta)
 
 
 @cython.final
@@ -1022,6 +1060,9 @@ cdef class Shard:
     cdef uint64_t idle_ticks
     cdef object sweeper
     cdef uint64_t max_resident     # instances kept in memory at most (0: no bound)
+    cdef Py_ssize_t cache_bytes    # the encoded values resident instances cache
+    cdef Py_ssize_t max_cache_bytes  # _trim evicts past this (0: no bound)
+    cdef Py_ssize_t cache_retrim   # after a _trim that could not get under it: try again past
     cdef uint64_t trim_from        # _trim evicts down to this many (no bound: UINT64_MAX)
     cdef bint trim_pending         # a _trim is scheduled
     cdef object checkpoint_timer
@@ -1050,7 +1091,8 @@ cdef class Shard:
                   double idle_timeout=60.0, double checkpoint_interval=30.0,
                   uint64_t checkpoint_bytes=64 << 20, uint32_t group_delay_us=0,
                   uint32_t group_window_us=0, uint32_t group_window_records=16,
-                  double alarm_timeout=900.0, uint64_t max_resident=100_000):
+                  double alarm_timeout=900.0, uint64_t max_resident=100_000,
+                  Py_ssize_t max_cache_bytes=0):
         global _shards_made
         _shards_made += 1
         self.origin = (os.getpid() << 20) + _shards_made
@@ -1067,6 +1109,7 @@ cdef class Shard:
         self.group_window_records = group_window_records
         self.alarm_timeout = alarm_timeout
         self.max_resident = max_resident
+        self.max_cache_bytes = max_cache_bytes
         self.trim_from = max_resident - max_resident // 10 if max_resident else UINT64_MAX
         self.namespaces = {}
         self.alarm_handles = {}
@@ -1151,6 +1194,7 @@ cdef class Shard:
     @property
     def stats(self):
         return {"turns": self.n_turns, "commits": self.n_commits,
+                "cache_bytes": self.cache_bytes,
                 "alarms_pending": len(self.alarm_handles),
                 "alarm_wheel_bytes": self.wheel.memory if self.wheel is not None else 0,
                 **self._stats}
@@ -1528,7 +1572,7 @@ cdef class Shard:
         the next call activates the instance afresh."""
         inst.actor = None
         inst.ctx = None
-        inst.cache = {}
+        inst.set_cache({})
         if inst.mailbox:
             while inst.mailbox:
                 self.fail_call(inst, <_Call>inst.mailbox.popleft(), err)
@@ -1569,9 +1613,9 @@ cdef class Shard:
                 f"the writes of one turn are {len(rec)} bytes; the limit is 256 MiB") from None
         inst.last_lsn = lsn
         if ws.cleared:
-            inst.cache = dict(ws.puts)
+            inst.set_cache(dict(ws.puts))
         else:
-            inst.cache.update(ws.puts)
+            inst.cache_update(ws.puts)
         layer = self.dirty.get(inst.key)
         if layer is None:
             layer = self.dirty[inst.key] = _Layer()
@@ -1763,20 +1807,32 @@ cdef class Shard:
             return
         self.tick += 1
         self._evict(self.idle_ticks)
+        if self.cache_retrim and not self.trim_pending:
+            self.cache_retrim = 0
+            self._trim()
         self.sweeper = self.loop.call_later(self.idle_timeout / self.idle_ticks, self._sweep)
 
-    cdef Py_ssize_t _evict(self, uint64_t idle_ticks, Py_ssize_t most=-1):
+    cdef Py_ssize_t _evict(self, uint64_t idle_ticks, Py_ssize_t most=-1,
+                           Py_ssize_t free=-1):
         """Drops instances unused for IDLE_TICKS ticks that are between turns and whose last
         commit is durable (a reply held on it must see the same data after a reload): the
-        least recently used first, at most MOST of them (-1: all)."""
+        least recently used first, at most MOST of them (-1: all); with FREE (>= 0), only
+        those caching values, until their caches add up to FREE bytes."""
         cdef _Instance inst
         cdef list idle = []
+        cdef Py_ssize_t freed = 0
         cdef uint64_t durable = cwal.fa_wal_durable_lsn(self.wal._w)
         for inst in self.instances.values():
             if inst.tick + idle_ticks > self.tick or len(idle) == most:
                 break
+            if free >= 0:
+                if freed >= free:
+                    break
+                if inst.cache_bytes == 0:
+                    continue
             if inst.turn is None and not inst.mailbox and inst.last_lsn <= durable:
                 idle.append(inst.key)
+                freed += inst.cache_bytes
         for key in idle:
             (<_Instance>self.instances.pop(key)).drop()
         self._stats["evictions"] += len(idle)
@@ -1791,13 +1847,23 @@ cdef class Shard:
         return self._evict(0)
 
     def _trim(self):
-        """More instances are resident than max_resident: evicts the least recently used of
-        those that can go (as _evict says) down to nine tenths of it, so that names never
-        called twice (a crawler, a hostile client) can not fill the worker's memory before
-        the idle timer empties it."""
+        """More instances are resident than max_resident, or their caches hold more than
+        max_cache_bytes: evicts the least recently used of those that can go (as _evict
+        says) down to nine tenths of it, so that names never called twice (a crawler, a
+        hostile client) or large values can not fill the worker's memory before the idle
+        timer empties it. Where the instances holding the bytes can not go yet (running, or
+        their last write not yet durable), the next try waits for the caches to grow by a
+        tenth of the bound more, or for the next sweep."""
         self.trim_pending = False
-        if not self.closed and <uint64_t>len(self.instances) > self.max_resident:
+        if self.closed:
+            return
+        if self.max_resident and <uint64_t>len(self.instances) > self.max_resident:
             self._evict(0, len(self.instances) - <Py_ssize_t>self.trim_from)
+        if self.max_cache_bytes and self.cache_bytes > self.max_cache_bytes:
+            self._evict(0, -1, self.cache_bytes - (self.max_cache_bytes
+                                                   - self.max_cache_bytes // 10))
+            self.cache_retrim = (0 if self.cache_bytes <= self.max_cache_bytes else
+                                 self.cache_bytes + self.max_cache_bytes // 10)
 
     @property
     def resident(self):

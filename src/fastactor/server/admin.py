@@ -71,6 +71,12 @@ def render_metrics(
         out.extend(f'{name}{{worker="{i}"}} {s.get(key, 0)}' for i, s in live)
     family("fastactor_instances_resident", "gauge", "instances in memory")
     out.extend(f'fastactor_instances_resident{{worker="{i}"}} {s["resident"]}' for i, s in live)
+    family(
+        "fastactor_cache_bytes",
+        "gauge",
+        "stored values resident instances cache (encoded), see --max-cache-memory",
+    )
+    out.extend(f'fastactor_cache_bytes{{worker="{i}"}} {s.get("cache_bytes", 0)}' for i, s in live)
     family("fastactor_alarms_pending", "gauge", "alarms set and not yet run")
     out.extend(f'fastactor_alarms_pending{{worker="{i}"}} {s["alarms_pending"]}' for i, s in live)
     family("fastactor_http_connections", "gauge", "open HTTP connections")

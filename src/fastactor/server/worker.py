@@ -146,6 +146,7 @@ async def serve(cfg: dict[str, Any]) -> None:
         group_window_us=cfg.get("commit_window_us", 0),
         group_window_records=cfg.get("commit_window_records", 16),
         max_resident=cfg.get("max_resident", 100_000),
+        max_cache_bytes=cfg.get("max_cache_bytes", 0),
     )
     try:
         shard.open()
