@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -396,6 +397,20 @@ async def fetch(request, env):
 """
 
 
+def serve_slow_alarm(
+    serve: Callable[..., Server], tmp_path: Path, **kw: Any
+) -> tuple[Server, Path, Path]:
+    """serve (with KW) of SLOW_ALARM_APP, its alarm armed and running until FLAG is removed
+    half a second later: (server, function directory, FLAG)."""
+    d = function_dir(tmp_path, "slow", SLOW_ALARM_APP, {"SLOW": "Slow"})
+    flag = tmp_path / "hold"
+    flag.touch()
+    s = serve(d, **kw)
+    assert httpx.get(f"{s.urls[0]}/arm", params={"flag": str(flag)}).json() == "armed"
+    time.sleep(0.5)
+    return s, d, flag
+
+
 def test_sigterm_stops_turns_still_running_at_the_shutdown_timeout(
     serve: Callable[..., Server], tmp_path: Path
 ) -> None:
@@ -403,13 +418,8 @@ def test_sigterm_stops_turns_still_running_at_the_shutdown_timeout(
     # 1, SIGTERM stops it a second in: serve exits 0 at once, the run's write is dropped,
     # and the alarm stays stored, to run after the next start. Before, serve waited 60 s
     # for it, then 60 s more, then killed the worker and exited 1.
-    d = function_dir(tmp_path, "slow", SLOW_ALARM_APP, {"SLOW": "Slow"})
     data = tmp_path / "slow-data"
-    flag = tmp_path / "hold"
-    flag.touch()
-    s = serve(d, data=data, extra=("--shutdown-timeout", "1"))
-    assert httpx.get(f"{s.urls[0]}/arm", params={"flag": str(flag)}).json() == "armed"
-    time.sleep(0.5)
+    s, d, flag = serve_slow_alarm(serve, tmp_path, data=data, extra=("--shutdown-timeout", "1"))
     began = time.monotonic()
     s.proc.send_signal(signal.SIGTERM)
     assert s.proc.wait(30) == 0
@@ -432,12 +442,7 @@ def test_a_second_ctrl_c_stops_turns_still_running_at_once(
     # Ctrl-C in a terminal signals the whole process group, serve and its workers. The
     # first drains with the default --shutdown-timeout (90 s); a second one stops the alarm
     # still running at once, and serve exits 0. Before, it changed nothing.
-    d = function_dir(tmp_path, "slow", SLOW_ALARM_APP, {"SLOW": "Slow"})
-    flag = tmp_path / "hold"
-    flag.touch()
-    s = serve(d)
-    assert httpx.get(f"{s.urls[0]}/arm", params={"flag": str(flag)}).json() == "armed"
-    time.sleep(0.5)
+    s, _, flag = serve_slow_alarm(serve, tmp_path)
     os.killpg(s.proc.pid, signal.SIGINT)
     time.sleep(1)
     assert s.proc.poll() is None  # still draining: the alarm runs on
@@ -455,13 +460,8 @@ def test_workers_of_a_killed_supervisor_stop_turns_at_the_shutdown_timeout(
 ) -> None:
     # With the supervisor gone, a worker's running alarm gets until --shutdown-timeout too:
     # before, the worker waited for it (up to the alarm's 15 min budget), serving nothing.
-    d = function_dir(tmp_path, "slow", SLOW_ALARM_APP, {"SLOW": "Slow"})
-    flag = tmp_path / "hold"
-    flag.touch()
-    s = serve(d, extra=("--shutdown-timeout", "1"))
-    assert httpx.get(f"{s.urls[0]}/arm", params={"flag": str(flag)}).json() == "armed"
+    s, _, flag = serve_slow_alarm(serve, tmp_path, extra=("--shutdown-timeout", "1"))
     workers = s.workers()
-    time.sleep(0.5)
     os.kill(s.proc.pid, signal.SIGKILL)
     deadline = time.time() + 20
     while any(running(w) for w in workers) and time.time() < deadline:
