@@ -4,6 +4,7 @@ random moments, restarted over the same data directory, and checked: every ackno
 deposit and debit is reflected in the balances.
 
     python tests/reliability/crashloop.py --cycles 100 [--connections 64] [--accounts 200]
+        [--serve-args "--max-resident 20"]
 
 Per account the check is exact up to the requests in flight at the kill (sent, no reply):
     acked deposits - acked debits - in-flight debits
@@ -19,11 +20,13 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +111,7 @@ async def load(port: int, accounts: dict[str, Account], conns: int, seconds: flo
     return acked
 
 
-def start(data: Path, port: int) -> subprocess.Popen[str]:
+def start(data: Path, port: int, extra: Sequence[str] = ()) -> subprocess.Popen[str]:
     p = subprocess.Popen(
         [
             "fastactor",
@@ -120,6 +123,7 @@ def start(data: Path, port: int) -> subprocess.Popen[str]:
             str(port),
             "--data",
             str(data),
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -171,12 +175,15 @@ async def check(port: int, accounts: dict[str, Account], cycle: int) -> None:
         writer.close()
 
 
-def crash_loop(data: Path, cycles: int, conns: int, n_accounts: int, seed: int) -> dict[str, int]:
+def crash_loop(
+    data: Path, cycles: int, conns: int, n_accounts: int, seed: int, extra: Sequence[str] = ()
+) -> dict[str, int]:
+    """EXTRA: more options for `fastactor serve`."""
     rnd = random.Random(seed)
     port = rnd.randrange(20000, 60000)
     accounts = {f"a{i}": Account() for i in range(n_accounts)}
     total_acked = 0
-    p = start(data, port)
+    p = start(data, port, extra)
     try:
         for cycle in range(cycles):
             seconds = rnd.uniform(0.3, 2.0)
@@ -189,7 +196,7 @@ def crash_loop(data: Path, cycles: int, conns: int, n_accounts: int, seed: int) 
 
             total_acked += asyncio.run(run(p, kill_at, seconds))
             kill(p)
-            p = start(data, port)
+            p = start(data, port, extra)
             asyncio.run(check(port, accounts, cycle))
     finally:
         kill(p)
@@ -203,13 +210,16 @@ def main() -> None:
     ap.add_argument("--accounts", type=int, default=200)
     ap.add_argument("--data", default="build/crashloop")
     ap.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "little"))
+    ap.add_argument("--serve-args", default="", help="more options for fastactor serve")
     args = ap.parse_args()
     data = Path(args.data)
     shutil.rmtree(data, ignore_errors=True)
     t = time.perf_counter()
-    r = crash_loop(data, args.cycles, args.connections, args.accounts, args.seed)
+    extra = shlex.split(args.serve_args)
+    r = crash_loop(data, args.cycles, args.connections, args.accounts, args.seed, extra)
     print(
-        f"seed {args.seed}: {r['cycles']} kill -9 cycles of `fastactor serve --workers 2` "
+        f"seed {args.seed}: {r['cycles']} kill -9 cycles of `fastactor serve --workers 2"
+        f"{''.join(' ' + a for a in extra)}` "
         f"under load ({args.connections} connections, {args.accounts} accounts), "
         f"{r['acked']} acknowledged requests, 0 lost, in {time.perf_counter() - t:.0f} s"
     )

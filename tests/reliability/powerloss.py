@@ -172,8 +172,15 @@ def lose_power(data: Path, segment: str, synced: int, rnd: random.Random, st: St
 
 
 async def one_crash(data: Path, model: dict[str, State], rnd: random.Random, st: Stats) -> None:
+    # Half the runs keep few instances resident, or cache few bytes of values, so that
+    # instances are evicted (and reloaded) between their turns, while commits are in flight.
+    bounds = rnd.choice([{}, {"max_resident": 3}, {"max_cache_bytes": 4096}])
     rt = Runtime(
-        data, [Sim], checkpoint_interval=rnd.choice([0.005, 0.05, 30.0]), group_delay_us=0
+        data,
+        [Sim],
+        checkpoint_interval=rnd.choice([0.005, 0.05, 30.0]),
+        group_delay_us=0,
+        **bounds,
     )
     await rt.start()
     ns = rt.namespace("Sim")
