@@ -195,6 +195,7 @@ class Shard:
     stats: dict[str, int]
     wal: WriteAheadLog
     alarm_step_hook: Callable[[str | None, int], None] | None
+    stuck_grace: float
     @property
     def resident(self) -> int: ...
     def __init__(

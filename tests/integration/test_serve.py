@@ -503,6 +503,57 @@ def test_sigterm_answers_requests_still_running_at_the_shutdown_timeout_503(
         assert time.monotonic() - began < 10
 
 
+STUCK_APP = """
+import asyncio
+from fastactor import Response, StatefulActor
+
+async def wait_catching_cancellation():
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+
+class Stuck(StatefulActor):
+    async def hold(self):
+        await self.ctx.storage.put("held", 1)
+        await wait_catching_cancellation()
+
+async def fetch(request, env):
+    if request.path == "/fetch":
+        await wait_catching_cancellation()
+    return Response.json(await env.STUCK.id_from_name("s").hold())
+"""
+
+
+def test_code_that_catches_its_cancellation_does_not_hold_the_shutdown(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    # A method and a fetch that catch the cancellation the --shutdown-timeout deadline
+    # sends them and go on waiting. A few seconds later they are left behind: the worker
+    # closes its log and exits, and serve exits 0, the method's write dropped. Before, the
+    # supervisor waited a minute more for the worker, then killed it and exited 1.
+    data = tmp_path / "stuck-data"
+    d = function_dir(tmp_path, "stuck", STUCK_APP, {"STUCK": "Stuck"})
+    s = serve(d, data=data, workers=1, extra=("--shutdown-timeout", "1"))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        replies = [
+            pool.submit(httpx.get, f"{s.urls[0]}{path}", timeout=60) for path in ("/", "/fetch")
+        ]
+        time.sleep(0.5)
+        began = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        assert [r.result().status_code for r in replies] == [503, 503]
+        assert s.proc.wait(60) == 0
+        assert time.monotonic() - began < 20
+    time.sleep(0.2)  # the log lines the drain thread still reads
+    said = "".join(s.lines)
+    assert "its call of hold() went on 5 s after it was cancelled" in said, said
+    assert "tasks still ran at exit" in said, said
+    shown = run_cli("actors", "instances", "Stuck", "--data", str(data))
+    assert shown.returncode == 1 and "no stored instances of Stuck" in shown.stderr
+
+
 def test_shutdown_timeout_must_be_a_number_of_seconds(tmp_path: Path) -> None:
     for bad in ("-1", "nan", "1e9"):
         p = run_cli("serve", str(ACCOUNT), "--shutdown-timeout", bad, "--data", str(tmp_path))

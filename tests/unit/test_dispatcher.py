@@ -530,6 +530,75 @@ def test_timed_out_turn_commits_nothing(actor_runtime: RuntimeFactory) -> None:
     run(actor_runtime, go, T, method_timeout=0.05)
 
 
+class Stubborn(StatefulActor):
+    """hold() catches the cancellation its timeout sends and goes on until RELEASE is set;
+    then it tries to write (LATE gets the outcome)."""
+
+    RELEASE: asyncio.Event | None = None
+    LATE: list[str] = []
+
+    async def hold(self) -> None:
+        self.mark = "old activation"
+        await self.ctx.storage.put("held", 1)
+        while True:
+            try:
+                assert Stubborn.RELEASE is not None
+                await Stubborn.RELEASE.wait()
+                break
+            except asyncio.CancelledError:
+                pass
+        try:
+            await self.ctx.storage.put("late", 1)
+            Stubborn.LATE.append("stored")
+        except RuntimeError as e:
+            Stubborn.LATE.append(str(e))
+
+    async def put(self, value: int) -> Any:
+        await self.ctx.storage.put("v", value)
+        return getattr(self, "mark", None)
+
+    async def read(self) -> Any:
+        return [await self.ctx.storage.get(k) for k in ("held", "v", "late")]
+
+
+def test_a_timed_out_turn_that_catches_its_cancellation_is_left_behind(
+    actor_runtime: RuntimeFactory,
+) -> None:
+    # Its task goes on after the budget's cancellation. The instance waits for it
+    # stuck_grace seconds, then lets it go: the calls waiting run on a new activation, the
+    # old code can no longer reach the storage, and close() does not wait for it. Before,
+    # the instance (and close) waited for it for ever.
+    Stubborn.LATE.clear()
+
+    async def first() -> None:
+        Stubborn.RELEASE = asyncio.Event()
+        rt = actor_runtime(Stubborn, method_timeout=0.05)
+        await rt.start()
+        rt.shard.stuck_grace = 0.3
+        s = rt.namespace("Stubborn").id_from_name("s")
+        began = asyncio.get_running_loop().time()
+        with pytest.raises(ActorMethodTimeoutError):
+            await s.hold()
+        assert await asyncio.wait_for(s.put(2), 10) is None  # a new activation
+        assert 0.3 <= asyncio.get_running_loop().time() - began < 5
+        assert rt.stats()["turns_left_behind"] == 1
+        assert await s.read() == [None, 2, None]
+        await asyncio.wait_for(rt.close(), 10)
+        Stubborn.RELEASE.set()
+        for _ in range(500):  # its next step: after the wait it was let out of
+            if Stubborn.LATE:
+                break
+            await asyncio.sleep(0.01)
+        assert "outside of a turn" in Stubborn.LATE[0]
+
+    async def second() -> None:
+        async with actor_runtime(Stubborn) as rt:
+            assert await rt.namespace("Stubborn").id_from_name("s").read() == [None, 2, None]
+
+    uvloop.run(first())
+    uvloop.run(second())
+
+
 def test_a_class_sets_its_own_budgets(actor_runtime: RuntimeFactory) -> None:
     class Quick(StatefulActor):
         method_timeout = 0.05

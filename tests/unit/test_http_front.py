@@ -68,6 +68,44 @@ def test_fetch_budget_gives_504_and_the_connection_goes_on() -> None:
     assert data.count(b"HTTP/1.1 ") == 2 and data.endswith(b"fast")
 
 
+def test_a_fetch_that_catches_its_cancellation_still_gets_its_504() -> None:
+    # Past its budget it is cancelled, catches that and goes on. Its budget again later
+    # (here 0.1 s) the request is answered 504 without it and the connection goes on;
+    # what it does after that answers nothing. Before, the connection waited for it for
+    # ever.
+    ended: list[str] = []
+    release = asyncio.Event()
+
+    async def fetch(req: Request, env: Any) -> Response:
+        if req.path == "/stuck":
+            while not release.is_set():
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    pass
+            ended.append("stuck")
+            return Response.text("late")
+        return Response.text("fast")
+
+    async def go() -> bytes:
+        payload = (
+            b"GET /stuck HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"GET /fast HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        data = await _serve_once(fetch, Limits(fetch_timeout=0.1), payload)
+        release.set()
+        for _ in range(100):
+            if ended:
+                break
+            await asyncio.sleep(0.01)
+        return data
+
+    data = uvloop.run(go())
+    assert data.startswith(b"HTTP/1.1 504")
+    assert data.count(b"HTTP/1.1 ") == 2 and data.endswith(b"fast")
+    assert ended == ["stuck"] and b"late" not in data
+
+
 def test_limits_are_configurable_and_refusals_close() -> None:
     async def fetch(req: Request, env: Any) -> Response:
         return Response(await req.body())

@@ -1023,6 +1023,9 @@ def _set_actor_base(cls, alarm_info, alarm_retry, check_actor_class):
 
 cdef object _alarm_log = logging.getLogger("fastactor.alarm")
 cdef object _shard_log = logging.getLogger("fastactor.shard")
+# Seconds a turn's task may go on after it was cancelled (its budget ran out, or serve's
+# shutdown stopped it) before its instance lets it go (Shard._stuck).
+cdef double STUCK_GRACE = 5.0
 
 
 cdef uint64_t _shards_made = 0
@@ -1085,6 +1088,7 @@ cdef class Shard:
     # Called with (instance key, retries) as a step of an alarm run starts, and (None, 0) as
     # it ends: serve's watchdog, to learn which alarm held a stalled event loop.
     cdef public object alarm_step_hook
+    cdef public double stuck_grace      # see _stuck (STUCK_GRACE; tests shorten it)
 
     def __cinit__(self, str data_dir, object env, *, double method_timeout=30.0,
                   double fetch_timeout=30.0, double block_timeout=30.0,
@@ -1110,6 +1114,7 @@ cdef class Shard:
         self.alarm_timeout = alarm_timeout
         self.max_resident = max_resident
         self.max_cache_bytes = max_cache_bytes
+        self.stuck_grace = STUCK_GRACE
         self.trim_from = max_resident - max_resident // 10 if max_resident else UINT64_MAX
         self.namespaces = {}
         self.alarm_handles = {}
@@ -1119,7 +1124,7 @@ cdef class Shard:
         self.frozen = None
         self._stats = {"activations": 0, "evictions": 0, "checkpoints": 0,
                        "replayed_records": 0, "replayed_bytes": 0, "alarms_run": 0,
-                       "alarm_retries": 0, "alarms_given_up": 0}
+                       "alarm_retries": 0, "alarms_given_up": 0, "turns_left_behind": 0}
 
     def open(self):
         """Opens the snapshot and the log and replays the log's tail into the overlay; the
@@ -1466,7 +1471,7 @@ cdef class Shard:
         finally:
             if inst.turn is t:
                 inst.turn = None
-        if not self.closed:
+        if not self.closed and inst.turn is None:   # (else a turn runs: see _stuck)
             self.pump(inst, None)
 
     def _timeout(self, _Turn t):
@@ -1488,7 +1493,9 @@ cdef class Shard:
         t.timer = None
         self.finish(t, None, err, True)
         t.task.cancel()
-        # The instance stays busy until the task has really ended (see _task_done).
+        # The instance stays busy until the task has really ended (see _task_done), or
+        # STUCK_GRACE seconds pass.
+        self.loop.call_later(self.stuck_grace, self._stuck, t)
 
     cdef void finish(self, _Turn t, object result, object exc, bint own_error=False) except *:
         """Decides the reply of T, commits its writes, and hands the reply to the gate."""
@@ -1570,12 +1577,42 @@ cdef class Shard:
     cdef void teardown(self, _Instance inst, object err):
         """A failed block_concurrency_while: drop the activation; queued calls fail with ERR;
         the next call activates the instance afresh."""
-        inst.actor = None
-        inst.ctx = None
-        inst.set_cache({})
+        self.reset_activation(inst)
         if inst.mailbox:
             while inst.mailbox:
                 self.fail_call(inst, <_Call>inst.mailbox.popleft(), err)
+
+    cdef void reset_activation(self, _Instance inst) except *:
+        """Drops the actor object of INST: the next call activates it afresh. What the old
+        one's code still runs (a task it left behind) can no longer reach the storage, which
+        the new activation's turns own."""
+        if inst.ctx is not None:
+            (<ActorContext>inst.ctx).storage.detached = True
+        inst.actor = None
+        inst.ctx = None
+        inst.set_cache({})
+
+    def _stuck(self, _Turn t):
+        """T was ended (its budget ran out, or stop_turns) and its task cancelled stuck_grace
+        seconds ago, and the task still runs: its code catches the cancellation and goes on.
+        The instance would wait for it for ever, so let it go: the activation is reset (the
+        task can no longer use the storage) and the calls waiting run on a new one."""
+        cdef _Instance inst = t.inst
+        if inst.turn is not t:
+            return                     # it did end
+        _shard_log.warning(
+            "%s %r: %s went on %g s after it was cancelled (does its code catch "
+            "CancelledError?): left behind; the instance starts afresh for the next call",
+            inst.ns.type_name, inst.name,
+            f"its call of {t.call.method}()" if t.call.kind == KIND_CALL else
+            "its fetch" if t.call.kind == KIND_FETCH else
+            "its alarm run" if t.call.kind == KIND_ALARM else
+            "its block_concurrency_while", self.stuck_grace)
+        self._stats["turns_left_behind"] += 1
+        inst.turn = None
+        self.reset_activation(inst)
+        if not self.closed:
+            self.pump(inst, None)
 
     cdef void fail_call(self, _Instance inst, _Call c, object err) except *:
         """C never ran: its caller gets ERR (an alarm counts a failed run)."""
@@ -1884,7 +1921,7 @@ cdef class Shard:
         its writes are dropped; a stopped or queued alarm run stays stored, for the next start
         (it is not counted as failed); calls queued or made from now on fail with a
         RuntimeError. Returns how many turns it stopped. Each stays on its instance until its
-        task has really ended (code that swallows the cancellation holds close())."""
+        task has really ended, or STUCK_GRACE seconds pass (see _stuck)."""
         cdef _Instance inst
         cdef _Turn t
         cdef _Call c
@@ -1907,6 +1944,7 @@ cdef class Shard:
             self.finish(t, None, err, True)
             if t.task is not None:
                 t.task.cancel()
+                self.loop.call_later(self.stuck_grace, self._stuck, t)
         return stopped
 
     def busy(self):

@@ -35,6 +35,11 @@ cdef object _UNKNOWN_METHOD = re.compile(
 # A request line of an HTTP version this server does not speak (RFC 9110 15.6.6: 505).
 cdef object _OTHER_VERSION = re.compile(rb" HTTP/(?:[2-9]\.[0-9]|1\.[2-9])\r?\n")
 cdef double _LINGER = 2.0           # seconds a refused connection drains before it closes
+# Seconds a fetch that was cancelled may go on before its request is answered without it
+# (HttpConnection._left_behind): after its budget ran out (or its budget again, if less),
+# and at the shutdown deadline.
+cdef double _FETCH_GRACE = 5.0
+cdef double _GIVE_UP_GRACE = 1.0
 cdef dict _STATUS_LINES = {}         # status -> b"HTTP/1.1 200 OK\r\n", filled on first use
 cdef dict _METHODS = {}              # method bytes from the parser -> str
 
@@ -722,6 +727,7 @@ cdef class _FetchTask(_TaskBase):
     cdef object waiting              # the future the coroutine waits on
     cdef int cancel_requests
     cdef bint must_cancel            # a cancel came while no future was waited on
+    cdef bint left                   # let go by conn (see _left_behind): its end answers nothing
 
     cdef void step(self, object value, object exc):
         cdef int returned = 0
@@ -755,7 +761,8 @@ cdef class _FetchTask(_TaskBase):
             _restore_task(self.loop, self, prev)
         if ended:                           # outside: the next request gets its own task
             self._finish(y, failure)
-            self.conn._fetched(y, failure)
+            if not self.left:
+                self.conn._fetched(y, failure)
 
     cdef void wait_on(self, object y):
         # Wake-ups run in the connection's context (step enters the fetch's own), so what
@@ -1082,6 +1089,7 @@ cdef class HttpConnection:
         if self.task is not None and self.transport is not None:
             self.giving_up = True
             self.task.cancel()
+            self.loop.call_later(_GIVE_UP_GRACE, self._left_behind, self.task)
         else:
             self.shut()
 
@@ -1728,6 +1736,21 @@ cdef class HttpConnection:
             return
         self.timed_out = True
         self.task.cancel()
+        self.loop.call_later(min(_FETCH_GRACE, self.fetch_timeout), self._left_behind,
+                             self.task)
+
+    def _left_behind(self, _FetchTask task):
+        """TASK was cancelled (its budget ran out, or give_up) a while ago and goes on: its
+        code catches the cancellation. Its request is answered now (504, or 503 at the
+        shutdown), as it would have been had it ended, and what the task still does answers
+        nothing; the connection goes on with the requests behind it."""
+        if self.task is not task or task.finished:
+            return
+        _http_log.warning("%s %s: fetch went on after it was cancelled (does its code catch "
+                          "CancelledError?): answered without it, and left behind",
+                          self.current.method, self.current.path)
+        task.left = True
+        self._fetched(None, _CancelledError())
 
     cdef void _fetched(self, object value, object exc):
         """The end of a fetch that went through a _FetchTask."""

@@ -397,13 +397,14 @@ cdef class Storage:
     awaited; none suspends the event loop when the data is cached or in the snapshot."""
 
     cdef _Instance _inst
+    cdef bint detached             # its activation was dropped (Shard.reset_activation)
 
     def __cinit__(self, _Instance inst):
         self._inst = inst
 
     cdef _Turn _turn(self):
         cdef _Turn t = self._inst.turn
-        if t is None or t.dead:
+        if t is None or t.dead or self.detached:
             raise RuntimeError("storage is used outside of a turn of its instance (a task "
                                "that outlived its call?)")
         return t

@@ -28,6 +28,11 @@ _COUNTERS = [
     ("alarms_run", "fastactor_alarms_run_total", "alarm handlers that succeeded"),
     ("alarm_retries", "fastactor_alarm_retries_total", "failed alarm runs retried"),
     ("alarms_given_up", "fastactor_alarms_given_up_total", "alarms deleted after retries"),
+    (
+        "turns_left_behind",
+        "fastactor_turns_left_behind_total",
+        "turns whose task went on long after it was cancelled (their instance started afresh)",
+    ),
 ]
 
 _CHANNEL = [

@@ -53,6 +53,7 @@ from .watchdog import HURRY_SIGNAL, Heartbeat, resolve_ref
 
 log = logging.getLogger("fastactor.worker")
 LOG_FAILED = 3  # the exit code of a worker whose log failed
+LEAVE_GRACE = 2.0  # seconds the tasks still there at exit get to end once cancelled
 
 
 def tell(line: str) -> None:
@@ -304,7 +305,9 @@ async def serve(cfg: dict[str, Any]) -> None:
         )
         for c in late:
             c.give_up()
-        for _ in range(100):  # their fetches end at their next await
+        # Their fetches end at their next await; one whose code catches the cancellation is
+        # answered without it a second later (HttpConnection._left_behind).
+        for _ in range(150):
             if not any(c.pending() for c in late):
                 break
             await asyncio.sleep(0.01)
@@ -357,7 +360,9 @@ async def settle(
         me,
         n,
     )
-    for _ in range(500):  # their tasks end at their next await
+    # Their tasks end at their next await; one whose code catches the cancellation is let
+    # go after a few seconds (the shard's STUCK_GRACE, 5 s).
+    for _ in range(700):
         if not shard.busy():
             break
         await asyncio.sleep(0.01)
@@ -375,7 +380,34 @@ def main() -> None:
     signal.signal(HURRY_SIGNAL, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     cfg = json.loads(sys.argv[1])
-    uvloop.run(serve(cfg))
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(serve(cfg))
+    finally:
+        leave(loop)
+
+
+def leave(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancels the tasks still there and closes LOOP, as asyncio.run does, but waits for
+    those tasks LEAVE_GRACE seconds at most: a task whose code catches its cancellation and
+    goes on (a fetch or a turn left behind) must not keep the worker from exiting."""
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.wait(tasks, timeout=LEAVE_GRACE))
+        left = [t for t in tasks if not t.done()]
+        if left:
+            log.warning(
+                "%d tasks still ran at exit, %g s after they were cancelled (does their "
+                "code catch CancelledError?): left behind, e.g. %r",
+                len(left),
+                LEAVE_GRACE,
+                left[0],
+            )
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
 
 
 if __name__ == "__main__":
