@@ -1610,6 +1610,8 @@ cdef class Shard:
             "its block_concurrency_while", self.stuck_grace)
         self._stats["turns_left_behind"] += 1
         inst.turn = None
+        if inst.evicted:
+            return                     # dropped meanwhile (the shard was abandoned)
         self.reset_activation(inst)
         if not self.closed:
             self.pump(inst, None)

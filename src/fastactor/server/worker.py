@@ -407,6 +407,10 @@ def leave(loop: asyncio.AbstractEventLoop) -> None:
                 left[0],
             )
     loop.run_until_complete(loop.shutdown_asyncgens())
+    # Threads of asyncio.to_thread: the same bound (one still running keeps the process
+    # until it ends, as in any Python program).
+    with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+        loop.run_until_complete(asyncio.wait_for(loop.shutdown_default_executor(), LEAVE_GRACE))
     loop.close()
 
 
