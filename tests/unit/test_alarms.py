@@ -372,6 +372,48 @@ def test_stopped_turns_drop_their_writes_and_alarms_stay_stored(
     uvloop.run(second())
 
 
+class Deaf(StatefulActor):
+    """Its first alarm run catches the cancellation its budget sends and waits on, until a
+    retry has begun; the retry stores its count."""
+
+    async def arm(self) -> None:
+        await self.ctx.storage.set_alarm(now_ms())
+
+    async def alarm(self, info: AlarmInfo) -> None:
+        RUNS.append((self.ctx.id, info.retry_count, info.is_retry, now_ms()))
+        while info.retry_count == 0 and len(RUNS) == 1:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass
+        await self.ctx.storage.put("done", info.retry_count)
+
+    async def read(self) -> tuple[Any, Any]:
+        return await self.ctx.storage.get("done"), await self.ctx.storage.get_alarm()
+
+
+def test_an_alarm_run_that_catches_its_cancellation_does_not_hold_its_retry(
+    actor_runtime: RuntimeFactory,
+) -> None:
+    # The run past its budget is failed (retry in 1 s) and left behind stuck_grace later;
+    # the retry then runs on a new activation and the alarm is cleared. Before, the retry
+    # waited behind the first run for ever.
+    RUNS.clear()
+
+    async def go() -> None:
+        async with actor_runtime(Deaf, alarm_timeout=0.2) as rt:
+            rt.shard.stuck_grace = 0.3
+            d = rt.namespace("Deaf").id_from_name("d")
+            await d.arm()
+            await until(lambda: len(RUNS) == 2)
+            assert [r[1] for r in RUNS] == [0, 1]
+            await until(lambda: rt.stats()["alarms_run"] == 1)
+            assert await d.read() == (1, None)
+            assert rt.stats()["turns_left_behind"] == 1
+
+    uvloop.run(go())
+
+
 def test_alarm_reactivates_an_evicted_instance(actor_runtime: RuntimeFactory) -> None:
     async def go(rt: Runtime) -> None:
         t = timer(rt)
