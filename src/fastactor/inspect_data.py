@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from ._core import LogReader, decode_value, snapshot_value
+from ._core import LogReader, applied_lsn, decode_value, snapshot_value
 from .errors import LogCorruptionError
 from .server.layout import read_layout
 
@@ -126,7 +126,7 @@ class _Snapshot:
 
     def _applied(self) -> int:
         row = self.db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
-        return row[0] if row else 0
+        return applied_lsn(self.path, row)
 
     def begin(self) -> None:
         """Opens a read transaction, with the log's tail past its snapshot in self.tail."""

@@ -130,6 +130,36 @@ def test_a_file_that_is_not_a_snapshot_is_named(tmp_path: Path) -> None:
         list(stored_instances(tmp_path))
 
 
+@pytest.mark.parametrize("bad", [None, "x7", -1, 1.5])
+def test_a_snapshot_whose_applied_lsn_is_not_one_is_damaged(
+    actor_runtime: RuntimeFactory, bad: Any
+) -> None:
+    # What a damaged page of the meta table can read as. Before, the server took it as it
+    # came (a TypeError at start, or a wrong place in the log to replay from) and so did
+    # `fastactor actors` (the log's tail skipped: instances shown without their last
+    # writes).
+    async def go() -> None:
+        async with actor_runtime(Box) as rt:
+            await rt.namespace("Box").id_from_name("b").put({"k": 1})
+
+    uvloop.run(go())
+    path = Path(actor_runtime.data_dir) / "state.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET v = ? WHERE k = 'applied_lsn'", (bad,))
+    db.commit()
+    db.close()
+    damaged = f"state.sqlite3: the snapshot is damaged \\(its applied LSN reads {bad!r}\\)"
+    with pytest.raises(LogCorruptionError, match=damaged):
+        list(stored_instances(actor_runtime.data_dir))
+
+    async def start() -> None:
+        async with actor_runtime(Box):
+            pass
+
+    with pytest.raises(LogCorruptionError, match=damaged):
+        uvloop.run(start())
+
+
 def test_actors_stops_quietly_when_its_reader_goes_away(actor_runtime: RuntimeFactory) -> None:
     async def go() -> None:
         async with actor_runtime(Box) as rt:

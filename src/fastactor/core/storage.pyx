@@ -256,6 +256,18 @@ cdef bytes _unseal(str path, str inst, str key, object blob):
     return blob[:PyBytes_GET_SIZE(blob) - 4]
 
 
+def applied_lsn(str path, row):
+    """The snapshot's applied LSN from its meta ROW (None: no row yet, 0), or
+    LogCorruptionError naming PATH if that row does not hold one (a damaged page)."""
+    if row is None:
+        return 0
+    v = row[0]
+    if type(v) is not int or v < 0:
+        raise LogCorruptionError(f"{path}: the snapshot is damaged (its applied LSN reads "
+                                 f"{v!r})")
+    return v
+
+
 def snapshot_value(str path, str inst, str key, blob):
     """A snapshot row's value as the codec's bytes, checked (for tools that read the file)."""
     return _unseal(path, inst, key, blob)
@@ -307,7 +319,7 @@ cdef class _Store:
         db.execute(f"CREATE INDEX IF NOT EXISTS kv_alarms ON kv (inst, value) "
                    f"WHERE key = '{ALARM_KEY}'")
         row = db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
-        self.applied_lsn = row[0] if row else 0
+        self.applied_lsn = applied_lsn(self.path, row)
         row = db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
         if row is None:
             self._seal_all()
