@@ -79,7 +79,7 @@ def _shard_instances(
         for groups, upto in chunks:
             yield from snap.merge(groups, after, upto)
             after = upto
-    except sqlite3.Error as e:  # not a database, a missing file, a damaged page
+    except (sqlite3.Error, UnicodeDecodeError) as e:  # not a database, a damaged page
         path = shard / "state.sqlite3"
         raise LogCorruptionError(f"{path}: the snapshot is damaged ({e})") from None
     finally:

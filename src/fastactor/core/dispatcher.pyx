@@ -1135,14 +1135,8 @@ cdef class Shard:
         path = os.path.join(self.data_dir, "state.sqlite3")
         try:
             self.store = _Store(path)
-        except sqlite3.Error as e:
-            code = getattr(e, "sqlite_errorcode", 0) & 0xFF
-            if code in (11, 26):                    # SQLITE_CORRUPT, SQLITE_NOTADB
-                raise LogCorruptionError(f"{path}: the snapshot is damaged ({e})") from None
-            if code == 13:                          # SQLITE_FULL
-                raise OSError(errno.ENOSPC, f"{path}: the snapshot can not be opened: no "
-                              f"space left on the device") from None
-            raise OSError(errno.EIO, f"{path}: the snapshot can not be opened ({e})") from None
+        except (sqlite3.Error, UnicodeDecodeError) as e:
+            raise snapshot_error(path, e) from None
         try:
             self.wal = WriteAheadLog(os.path.join(self.data_dir, "log"), max_record=256 << 20,
                                      group_delay_us=self.group_delay_us,

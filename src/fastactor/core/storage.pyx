@@ -256,6 +256,22 @@ cdef bytes _unseal(str path, str inst, str key, object blob):
     return blob[:PyBytes_GET_SIZE(blob) - 4]
 
 
+def snapshot_error(str path, e):
+    """What the sqlite3 error E, met reading or writing the snapshot at PATH, is to a
+    caller, naming the file: LogCorruptionError for a damaged page or stored text that is not
+    UTF-8 (which only damage makes), OSError for a full disk and anything else."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if isinstance(e, UnicodeDecodeError) or code is None and "decode" in str(e):
+        # Not SQLite's: a row's text, or SQLite's message quoting damaged text
+        return LogCorruptionError(f"{path}: the snapshot is damaged ({e})")
+    code = (code or 0) & 0xFF
+    if code in (11, 26):                              # SQLITE_CORRUPT, SQLITE_NOTADB
+        return LogCorruptionError(f"{path}: the snapshot is damaged ({e})")
+    if code == 13:                                    # SQLITE_FULL
+        return OSError(errno.ENOSPC, f"{path}: no space left on the device for the snapshot")
+    return OSError(errno.EIO, f"{path}: the snapshot can not be read or written ({e})")
+
+
 def applied_lsn(str path, row):
     """The snapshot's applied LSN from its meta ROW (None: no row yet, 0), or
     LogCorruptionError naming PATH if that row does not hold one (a damaged page)."""
@@ -281,6 +297,27 @@ def snapshot_row_value(str inst, str key, bytes encoded):
 # Bytes of the snapshot's own WAL file kept after a checkpoint (SQLite's default
 # autocheckpoint, 1000 pages of 4 KiB, fits).
 SNAPSHOT_WAL_LIMIT = 4 << 20
+
+
+def _lenient_text(bytes b):
+    return b.decode("utf-8", "replace")
+
+
+def _read_rows(str path, db, str query):
+    """The rows QUERY reads from DB, a chunk at a time, its sqlite3 errors as snapshot_error
+    gives them."""
+    try:
+        cursor = db.execute(query)
+    except (sqlite3.Error, UnicodeDecodeError) as e:
+        raise snapshot_error(path, e) from None
+    while True:
+        try:
+            rows = cursor.fetchmany(4096)
+        except (sqlite3.Error, UnicodeDecodeError) as e:
+            raise snapshot_error(path, e) from None
+        if not rows:
+            return
+        yield from rows
 
 
 @cython.final
@@ -311,6 +348,18 @@ cdef class _Store:
         db = self._db
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        # The whole file's structure, once, before anything is served from it: a damaged
+        # page could otherwise hide rows without an error (never silent loss, SPEC 8). It
+        # reads every page (BENCHMARKS: the start-up's cost); _verify then every row.
+        db.text_factory = _lenient_text    # what it says may quote damaged text
+        try:
+            problems = [r[0] for r in db.execute("PRAGMA integrity_check(8)").fetchall()]
+        finally:
+            db.text_factory = str
+        if problems != ["ok"]:
+            raise LogCorruptionError(f"{self.path}: the snapshot is damaged (pages of "
+                                     f"{db.execute('PRAGMA page_size').fetchone()[0]} "
+                                     f"bytes; {'; '.join(map(str, problems))})")
         db.execute(
             "CREATE TABLE IF NOT EXISTS kv (inst TEXT NOT NULL, key TEXT NOT NULL, "
             "value BLOB NOT NULL, PRIMARY KEY (inst, key)) WITHOUT ROWID")
@@ -326,6 +375,27 @@ cdef class _Store:
         elif row[0] != SNAPSHOT_FORMAT:
             raise LogCorruptionError(f"{self.path}: snapshot format {row[0]} is not one this "
                                      f"version of fastactor reads ({SNAPSHOT_FORMAT})")
+        self._verify()
+
+    cdef void _verify(self) except *:
+        """Reads every row once and checks its checksum (which covers its instance and key as
+        well as its value): damage that leaves the pages well formed (a flipped bit in a
+        name moves a row to another instance, unseen by this one) is found here, at start,
+        not when some later read happens to meet it."""
+        cdef object rows
+        cur = self._db.execute("SELECT inst, key, value FROM kv")
+        try:
+            while True:
+                rows = cur.fetchmany(4096)
+                if not rows:
+                    return
+                for inst, key, blob in rows:
+                    if type(inst) is not str or type(key) is not str:
+                        raise LogCorruptionError(f"{self.path}: the snapshot is damaged (a "
+                                                 f"row reads {inst!r}, {key!r})")
+                    _unseal(self.path, inst, key, blob)
+        finally:
+            cur.close()
 
     cdef void _seal_all(self) except *:
         """Brings a format-1 snapshot (or a new, empty one) to this format, in one
@@ -345,14 +415,18 @@ cdef class _Store:
     cdef object get(self, str inst, str key):
         # fetchall() runs the statement to its end, which resets it: no read transaction
         # stays open to hold back the snapshot's checkpoints.
-        rows = self._point.execute("SELECT value FROM kv WHERE inst = ? AND key = ?",
-                                   (inst, key)).fetchall()
+        try:
+            rows = self._point.execute("SELECT value FROM kv WHERE inst = ? AND key = ?",
+                                       (inst, key)).fetchall()
+        except (sqlite3.Error, UnicodeDecodeError) as e:
+            raise snapshot_error(self.path, e) from None
         return _ABSENT if not rows else _unseal(self.path, inst, key, rows[0][0])
 
     cdef object alarms(self):
-        """(inst, sealed encoded time) of every instance with an alarm, as a cursor: the
-        reader unseals each (see alarm_time)."""
-        return self._db.execute(f"SELECT inst, value FROM kv WHERE key = '{ALARM_KEY}'")
+        """(inst, sealed encoded time) of every instance with an alarm, a chunk of rows at a
+        time: the reader unseals each (see alarm_time)."""
+        return _read_rows(self.path, self._db,
+                          f"SELECT inst, value FROM kv WHERE key = '{ALARM_KEY}'")
 
     cdef bytes alarm_time(self, str inst, object sealed):
         return _unseal(self.path, inst, ALARM_KEY, sealed)
@@ -368,9 +442,17 @@ cdef class _Store:
             where.append("key < ?")
             args.append(hi)
         args.append(limit)
-        return [(k, _unseal(self.path, inst, k, v)) for k, v in self._db.execute(
-            f"SELECT key, value FROM kv WHERE {' AND '.join(where)} "
-            f"ORDER BY key {'DESC' if reverse else 'ASC'} LIMIT ?", args)]
+        try:
+            rows = self._db.execute(
+                f"SELECT key, value FROM kv WHERE {' AND '.join(where)} "
+                f"ORDER BY key {'DESC' if reverse else 'ASC'} LIMIT ?", args).fetchall()
+        except (sqlite3.Error, UnicodeDecodeError) as e:
+            raise snapshot_error(self.path, e) from None
+        for k, _ in rows:
+            if type(k) is not str:     # a key is stored as text: only damage makes it not
+                raise LogCorruptionError(f"{self.path}: the snapshot is damaged (a key of "
+                                         f"{inst!r} reads {k!r})")
+        return [(k, _unseal(self.path, inst, k, v)) for k, v in rows]
 
     def apply(self, dict layers, uint64_t lsn):
         """Writes one overlay generation and its LSN in one transaction (a worker thread)."""
