@@ -503,6 +503,34 @@ def test_sigterm_answers_requests_still_running_at_the_shutdown_timeout_503(
         assert time.monotonic() - began < 10
 
 
+def test_requests_pipelined_behind_one_running_at_the_shutdown_timeout_are_answered_503(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    # They never ran: each gets its 503 with Retry-After, in order, a HEAD's without a
+    # body, and the last answer closes the connection. Before, they went unanswered.
+    d = function_dir(tmp_path, "nap", SLOW_FETCH_APP)
+    s = serve(d, workers=1, extra=("--shutdown-timeout", "1"))
+    port = int(s.urls[0].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+        c.sendall(
+            b"GET /?s=20 HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"HEAD /?s=0 HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"POST /?s=0 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
+        )
+        time.sleep(0.5)
+        s.proc.send_signal(signal.SIGTERM)
+        got = b""
+        while chunk := c.recv(65536):
+            got += chunk
+    heads = re.findall(rb"HTTP/1\.1 (\d+) [^\r]*\r\n((?:[^\r]+\r\n)*)\r\n", got)
+    assert [h[0] for h in heads] == [b"503", b"503", b"503"], got
+    assert all(b"retry-after: 1" in h[1] for h in heads), got
+    assert [b"connection: close" in h[1] for h in heads] == [False, False, True], got
+    body = b'{"error":"Service Unavailable","message":"the server is shutting down"}'
+    assert got.count(body) == 2, got  # the GET's and the POST's, not the HEAD's
+    assert s.proc.wait(30) == 0
+
+
 STUCK_APP = """
 import asyncio
 from fastactor import Response, StatefulActor

@@ -1081,16 +1081,16 @@ cdef class HttpConnection:
 
     def give_up(self):
         """The server's shutdown deadline has passed: a running fetch is cancelled and
-        answered 503 with Retry-After, and the connection closes after that answer; requests
-        waiting behind it are dropped unanswered (a client sees them unanswered when the
-        connection closes). A connection with no fetch running closes now."""
+        answered 503 with Retry-After, and so is each request pipelined behind it (none of
+        them ran: a client may send them again), the last answer closing the connection. A
+        connection with no fetch running closes now."""
         self.closing = True
-        self.queue.clear()
         if self.task is not None and self.transport is not None:
-            self.giving_up = True
+            self.giving_up = True      # (_next answers the requests queued behind it)
             self.task.cancel()
             self.loop.call_later(_GIVE_UP_GRACE, self._left_behind, self.task)
         else:
+            self.queue.clear()
             self.shut()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -1691,6 +1691,12 @@ cdef class HttpConnection:
             self.busy = True
             self.keep = keep
             self.current = req
+            if self.giving_up:
+                # Queued behind a fetch that give_up answered: it never runs. Answered the
+                # same way, in order; the last answer closes the connection.
+                self.t0 = -1
+                self._answer(_busy_response("the server is shutting down"))
+                continue
             self._start(req)
         if self.expect == 2:
             self._continue()
