@@ -382,20 +382,12 @@ cdef class _Store:
         well as its value): damage that leaves the pages well formed (a flipped bit in a
         name moves a row to another instance, unseen by this one) is found here, at start,
         not when some later read happens to meet it."""
-        cdef object rows
-        cur = self._db.execute("SELECT inst, key, value FROM kv")
-        try:
-            while True:
-                rows = cur.fetchmany(4096)
-                if not rows:
-                    return
-                for inst, key, blob in rows:
-                    if type(inst) is not str or type(key) is not str:
-                        raise LogCorruptionError(f"{self.path}: the snapshot is damaged (a "
-                                                 f"row reads {inst!r}, {key!r})")
-                    _unseal(self.path, inst, key, blob)
-        finally:
-            cur.close()
+        for inst, key, blob in _read_rows(self.path, self._db,
+                                          "SELECT inst, key, value FROM kv"):
+            if type(inst) is not str or type(key) is not str:
+                raise LogCorruptionError(f"{self.path}: the snapshot is damaged (a row reads "
+                                         f"{inst!r}, {key!r})")
+            _unseal(self.path, inst, key, blob)
 
     cdef void _seal_all(self) except *:
         """Brings a format-1 snapshot (or a new, empty one) to this format, in one
