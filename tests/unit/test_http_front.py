@@ -281,7 +281,7 @@ def test_fetch_errors_become_500_and_the_connection_goes_on() -> None:
     statuses = re.findall(rb"HTTP/1\.1 (\d\d\d) ", data)
     assert statuses == [b"500", b"500", b"503", b"200"]
     assert b'"error":"KeyError"' in data and data.endswith(b"fine")
-    assert b"fetch returned NoneType, not a Response" in data
+    assert b'{"error":"TypeError","message":"fetch returned NoneType, not a Response"}' in data
 
 
 def test_request_from_the_wire_matches_request_from_a_url() -> None:
@@ -554,7 +554,7 @@ def test_an_interim_status_from_fetch_becomes_500() -> None:
     )
     data = uvloop.run(_serve_once(fetch, Limits(), payload))
     assert re.findall(rb"HTTP/1\.1 (\d\d\d) ", data) == [b"500", b"200"]
-    assert b"interim" in data
+    assert b'{"error":"ValueError","message":"fetch returned an interim (1xx) status"}' in data
 
 
 def test_expect_100_continue() -> None:

@@ -567,6 +567,11 @@ cdef Response _error_response(int status, str message):
     return Response.json({"error": _REASONS.get(status, "Error"), "message": message}, status)
 
 
+cdef Response _fetch_error(str error, str message):
+    """500 for a fetch that failed: SPEC §6's {"error": <class name>, "message": ...}."""
+    return Response(_json_encode({"error": error, "message": message}), 500, _JSON_HEADERS)
+
+
 cdef Response _busy_response(str message):
     """503 for a request refused for what the worker holds now: to be sent again shortly."""
     cdef Response r = _error_response(503, message)
@@ -1779,18 +1784,17 @@ cdef class HttpConnection:
         cdef Request req = self.current
         if exc is not None:
             _http_log.error("%s %s: fetch raised", req.method, req.path, exc_info=exc)
-            self._answer(Response(
-                _json_encode({"error": type(exc).__name__, "message": str(exc)}), 500,
-                _JSON_HEADERS))
+            self._answer(_fetch_error(type(exc).__name__, str(exc)))
         elif not isinstance(value, Response):
+            # Answered as the TypeError a stub's fetch raises for the same mistake.
             _http_log.error("%s %s: fetch returned %r, not a Response", req.method, req.path,
                             value)
-            self._answer(_error_response(
-                500, f"fetch returned {type(value).__name__}, not a Response"))
+            self._answer(_fetch_error(
+                "TypeError", f"fetch returned {type(value).__name__}, not a Response"))
         elif (<Response>value).status < 200:
             _http_log.error("%s %s: fetch returned status %d, an interim status", req.method,
                             req.path, (<Response>value).status)
-            self._answer(_error_response(500, "fetch returned an interim (1xx) status"))
+            self._answer(_fetch_error("ValueError", "fetch returned an interim (1xx) status"))
         else:
             self._answer(<Response>value)
 
