@@ -252,7 +252,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default 90)",
     )
     a = sub.add_parser("actors", help="what a data directory stores")
-    a.add_argument("what", choices=["list", "inspect", "instances"])
+    a.add_argument(
+        "what",
+        choices=["list", "inspect", "instances", "check"],
+        help="list: the types and how many instances each; instances TYPE: their names; "
+        "inspect TYPE [NAME ...]: their storage as JSON lines; check: every shard's snapshot "
+        "and log read whole and verified, as a server's start does (exit 1 on damage)",
+    )
     a.add_argument("type", nargs="?", help="the actor type (inspect, instances)")
     a.add_argument(
         "names", nargs="*", metavar="NAME", help="inspect: only these instances (default: all)"
@@ -782,6 +788,11 @@ def actors(args: argparse.Namespace) -> int:
     if not data.is_dir():
         print(f"fastactor: {data}: no such data directory", file=sys.stderr)
         return 2
+    if args.what == "check":
+        if args.type:
+            print("fastactor: actors check takes no TYPE", file=sys.stderr)
+            return 2
+        return check(data)
     if args.what != "list" and not args.type:
         print(f"fastactor: actors {args.what} needs a TYPE", file=sys.stderr)
         return 2
@@ -824,6 +835,36 @@ def actors(args: argparse.Namespace) -> int:
     which = f" named {', '.join(map(repr, args.names))}" if args.names else ""
     print(f"fastactor: no stored instances of {args.type}{which}{hint}", file=sys.stderr)
     return 1
+
+
+def check(data: Path) -> int:
+    """`fastactor actors check`: each shard of DATA checked whole (inspect_data.check_shard),
+    one line each; exit 1 if any is damaged or can not be read."""
+    from .errors import LogCorruptionError
+    from .inspect_data import check_shard, shards
+
+    found = shards(data)
+    if not found:
+        print(f"fastactor: {data}: no shards (not a data directory of fastactor)", file=sys.stderr)
+        return 2
+    bad = 0
+    for shard in found:
+        name = shard.relative_to(data) if shard != data else shard
+        try:
+            applied, rows, records = check_shard(shard)
+        except (LogCorruptionError, OSError, ValueError) as e:
+            print(f"{name}: DAMAGED: {e}", flush=True)
+            bad += 1
+            continue
+        print(
+            f"{name}: ok: snapshot of {rows:,} value{'' if rows == 1 else 's'} "
+            f"through LSN {applied:,}, then {records:,} log record{'' if records == 1 else 's'}",
+            flush=True,
+        )
+    if bad:
+        print(f"fastactor: {bad} of {len(found)} shards damaged", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _as_json(v: Any) -> Any:

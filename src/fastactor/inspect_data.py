@@ -19,11 +19,18 @@ from typing import Any
 
 import msgspec
 
-from ._core import LogReader, applied_lsn, decode_value, snapshot_value
-from .errors import LogCorruptionError
+from ._core import (
+    LogReader,
+    applied_lsn,
+    check_snapshot,
+    decode_value,
+    snapshot_error,
+    snapshot_value,
+)
+from .errors import CodecError, LogCorruptionError
 from .server.layout import read_layout
 
-__all__ = ["stored_instances", "stored_state"]
+__all__ = ["check_shard", "shards", "stored_instances", "stored_state"]
 
 # The snapshot's rows name an instance "<type>\0<name>" (types of other accounts than
 # "default" read "account/Type"); SQLite compares text as UTF-8 bytes, which is code point
@@ -31,7 +38,8 @@ __all__ = ["stored_instances", "stored_state"]
 _SEP = "\0"
 
 
-def _shards(data: Path) -> list[Path]:
+def shards(data: Path) -> list[Path]:
+    """The shard directories of the data directory DATA, each a snapshot and a log."""
     layout = read_layout(data)
     if layout is not None:  # served by `fastactor serve`
         return [d for d in layout.shard_dirs(data) if d.is_dir()]
@@ -260,7 +268,7 @@ def stored_instances(
     wanted = None if names is None else sorted(set(names))
     if wanted is not None and type_name is None:
         raise ValueError("names need a type")
-    streams = [_shard_instances(s, type_name, wanted, values) for s in _shards(Path(data))]
+    streams = [_shard_instances(s, type_name, wanted, values) for s in shards(Path(data))]
     for inst, state in heapq.merge(*streams, key=lambda item: item[0]):
         t, _, name = inst.partition(_SEP)
         if values:
@@ -273,3 +281,58 @@ def stored_state(data: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
     """Maps (type, instance name) to its keys and decoded values, all at once (for small
     directories and tests; stored_instances streams)."""
     return {(t, name): state for t, name, state in stored_instances(data)}
+
+
+def check_shard(shard: Path) -> tuple[int, int, int]:
+    """Checks SHARD as a whole, read-only, as the start of a server on it would and more:
+    its snapshot's pages, each stored value's checksum and that it decodes, then each log
+    record past the snapshot (its CRC, and that it and its values decode). A server may be
+    writing it meanwhile. Returns (the snapshot's applied LSN, its rows, the log's records
+    past it); LogCorruptionError naming the file for the first damage found, OSError for
+    what can not be read."""
+    path = shard / "state.sqlite3"
+    while True:
+        applied = rows = 0
+        db = None
+        try:
+            if path.exists():
+                db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+                db.execute("BEGIN")  # one moment of the file: its rows and its applied LSN
+                applied, rows = check_snapshot(str(path), db)
+                db.execute("COMMIT")
+            try:
+                return applied, rows, _check_log(shard / "log", applied + 1)
+            except (OSError, ValueError, LogCorruptionError):
+                # As in _Snapshot.begin: a checkpoint meanwhile may have removed the part of
+                # the log after this snapshot; then a newer snapshot holds it.
+                if db is None or applied_lsn(str(path), _applied_row(db)) == applied:
+                    raise
+        except sqlite3.Error as e:  # not a database, a damaged page
+            raise snapshot_error(str(path), e) from None
+        finally:
+            if db is not None:
+                db.close()
+
+
+def _applied_row(db: sqlite3.Connection) -> Any:
+    return db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
+
+
+def _check_log(log: Path, start: int) -> int:
+    """How many records the log in LOG holds from LSN START on, each checked as above."""
+    if not log.is_dir():
+        return 0
+    decode = msgspec.msgpack.Decoder().decode
+    n = 0
+    for lsn, _, payload in LogReader(log, start):
+        try:
+            inst, _, puts = decode(payload)
+            for v in puts.values():
+                if v is not None:
+                    decode_value(v)
+        except (msgspec.DecodeError, CodecError, TypeError, ValueError, AttributeError) as e:
+            raise LogCorruptionError(
+                f"{log}: the record of LSN {lsn} does not decode ({e})"
+            ) from None
+        n += 1
+    return n

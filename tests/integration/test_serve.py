@@ -1006,6 +1006,23 @@ def test_actors_commands_show_what_is_stored(serve: Callable[..., Server], tmp_p
         ]
         p = run_cli("actors", "inspect", "Account", "n9", "--data", str(data))
         assert p.returncode == 1 and "no stored instances of Account named 'n9'" in p.stderr
+        # Every shard read whole: the log's records past the snapshot while it runs, after
+        # the stop only the snapshot (the stop checkpoints), one balance per account.
+        p = run_cli("actors", "check", "--data", str(data))
+        lines = p.stdout.splitlines()
+        assert p.returncode == 0 and len(lines) == 2, p
+        found = [
+            re.fullmatch(
+                r"(?:\S+/)?shard-\d: ok: snapshot of (\d) values? through LSN \d+, "
+                r"then (\d) log records?",
+                line,
+            )
+            for line in lines
+        ]
+        assert all(found), lines
+        if s.proc.poll() is not None:
+            assert sum(int(m[1]) for m in found if m) == 5
+            assert all(m[2] == "0" for m in found if m)
         s.proc.send_signal(signal.SIGTERM)
         assert s.proc.wait(60) == 0
     assert run_cli("actors", "instances", "Nope", "--data", str(data)).returncode == 1

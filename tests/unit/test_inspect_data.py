@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import uvloop
 
@@ -238,3 +239,125 @@ def test_a_log_tail_a_checkpoint_removed_is_read_again_past_it(
     )
     with pytest.raises(ValueError, match="gap in the log"):
         list(stored_instances(actor_runtime.data_dir))
+
+
+def _snapshot_and_tail(actor_runtime: RuntimeFactory) -> None:
+    """Three instances checkpointed into the snapshot, then two more records only in the log
+    (a crash checkpoints nothing)."""
+
+    async def go() -> None:
+        async with actor_runtime(Box) as rt:
+            for i in range(3):
+                await rt.namespace("Box").id_from_name(f"b{i}").put({"k": i, "j": [i]})
+        rt = actor_runtime(Box)
+        await rt.start()
+        await rt.namespace("Box").id_from_name("b0").put({"k": "later"})
+        await rt.namespace("Box").id_from_name("b9").put({"k": "new"})
+        crash(rt)
+
+    uvloop.run(go())
+
+
+def _check(data: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["fastactor", "actors", "check", "--data", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_reads_the_snapshot_and_the_log_past_it(actor_runtime: RuntimeFactory) -> None:
+    _snapshot_and_tail(actor_runtime)
+    data = Path(actor_runtime.data_dir)
+    applied, rows, records = inspect_data.check_shard(data)
+    assert (rows, records) == (6, 2) and applied >= 3
+    p = _check(data)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == (
+        f"{data}: ok: snapshot of 6 values through LSN {applied:,}, then 2 log records\n"
+    )
+    p = subprocess.run(
+        ["fastactor", "actors", "check", "Box", "--data", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2 and "takes no TYPE" in p.stderr
+
+
+def test_check_finds_damage_a_listing_does_not_read(actor_runtime: RuntimeFactory) -> None:
+    # A flipped bit in an instance's name leaves SQLite's pages well formed and moves the row
+    # to another instance: listing names reads no value and shows it; check reads it whole.
+    _snapshot_and_tail(actor_runtime)
+    data = Path(actor_runtime.data_dir)
+    db = sqlite3.connect(data / "state.sqlite3")
+    db.execute("UPDATE kv SET inst = ? WHERE inst = ? AND key = 'j'", ("Box\0b3", "Box\0b2"))
+    db.commit()
+    db.close()
+    assert [n for _, n, _ in stored_instances(data, values=False)] == [
+        "b0",
+        "b1",
+        "b2",
+        "b3",
+        "b9",
+    ]
+    with pytest.raises(LogCorruptionError, match="key 'j' of Box 'b3' is damaged"):
+        inspect_data.check_shard(data)
+    p = _check(data)
+    assert p.returncode == 1
+    assert "DAMAGED: " in p.stdout and "state.sqlite3" in p.stdout
+    assert p.stderr == "fastactor: 1 of 1 shards damaged\n"
+
+
+def test_check_finds_a_value_that_does_not_decode(actor_runtime: RuntimeFactory) -> None:
+    # Its checksum matches (sealed as written): only decoding it shows it is not a value.
+    _snapshot_and_tail(actor_runtime)
+    data = Path(actor_runtime.data_dir)
+    db = sqlite3.connect(data / "state.sqlite3")
+    bad = snapshot_row_value("Box\0b1", "k", b"\xc1")  # a byte msgpack never uses
+    db.execute("UPDATE kv SET value = ? WHERE inst = ? AND key = 'k'", (bad, "Box\0b1"))
+    db.commit()
+    db.close()
+    with pytest.raises(LogCorruptionError, match="key 'k' of Box 'b1' does not decode"):
+        inspect_data.check_shard(data)
+
+
+def test_check_names_the_offset_of_a_damaged_log_record(actor_runtime: RuntimeFactory) -> None:
+    _snapshot_and_tail(actor_runtime)
+    data = Path(actor_runtime.data_dir)
+    (segment,) = (data / "log").glob("wal-*.log")
+    raw = bytearray(segment.read_bytes())
+    # The first record past the snapshot's: the last two records are the crash's.
+    at = raw.rfind(msgspec.msgpack.encode("Box\0b0"))
+    assert at > 0
+    raw[at + 2] ^= 0x20
+    segment.write_bytes(bytes(raw))
+    with pytest.raises(LogCorruptionError, match=r"wal-\d+\.log: byte offset \d+"):
+        inspect_data.check_shard(data)
+    p = _check(data)
+    assert p.returncode == 1 and "byte offset" in p.stdout
+
+
+def test_check_reads_again_past_a_checkpoint_that_removed_the_log(
+    actor_runtime: RuntimeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fill(actor_runtime, 10, "old")
+    check_log = inspect_data._check_log
+    calls: list[int] = []
+
+    def checking(log: Path, start: int) -> int:
+        calls.append(start)
+        if len(calls) == 1:  # a server checkpointed meanwhile: a newer snapshot holds it
+            _fill(actor_runtime, 10, "new")
+            raise ValueError(f"LSN {start} is older than the oldest record kept")
+        return check_log(log, start)
+
+    monkeypatch.setattr(inspect_data, "_check_log", checking)
+    assert inspect_data.check_shard(Path(actor_runtime.data_dir))[1] == 10
+    assert len(calls) == 2 and calls[1] > calls[0]
+    monkeypatch.setattr(
+        inspect_data, "_check_log", lambda *a: (_ for _ in ()).throw(ValueError("gap"))
+    )
+    with pytest.raises(ValueError, match="gap"):
+        inspect_data.check_shard(Path(actor_runtime.data_dir))

@@ -320,6 +320,68 @@ def _read_rows(str path, db, str query):
         yield from rows
 
 
+cdef void _check_pages(str path, db) except *:
+    """SQLite's check of the whole file open in DB (every page, every index against its
+    table), or LogCorruptionError naming PATH and what it found."""
+    db.text_factory = _lenient_text    # what it says may quote damaged text
+    try:
+        try:
+            problems = [r[0] for r in db.execute("PRAGMA integrity_check(8)").fetchall()]
+        except (sqlite3.Error, UnicodeDecodeError) as e:
+            raise snapshot_error(path, e) from None
+    finally:
+        db.text_factory = str
+    if problems != ["ok"]:
+        raise LogCorruptionError(f"{path}: the snapshot is damaged (pages of "
+                                 f"{db.execute('PRAGMA page_size').fetchone()[0]} "
+                                 f"bytes; {'; '.join(map(str, problems))})")
+
+
+def snapshot_rows(str path, db):
+    """(inst, key, encoded value) of every row of the (sealed) snapshot open in DB, each
+    checked against its checksum: LogCorruptionError naming PATH at the first that fails."""
+    for inst, key, blob in _read_rows(path, db, "SELECT inst, key, value FROM kv"):
+        if type(inst) is not str or type(key) is not str:
+            raise LogCorruptionError(f"{path}: the snapshot is damaged (a row reads "
+                                     f"{inst!r}, {key!r})")
+        yield inst, key, _unseal(path, inst, key, blob)
+
+
+def check_snapshot(str path, db):
+    """Checks the whole snapshot open in DB, read-only, as a shard's start does and more:
+    its pages, its meta rows, each row's checksum, and that each value decodes. DB is in
+    a read transaction (one moment of a file a server may be writing). Returns (its applied
+    LSN, how many rows); LogCorruptionError naming PATH for the first damage found."""
+    _check_pages(path, db)
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = "
+                                           "'table'").fetchall()}
+        if not {"kv", "meta"} <= tables:
+            return 0, 0       # made, never written: the shard's first start creates them
+        applied = applied_lsn(path, db.execute(
+            "SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone())
+        row = db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
+    except (sqlite3.Error, UnicodeDecodeError) as e:
+        raise snapshot_error(path, e) from None
+    if row is not None and row[0] != SNAPSHOT_FORMAT:
+        raise LogCorruptionError(f"{path}: snapshot format {row[0]} is not one this "
+                                 f"version of fastactor reads ({SNAPSHOT_FORMAT})")
+    if row is None:   # format 1, never served by this version: no checksums yet
+        rows = _read_rows(path, db, "SELECT inst, key, value FROM kv")
+    else:
+        rows = snapshot_rows(path, db)
+    n = 0
+    for inst, key, encoded in rows:
+        try:
+            decode_value(encoded)
+        except CodecError as e:
+            type_name, _, name = inst.partition("\0")
+            raise LogCorruptionError(f"{path}: the stored value of key {key!r} of {type_name} "
+                                     f"{name!r} does not decode ({e})") from None
+        n += 1
+    return applied, n
+
+
 @cython.final
 cdef class _Store:
     """The snapshot: every instance's state as of ``applied_lsn``, in one SQLite file.
@@ -351,15 +413,7 @@ cdef class _Store:
         # The whole file's structure, once, before anything is served from it: a damaged
         # page could otherwise hide rows without an error (never silent loss, SPEC 8). It
         # reads every page (BENCHMARKS: the start-up's cost); _verify then every row.
-        db.text_factory = _lenient_text    # what it says may quote damaged text
-        try:
-            problems = [r[0] for r in db.execute("PRAGMA integrity_check(8)").fetchall()]
-        finally:
-            db.text_factory = str
-        if problems != ["ok"]:
-            raise LogCorruptionError(f"{self.path}: the snapshot is damaged (pages of "
-                                     f"{db.execute('PRAGMA page_size').fetchone()[0]} "
-                                     f"bytes; {'; '.join(map(str, problems))})")
+        _check_pages(self.path, db)
         db.execute(
             "CREATE TABLE IF NOT EXISTS kv (inst TEXT NOT NULL, key TEXT NOT NULL, "
             "value BLOB NOT NULL, PRIMARY KEY (inst, key)) WITHOUT ROWID")
@@ -382,12 +436,8 @@ cdef class _Store:
         well as its value): damage that leaves the pages well formed (a flipped bit in a
         name moves a row to another instance, unseen by this one) is found here, at start,
         not when some later read happens to meet it."""
-        for inst, key, blob in _read_rows(self.path, self._db,
-                                          "SELECT inst, key, value FROM kv"):
-            if type(inst) is not str or type(key) is not str:
-                raise LogCorruptionError(f"{self.path}: the snapshot is damaged (a row reads "
-                                         f"{inst!r}, {key!r})")
-            _unseal(self.path, inst, key, blob)
+        for _ in snapshot_rows(self.path, self._db):
+            pass
 
     cdef void _seal_all(self) except *:
         """Brings a format-1 snapshot (or a new, empty one) to this format, in one
