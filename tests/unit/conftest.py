@@ -1,13 +1,38 @@
 """Checks after every unit test, as uvloop's debug build asserts its handle counts at
-teardown: here, on counts fastactor keeps itself."""
+teardown: here, on counts fastactor keeps itself.
+
+The tests run their loops with ``uvloop.run``. With FASTACTOR_TEST_LOOP=asyncio they run on
+asyncio's own loop instead (uvloop.run and uvloop.new_event_loop stand for asyncio's), as
+uvloop runs its tests on both: a Runtime is also used on plain asyncio (a user's tests under
+pytest-asyncio, an application that embeds one), and the runtime leans on asyncio's Task and
+Future internals, which the two loops drive differently."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import os
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 import pytest
+import uvloop
 
 from fastactor.server.http import bodies_held
+
+_LOOP = os.environ.get("FASTACTOR_TEST_LOOP", "uvloop")
+if _LOOP not in ("uvloop", "asyncio"):
+    raise pytest.UsageError(f"FASTACTOR_TEST_LOOP is uvloop or asyncio, not {_LOOP!r}")
+if _LOOP == "asyncio":
+
+    def _asyncio_run(main: Coroutine[Any, Any, Any], *, debug: bool | None = None) -> Any:
+        return asyncio.run(main, debug=debug)
+
+    uvloop.run = _asyncio_run
+    uvloop.new_event_loop = asyncio.new_event_loop
+
+
+def pytest_report_header() -> str:
+    return f"fastactor unit tests on the {_LOOP} event loop"
 
 
 @pytest.fixture(autouse=True)

@@ -32,10 +32,14 @@ def _undated(data: bytes, answers: int) -> bytes:
 
 
 async def _listen(
-    fetch: Any, limits: Limits, counters: dict[str, int] | None = None
+    fetch: Any,
+    limits: Limits,
+    counters: dict[str, int] | None = None,
+    conns: set[HttpProtocol] | None = None,
 ) -> tuple[asyncio.Server, int]:
-    """The front serving FETCH on a free port of 127.0.0.1: (server, port)."""
-    conns: set[HttpProtocol] = set()
+    """The front serving FETCH on a free port of 127.0.0.1: (server, port). CONNS: the set
+    its open connections are in."""
+    conns = set() if conns is None else conns
     counts = {"requests": 0} if counters is None else counters
     server = await asyncio.get_running_loop().create_server(
         lambda: HttpProtocol(fetch, None, limits, "http://t", conns, counts), "127.0.0.1", 0
@@ -1339,8 +1343,10 @@ def test_a_refused_upload_is_drained_so_the_client_reads_its_answer() -> None:
     async def fetch(req: Request, env: Any) -> Response:
         return Response.text("ok")
 
+    conns: set[HttpProtocol] = set()
+
     async def go() -> tuple[bytes, float]:
-        server, port = await _listen(fetch, Limits(body=1000))
+        server, port = await _listen(fetch, Limits(body=1000), conns=conns)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         t0 = time.monotonic()
         # Refused at its head; the client goes on sending the body it announced. Closed with
@@ -1352,13 +1358,19 @@ def test_a_refused_upload_is_drained_so_the_client_reads_its_answer() -> None:
             await writer.drain()
         writer.write_eof()
         data = await asyncio.wait_for(reader.read(), 10)
+        took = time.monotonic() - t0
         writer.close()
+        for _ in range(100):  # and the server's side is closed too, soon after
+            if not conns:
+                break
+            await asyncio.sleep(0.01)
         server.close()
-        return data, time.monotonic() - t0
+        return data, took
 
     data, took = uvloop.run(go())
     assert data.startswith(b"HTTP/1.1 413 ") and data.count(b"HTTP/1.1 ") == 1, data[:200]
     assert took < 2  # closed when the client closed its side, not at the 2 s limit
+    assert not conns
 
 
 def test_the_url_of_an_ipv6_listener_brackets_the_address() -> None:
