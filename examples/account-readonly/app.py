@@ -1,5 +1,7 @@
 """Read-only view of the accounts: GET /<name> -> {"account": ..., "balance": ...}."""
 
+from urllib.parse import unquote
+
 from fastactor import Request, Response
 
 
@@ -7,6 +9,10 @@ async def fetch(request: Request, env) -> Response:
     name = request.path.strip("/")
     if request.method != "GET" or not name or "/" in name:
         return Response.json({"error": "not found"}, status=404)
+    try:
+        name = unquote(name, errors="strict")  # the path keeps the client's %-escapes
+    except UnicodeDecodeError:
+        return Response.json({"error": "the account name is not UTF-8"}, status=400)
     try:
         account = env.ACCOUNT.id_from_name(name)
     except ValueError as e:  # a name longer than 2048 UTF-8 bytes

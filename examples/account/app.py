@@ -6,6 +6,8 @@ GET  /accounts/<name>
 GET  /health
 """
 
+from urllib.parse import unquote
+
 from fastactor import Request, Response, StatefulActor
 
 
@@ -33,7 +35,12 @@ async def fetch(request: Request, env) -> Response:
     if len(parts) < 2 or parts[0] != "accounts" or not parts[1]:
         return Response.json({"error": "not found"}, status=404)
     try:
-        account = env.ACCOUNT.id_from_name(parts[1])
+        # The path keeps the %-escapes the client sent (/accounts/zo%C3%AB is "zoë").
+        name = unquote(parts[1], errors="strict")
+    except UnicodeDecodeError:
+        return Response.json({"error": "the account name is not UTF-8"}, status=400)
+    try:
+        account = env.ACCOUNT.id_from_name(name)
     except ValueError as e:  # a name longer than 2048 UTF-8 bytes
         return Response.json({"error": str(e)[:200]}, status=400)
     if len(parts) == 2 and request.method == "GET":

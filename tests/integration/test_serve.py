@@ -58,6 +58,12 @@ def test_quick_start(serve: Callable[..., Server]) -> None:
     r = httpx.get(f"{url}/accounts/{'n' * 3000}")
     assert r.status_code == 400 and "2048" in r.json()["error"]
     assert httpx.get(f"{url}/accounts/{'n' * 2048}").json()["balance"] == 0
+    # The path keeps the client's %-escapes; the example decodes the name, so each spelling
+    # of one name reaches one account, and bytes that are not UTF-8 are refused.
+    assert post(f"{url}/accounts/zo%C3%AB/deposit", 5).json()["account"] == "zoë"
+    assert httpx.get(f"{url}/accounts/zo%c3%ab").json() == {"account": "zoë", "balance": 5}
+    r = httpx.get(f"{url}/accounts/zo%FF")
+    assert r.status_code == 400 and "UTF-8" in r.json()["error"]
 
 
 def test_parallel_debits_on_one_account_never_overdraw(serve: Callable[..., Server]) -> None:
@@ -85,6 +91,12 @@ def test_reference_function_reaches_the_owners_state(serve: Callable[..., Server
     for i in range(20):
         assert httpx.get(f"{view}/u{i}").json() == {"account": f"u{i}", "balance": i, "view": True}
     assert httpx.get(f"{view}/nobody/at/all").status_code == 404
+    post(f"{own}/accounts/%C3%A9mile/deposit", 3)
+    assert httpx.get(f"{view}/%c3%a9mile").json() == {
+        "account": "émile",
+        "balance": 3,
+        "view": True,
+    }
     # /metrics tells the two functions' responses apart.
     got: dict[tuple[str, str], int] = {}
     for line in httpx.get(f"http://127.0.0.1:{admin}/metrics").text.splitlines():
@@ -93,8 +105,8 @@ def test_reference_function_reaches_the_owners_state(serve: Callable[..., Server
         if m:
             got[m.group(1), m.group(2)] = got.get((m.group(1), m.group(2)), 0) + int(m.group(3))
     assert {k: n for k, n in got.items() if n} == {
-        ("account", "2xx"): 20,
-        ("account-readonly", "2xx"): 20,
+        ("account", "2xx"): 21,
+        ("account-readonly", "2xx"): 21,
         ("account-readonly", "4xx"): 1,
     }
 
