@@ -11,6 +11,7 @@ import re
 import resource
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -1136,6 +1137,31 @@ def test_a_damaged_layout_stops_start_up(serve: Callable[..., Server], tmp_path:
     (data / "layout.json").write_text("{not json")
     r = run_cli("serve", str(ACCOUNT), "--data", str(data), "--port", str(free_ports(1)))
     assert r.returncode == 2 and "layout.json" in r.stderr
+
+
+def test_a_damaged_shard_stops_start_up_and_check_finds_it(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    data = tmp_path / "damaged"
+    s = serve(ACCOUNT, data=data)
+    for i in range(10):  # names on both workers
+        post(f"{s.urls[0]}/accounts/d{i}/deposit", i + 1)
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(60) == 0  # checkpointed: every balance in a snapshot
+    snapshot = data / "shard-1" / "state.sqlite3"
+    db = sqlite3.connect(snapshot)
+    (inst, blob) = db.execute("SELECT inst, value FROM kv LIMIT 1").fetchone()
+    db.execute("UPDATE kv SET value = ? WHERE inst = ?", (bytes([blob[0] ^ 1]) + blob[1:], inst))
+    db.commit()
+    db.close()
+    r = run_cli("serve", str(ACCOUNT), "--data", str(data), "--port", str(free_ports(1)))
+    assert r.returncode == 1
+    assert f"worker 1: {snapshot}: the stored value of key 'balance' of Account" in r.stderr
+    assert f"`fastactor actors check --data {data}` checks every shard" in r.stderr
+    r = run_cli("actors", "check", "--data", str(data))
+    assert r.returncode == 1 and r.stderr == "fastactor: 1 of 2 shards damaged\n"
+    assert r.stdout.startswith("shard-0: ok: snapshot of ")
+    assert f"shard-1: DAMAGED: {snapshot}: the stored value of key 'balance'" in r.stdout
 
 
 def _nofile(pid: int) -> int:

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Hashable
@@ -36,7 +37,7 @@ from typing import Any
 import uvloop
 
 from .._core import Shard
-from ..errors import FastactorError
+from ..errors import FastactorError, LogCorruptionError
 from ..manifest import load_function, resolve
 from ..runtime import Env
 from .http import (
@@ -151,7 +152,12 @@ async def serve(cfg: dict[str, Any]) -> None:
     )
     try:
         shard.open()
-    except (OSError, FastactorError) as e:  # in use, unreadable, damaged (it says where)
+    except LogCorruptionError as e:  # damaged (it says where): what else is?
+        raise SystemExit(
+            f"fastactor: worker {me}: {e}\nfastactor: `fastactor actors check --data "
+            f"{shlex.quote(str(cfg['data']))}` checks every shard whole, read-only"
+        ) from None
+    except (OSError, FastactorError) as e:  # in use, unreadable
         raise SystemExit(f"fastactor: worker {me}: {e}") from None
     channel = Channel([socket_path(cfg["sockets"], i) for i in range(workers)])
     local = {
