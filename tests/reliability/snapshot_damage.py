@@ -4,7 +4,9 @@ copy of it has its snapshot damaged at random (bits flipped, a run of bytes over
 whole page zeroed or overwritten) and is opened and read back whole. Each time the outcome
 must be one of two: every instance reads exactly as stored, or a LogCorruptionError (or an
 OSError) naming the snapshot, at start-up or at the read that meets the damage. Never a
-wrong answer, never another exception.
+wrong answer, never another exception. And `fastactor actors check` (check_shard), run on the
+damaged copy first, must agree: it reports damage naming the snapshot exactly when the
+runtime refuses it.
 
     python tests/reliability/snapshot_damage.py --trials 2000 [--seed N]
 """
@@ -24,6 +26,7 @@ import uvloop
 
 from fastactor import Runtime, StatefulActor
 from fastactor.errors import LogCorruptionError
+from fastactor.inspect_data import check_shard
 
 INSTANCES = 40
 FAR = 4102444800000  # 2100-01-01: alarms set here never fire during a run
@@ -101,11 +104,23 @@ def run(work: Path, trials: int, seed: int) -> dict[str, int]:
         snapshot = trial / "state.sqlite3"
         how = damage(snapshot, rnd)
         try:
+            check_shard(trial)  # read-only: the runtime then opens the same bytes
+            check_found = None
+        except (LogCorruptionError, OSError) as e:
+            check_found = e
+        except Exception as e:
+            raise AssertionError(f"seed {seed}, trial {t} ({how}): check: {e!r}") from e
+        try:
             wrong = uvloop.run(_read_back(trial))
         except (LogCorruptionError, OSError) as e:
             if str(snapshot) not in str(e):
                 raise AssertionError(
                     f"seed {seed}, trial {t} ({how}): {e!r} does not name the snapshot"
+                ) from e
+            if check_found is None or str(snapshot) not in str(check_found):
+                raise AssertionError(
+                    f"seed {seed}, trial {t} ({how}): the runtime refused ({e}), check "
+                    f"said {check_found!r}"
                 ) from e
             outcomes["refused"] += 1
             continue
@@ -113,6 +128,10 @@ def run(work: Path, trials: int, seed: int) -> dict[str, int]:
             raise AssertionError(f"seed {seed}, trial {t} ({how}): {e!r}") from e
         if wrong is not None:
             raise AssertionError(f"seed {seed}, trial {t} ({how}): {wrong}")
+        if check_found is not None:
+            raise AssertionError(
+                f"seed {seed}, trial {t} ({how}): read back whole, but check said {check_found!r}"
+            )
         outcomes["read back"] += 1
     shutil.rmtree(work, ignore_errors=True)
     return outcomes

@@ -361,3 +361,24 @@ def test_check_reads_again_past_a_checkpoint_that_removed_the_log(
     )
     with pytest.raises(ValueError, match="gap"):
         inspect_data.check_shard(Path(actor_runtime.data_dir))
+
+
+def test_check_finds_tables_by_name_as_sqlite_does(actor_runtime: RuntimeFactory) -> None:
+    # A flipped bit in sqlite_master's `type` column ("table" reads "tablE") harms nothing:
+    # SQLite and a start find the table by its name. check must too, and read it (it once
+    # took the table for missing, the snapshot for empty, and said ok over damaged values).
+    _snapshot_and_tail(actor_runtime)
+    data = Path(actor_runtime.data_dir)
+    db = sqlite3.connect(data / "state.sqlite3")
+    db.execute("PRAGMA writable_schema = ON")
+    db.execute("UPDATE sqlite_master SET type = 'tablE' WHERE name IN ('kv', 'meta')")
+    db.commit()
+    db.close()
+    assert inspect_data.check_shard(data)[1:] == (6, 2)
+    db = sqlite3.connect(data / "state.sqlite3")
+    (blob,) = db.execute("SELECT value FROM kv WHERE key = 'k' LIMIT 1").fetchone()
+    db.execute("UPDATE kv SET value = ? WHERE value = ?", (bytes([blob[0] ^ 4]) + blob[1:], blob))
+    db.commit()
+    db.close()
+    with pytest.raises(LogCorruptionError, match="checksum mismatch"):
+        inspect_data.check_shard(data)

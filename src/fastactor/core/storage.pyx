@@ -354,13 +354,16 @@ def check_snapshot(str path, db):
     LSN, how many rows); LogCorruptionError naming PATH for the first damage found."""
     _check_pages(path, db)
     try:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = "
-                                           "'table'").fetchall()}
-        if not {"kv", "meta"} <= tables:
-            return 0, 0       # made, never written: the shard's first start creates them
-        applied = applied_lsn(path, db.execute(
-            "SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone())
-        row = db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
+        # By name, as SQLite finds them (its `type` column may be damaged without harm).
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master").fetchall()}
+        if "meta" not in names:
+            row = applied = None   # as a start reads it: created by then, empty
+        else:
+            applied = db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
+            row = db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
+        if "kv" not in names:
+            return applied_lsn(path, applied), 0
+        applied = applied_lsn(path, applied)
     except (sqlite3.Error, UnicodeDecodeError) as e:
         raise snapshot_error(path, e) from None
     if row is not None and row[0] != SNAPSHOT_FORMAT:
