@@ -1621,6 +1621,12 @@ fa_wal_reader_next(fa_wal_reader *r, fa_wal_record *rec, char *err, size_t errle
     }
 }
 
+uint64_t
+fa_wal_reader_next_lsn(const fa_wal_reader *r)
+{
+    return r->expect;
+}
+
 void
 fa_wal_reader_close(fa_wal_reader *r)
 {

@@ -252,6 +252,10 @@ int fa_wal_reader_open(const char *dir, uint64_t from, uint64_t upto, fa_wal_rea
 /* 1 and the record in REC, 0 at the end, or -errno with a message in ERR. */
 int fa_wal_reader_next(fa_wal_reader *r, fa_wal_record *rec, char *err, size_t errlen);
 void fa_wal_reader_close(fa_wal_reader *r);
+/* The LSN the next record read would have. Once fa_wal_reader_next returned 0 (read to the
+ * end, UPTO 0): one past the log's last valid record, its torn tail dropped, as fa_wal_open
+ * would find it; 0 if DIR holds no segment. Tools compare it with a snapshot's LSN. */
+uint64_t fa_wal_reader_next_lsn(const fa_wal_reader *r);
 
 /* Writes DATA to DIR/NAME atomically: a temporary file, fdatasync, rename, fsync of DIR. */
 int fa_write_file_atomic(const char *dir, const char *name, const void *data, size_t len);

@@ -301,12 +301,23 @@ def check_shard(shard: Path) -> tuple[int, int, int]:
                 applied, rows = check_snapshot(str(path), db)
                 db.execute("COMMIT")
             try:
-                return applied, rows, _check_log(shard / "log", applied + 1)
-            except (OSError, ValueError, LogCorruptionError):
+                records, last = _check_log(shard / "log", applied + 1)
+            except (OSError, ValueError, LogCorruptionError) as e:
                 # As in _Snapshot.begin: a checkpoint meanwhile may have removed the part of
                 # the log after this snapshot; then a newer snapshot holds it.
-                if db is None or applied_lsn(str(path), _applied_row(db)) == applied:
-                    raise
+                if db is not None and applied_lsn(str(path), _applied_row(db)) != applied:
+                    continue
+                if isinstance(e, ValueError):  # the log starts past the snapshot's LSN
+                    raise LogCorruptionError(
+                        f"{e}: records after the snapshot's LSN {applied} are missing"
+                    ) from None
+                raise
+            if last < applied:  # as a start refuses it
+                raise LogCorruptionError(
+                    f"{shard / 'log'}: the log ends at LSN {last} but the snapshot already "
+                    f"holds LSN {applied}: the log directory was replaced or truncated"
+                )
+            return applied, rows, records
         except sqlite3.Error as e:  # not a database, a damaged page
             raise snapshot_error(str(path), e) from None
         finally:
@@ -318,13 +329,15 @@ def _applied_row(db: sqlite3.Connection) -> Any:
     return db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
 
 
-def _check_log(log: Path, start: int) -> int:
-    """How many records the log in LOG holds from LSN START on, each checked as above."""
+def _check_log(log: Path, start: int) -> tuple[int, int]:
+    """How many records the log in LOG holds from LSN START on, each checked as above, and
+    the LSN of its last record (0: none)."""
     if not log.is_dir():
-        return 0
+        return 0, 0
     decode = msgspec.msgpack.Decoder().decode
     n = 0
-    for lsn, _, payload in LogReader(log, start):
+    reader = LogReader(log, start)
+    for lsn, _, payload in reader:
         try:
             inst, _, puts = decode(payload)
             for v in puts.values():
@@ -335,4 +348,4 @@ def _check_log(log: Path, start: int) -> int:
                 f"{log}: the record of LSN {lsn} does not decode ({e})"
             ) from None
         n += 1
-    return n
+    return n, max(reader.next_lsn - 1, 0)

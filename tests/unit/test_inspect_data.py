@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -359,7 +361,7 @@ def test_check_reads_again_past_a_checkpoint_that_removed_the_log(
     monkeypatch.setattr(
         inspect_data, "_check_log", lambda *a: (_ for _ in ()).throw(ValueError("gap"))
     )
-    with pytest.raises(ValueError, match="gap"):
+    with pytest.raises(LogCorruptionError, match="gap: records after the snapshot's LSN"):
         inspect_data.check_shard(Path(actor_runtime.data_dir))
 
 
@@ -382,3 +384,63 @@ def test_check_finds_tables_by_name_as_sqlite_does(actor_runtime: RuntimeFactory
     db.close()
     with pytest.raises(LogCorruptionError, match="checksum mismatch"):
         inspect_data.check_shard(data)
+
+
+def test_check_agrees_with_a_start_on_a_damaged_log(
+    actor_runtime: RuntimeFactory, tmp_path: Path
+) -> None:
+    # The log's records past the snapshot, damaged at random: bits flipped, a run of bytes
+    # overwritten, the file cut short. A start drops a torn tail (the last batch) and refuses
+    # damage before it naming the file; check, run first on the same bytes (a start cuts
+    # the torn tail away), must say damaged exactly when the start refuses.
+    async def build() -> None:
+        async with actor_runtime(Box) as rt:
+            await rt.namespace("Box").id_from_name("base").put({"k": 0})
+        rt = actor_runtime(Box)
+        await rt.start()
+        ns = rt.namespace("Box")
+        for i in range(40):  # one batch each: a record past the snapshot each
+            await ns.id_from_name(f"b{i % 7}").put({f"k{i}": "v" * (i * 13 % 90)})
+        crash(rt)
+
+    uvloop.run(build())
+    base = Path(actor_runtime.data_dir)
+    rnd = random.Random(20261125)
+    outcomes = {"refused": 0, "started": 0}
+    for trial in range(150):
+        copy = tmp_path / f"t{trial}"
+        shutil.copytree(base, copy)
+        (segment,) = (copy / "log").glob("wal-*.log")
+        raw = bytearray(segment.read_bytes())
+        how = rnd.choice(["bits", "run", "cut"])
+        if how == "bits":
+            for _ in range(rnd.randrange(1, 4)):
+                raw[rnd.randrange(len(raw))] ^= 1 << rnd.randrange(8)
+        elif how == "run":
+            at = rnd.randrange(len(raw))
+            n = min(rnd.randrange(1, 64), len(raw) - at)
+            raw[at : at + n] = rnd.randbytes(n)
+        else:
+            del raw[rnd.randrange(len(raw)) :]
+        segment.write_bytes(bytes(raw))
+        try:
+            inspect_data.check_shard(copy)
+            found = None
+        except (LogCorruptionError, OSError, ValueError) as e:
+            found = e
+
+        async def start(copy: Path = copy) -> None:
+            async with Runtime(copy, [Box]):
+                pass
+
+        try:
+            uvloop.run(start())
+        except (LogCorruptionError, OSError, ValueError) as e:
+            assert found is not None, (trial, how, e)
+            assert str(copy) in str(e) and str(copy) in str(found), (trial, how, e, found)
+            outcomes["refused"] += 1
+        else:
+            assert found is None, (trial, how, found)
+            outcomes["started"] += 1
+        shutil.rmtree(copy)
+    assert min(outcomes.values()) > 10, outcomes  # both kinds of outcome were tried

@@ -555,3 +555,24 @@ def test_flusher_thread_runs_sched_batch(tmp_path: Path) -> None:
         w.sync(w.append(b"x"))  # the flusher has started and run
         added = batch_threads() - before
         assert len(added) == 1 and threading.get_native_id() not in added
+
+
+def test_a_reader_read_to_its_end_knows_the_logs_next_lsn(tmp_path: Path) -> None:
+    # What a tool compares with a snapshot's LSN (fastactor actors check): one past the last
+    # valid record, wherever the reading began, a torn tail not counted; 0 without a log.
+    empty = tmp_path / "none"
+    empty.mkdir()
+    reader = LogReader(empty)
+    assert list(reader) == [] and reader.next_lsn == 0
+    d = tmp_path / "log"
+    write_log(d, 20, segment_size=256)  # several segments
+    assert len(segments(d)) > 2
+    for start in (1, 7, 20, 21, 40):
+        reader = LogReader(d, start)
+        assert len(list(reader)) == max(0, 21 - start) and reader.next_lsn == 21
+    seg = segments(d)[-1]
+    last = record_offsets(seg)[-1]
+    with open(seg, "r+b") as f:  # the last record torn: a crash in its write
+        f.truncate(last + REC_HEADER + 1)
+    reader = LogReader(d, 1)
+    assert [lsn for lsn, _, _ in reader][-1] == 19 and reader.next_lsn == 20

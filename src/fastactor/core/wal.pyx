@@ -353,9 +353,12 @@ cdef class WriteAheadLog:
 
 @cython.final
 cdef class LogReader:
-    """Iterates (lsn, type, payload) over a log directory without opening it for writing."""
+    """Iterates (lsn, type, payload) over a log directory without opening it for writing.
+    Once read to its end, ``next_lsn`` is one past the log's last valid record (0: the
+    directory holds no segment)."""
 
     cdef cwal.fa_wal_reader *_r
+    cdef readonly uint64_t next_lsn
 
     def __cinit__(self, path, uint64_t start=1, uint64_t upto=0):
         cdef char err[1024]
@@ -386,6 +389,8 @@ cdef class LogReader:
         rc = cwal.fa_wal_reader_next(self._r, &rec, err, sizeof(err))
         if rc == 1:
             return (rec.lsn, rec.type, PyBytes_FromStringAndSize(<const char *>rec.data, rec.len))
+        if rc == 0:
+            self.next_lsn = cwal.fa_wal_reader_next_lsn(self._r)
         cwal.fa_wal_reader_close(self._r)
         self._r = NULL
         if rc == 0:

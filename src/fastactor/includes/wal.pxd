@@ -75,6 +75,7 @@ cdef extern from "wal.h" nogil:
                            char *err, size_t errlen)
     int fa_wal_reader_next(fa_wal_reader *r, fa_wal_record *rec, char *err, size_t errlen)
     void fa_wal_reader_close(fa_wal_reader *r)
+    uint64_t fa_wal_reader_next_lsn(const fa_wal_reader *r)
 
     int fa_write_file_atomic(const char *dir, const char *name, const void *data, size_t len)
     uint32_t fa_crc32c(uint32_t crc, const void *data, size_t len)
