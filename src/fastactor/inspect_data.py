@@ -21,10 +21,10 @@ import msgspec
 
 from ._core import (
     LogReader,
-    applied_lsn,
     check_snapshot,
     decode_value,
     snapshot_error,
+    snapshot_meta,
     snapshot_value,
 )
 from .errors import CodecError, LogCorruptionError
@@ -133,17 +133,14 @@ class _Snapshot:
         self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
 
     def _applied(self) -> int:
-        row = self.db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
-        return applied_lsn(self.path, row)
+        return snapshot_meta(self.path, self.db)[0]
 
     def begin(self) -> None:
         """Opens a read transaction, with the log's tail past its snapshot in self.tail."""
         while True:
             self.db.execute("BEGIN")
-            applied = self._applied()
-            self.sealed = (
-                self.db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone() is not None
-            )
+            applied, fmt = snapshot_meta(self.path, self.db)
+            self.sealed = fmt is not None
             if applied == self.applied:
                 return
             try:
@@ -305,7 +302,7 @@ def check_shard(shard: Path) -> tuple[int, int, int]:
             except (OSError, ValueError, LogCorruptionError) as e:
                 # As in _Snapshot.begin: a checkpoint meanwhile may have removed the part of
                 # the log after this snapshot; then a newer snapshot holds it.
-                if db is not None and applied_lsn(str(path), _applied_row(db)) != applied:
+                if db is not None and snapshot_meta(str(path), db)[0] != applied:
                     continue
                 if isinstance(e, ValueError):  # the log starts past the snapshot's LSN
                     raise LogCorruptionError(
@@ -323,10 +320,6 @@ def check_shard(shard: Path) -> tuple[int, int, int]:
         finally:
             if db is not None:
                 db.close()
-
-
-def _applied_row(db: sqlite3.Connection) -> Any:
-    return db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
 
 
 def _check_log(log: Path, start: int) -> tuple[int, int]:

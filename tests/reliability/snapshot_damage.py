@@ -1,12 +1,12 @@
 """Damage to the snapshot at rest: a runtime's data directory with a few dozen instances
 (values, alarms) is checkpointed into its snapshot (state.sqlite3), then, many times over, a
 copy of it has its snapshot damaged at random (bits flipped, a run of bytes overwritten, a
-whole page zeroed or overwritten) and is opened and read back whole. Each time the outcome
-must be one of two: every instance reads exactly as stored, or a LogCorruptionError (or an
-OSError) naming the snapshot, at start-up or at the read that meets the damage. Never a
-wrong answer, never another exception. And `fastactor actors check` (check_shard), run on the
-damaged copy first, must agree: it reports damage naming the snapshot exactly when the
-runtime refuses it.
+whole page zeroed or overwritten, a bit of a meta row's name and one more anywhere) and is
+opened and read back whole. Each time the outcome must be one of two: every instance reads
+exactly as stored, or a LogCorruptionError (or an OSError) naming the snapshot, at start-up
+or at the read that meets the damage. Never a wrong answer, never another exception. And
+`fastactor actors check` (check_shard), run on the damaged copy first, must agree: it
+reports damage naming the snapshot exactly when the runtime refuses it.
 
     python tests/reliability/snapshot_damage.py --trials 2000 [--seed N]
 """
@@ -75,8 +75,15 @@ async def _read_back(data: Path) -> str | None:
 
 def damage(path: Path, rnd: random.Random) -> str:
     data = bytearray(path.read_bytes())
-    how = rnd.choice(["bits", "run", "page"])
-    if how == "bits":
+    how = rnd.choice(["bits", "run", "page", "meta"])
+    if how == "meta":
+        # A bit of a meta row's name, and one more anywhere.
+        name = rnd.choice([b"format", b"applied_lsn"])
+        at = data.find(name)
+        assert at >= 0, name
+        data[at + rnd.randrange(len(name))] ^= 1 << rnd.randrange(8)
+        data[rnd.randrange(len(data))] ^= 1 << rnd.randrange(8)
+    elif how == "bits":
         for _ in range(rnd.randrange(1, 8)):
             data[rnd.randrange(len(data))] ^= 1 << rnd.randrange(8)
     elif how == "run":

@@ -163,6 +163,34 @@ def test_a_snapshot_whose_applied_lsn_is_not_one_is_damaged(
         uvloop.run(start())
 
 
+@pytest.mark.parametrize(("old", "name"), [("format", "formaT"), ("applied_lsn", "applied_lsO")])
+def test_a_meta_row_by_a_name_never_written_is_damage(
+    actor_runtime: RuntimeFactory, old: str, name: str
+) -> None:
+    # A flipped bit in the name "format" once made a start take the snapshot for the first
+    # format and rewrite every row sealed a second time, before it refused a value that no
+    # longer decoded: a start changed a damaged file. One in "applied_lsn" made both replay
+    # the whole log over the snapshot.
+    _snapshot_and_tail(actor_runtime)
+    data = Path(actor_runtime.data_dir)
+    db = sqlite3.connect(data / "state.sqlite3")
+    db.execute("UPDATE meta SET k = ? WHERE k = ?", (name, old))
+    db.commit()
+    db.close()
+    damaged = f"the snapshot is damaged \\(a meta row reads '{name}'"
+    with pytest.raises(LogCorruptionError, match=damaged):
+        inspect_data.check_shard(data)
+    with pytest.raises(LogCorruptionError, match=damaged):
+        list(stored_instances(actor_runtime.data_dir))
+
+    async def start() -> None:
+        async with actor_runtime(Box):
+            pass
+
+    with pytest.raises(LogCorruptionError, match=damaged):
+        uvloop.run(start())
+
+
 def test_actors_stops_quietly_when_its_reader_goes_away(actor_runtime: RuntimeFactory) -> None:
     async def go() -> None:
         async with actor_runtime(Box) as rt:

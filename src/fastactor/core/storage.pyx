@@ -284,6 +284,27 @@ def applied_lsn(str path, row):
     return v
 
 
+_META_NAMES = frozenset(("applied_lsn", "format"))
+
+
+def snapshot_meta(str path, db):
+    """(applied LSN, format or None for the first) from the meta rows of the snapshot open in
+    DB, or LogCorruptionError naming PATH. A row by a name this version never writes is
+    damage: a flipped bit in the name "format" would otherwise pass for a snapshot of the
+    first format, which a start rewrites (seals) before reading a row."""
+    found = {}
+    for k, v in _read_rows(path, db, "SELECT k, v FROM meta"):
+        if k not in _META_NAMES or k in found:
+            raise LogCorruptionError(f"{path}: the snapshot is damaged (a meta row reads "
+                                     f"{k!r}, {v!r})")
+        found[k] = v
+    fmt = found.get("format")
+    if fmt is not None and fmt != SNAPSHOT_FORMAT:
+        raise LogCorruptionError(f"{path}: snapshot format {fmt!r} is not one this "
+                                 f"version of fastactor reads ({SNAPSHOT_FORMAT})")
+    return applied_lsn(path, (found["applied_lsn"],) if "applied_lsn" in found else None), fmt
+
+
 def snapshot_value(str path, str inst, str key, blob):
     """A snapshot row's value as the codec's bytes, checked (for tools that read the file)."""
     return _unseal(path, inst, key, blob)
@@ -356,20 +377,13 @@ def check_snapshot(str path, db):
     try:
         # By name, as SQLite finds them (its `type` column may be damaged without harm).
         names = {r[0] for r in db.execute("SELECT name FROM sqlite_master").fetchall()}
-        if "meta" not in names:
-            row = applied = None   # as a start reads it: created by then, empty
-        else:
-            applied = db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
-            row = db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
-        if "kv" not in names:
-            return applied_lsn(path, applied), 0
-        applied = applied_lsn(path, applied)
     except (sqlite3.Error, UnicodeDecodeError) as e:
         raise snapshot_error(path, e) from None
-    if row is not None and row[0] != SNAPSHOT_FORMAT:
-        raise LogCorruptionError(f"{path}: snapshot format {row[0]} is not one this "
-                                 f"version of fastactor reads ({SNAPSHOT_FORMAT})")
-    if row is None:   # format 1, never served by this version: no checksums yet
+    # As a start reads a missing table: created by then, empty.
+    applied, fmt = snapshot_meta(path, db) if "meta" in names else (0, None)
+    if "kv" not in names:
+        return applied, 0
+    if fmt is None:   # format 1, never served by this version: no checksums yet
         rows = _read_rows(path, db, "SELECT inst, key, value FROM kv")
     else:
         rows = snapshot_rows(path, db)
@@ -424,14 +438,9 @@ cdef class _Store:
         # Pending alarms, read at start from this index alone (it holds their values).
         db.execute(f"CREATE INDEX IF NOT EXISTS kv_alarms ON kv (inst, value) "
                    f"WHERE key = '{ALARM_KEY}'")
-        row = db.execute("SELECT v FROM meta WHERE k = 'applied_lsn'").fetchone()
-        self.applied_lsn = applied_lsn(self.path, row)
-        row = db.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
-        if row is None:
+        self.applied_lsn, fmt = snapshot_meta(self.path, db)
+        if fmt is None:
             self._seal_all()
-        elif row[0] != SNAPSHOT_FORMAT:
-            raise LogCorruptionError(f"{self.path}: snapshot format {row[0]} is not one this "
-                                     f"version of fastactor reads ({SNAPSHOT_FORMAT})")
         self._verify()
 
     cdef void _verify(self) except *:
