@@ -7,8 +7,12 @@ from fastactor import Request, Response
 
 async def fetch(request: Request, env) -> Response:
     name = request.path.strip("/")
-    if request.method != "GET" or not name or "/" in name:
+    if not name or "/" in name:
         return Response.json({"error": "not found"}, status=404)
+    if request.method not in ("GET", "HEAD"):  # HEAD: the same answer, sent without a body
+        return Response.json(
+            {"error": "method not allowed: GET, HEAD"}, 405, {"allow": "GET, HEAD"}
+        )
     try:
         name = unquote(name, errors="strict")  # the path keeps the client's %-escapes
     except UnicodeDecodeError:

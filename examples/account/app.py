@@ -2,7 +2,7 @@
 
 POST /accounts/<name>/deposit   {"amount": 100}
 POST /accounts/<name>/debit     {"amount": 30}
-GET  /accounts/<name>
+GET  /accounts/<name>                (and HEAD; another method is a 405)
 GET  /health
 """
 
@@ -43,9 +43,13 @@ async def fetch(request: Request, env) -> Response:
         account = env.ACCOUNT.id_from_name(name)
     except ValueError as e:  # a name longer than 2048 UTF-8 bytes
         return Response.json({"error": str(e)[:200]}, status=400)
-    if len(parts) == 2 and request.method == "GET":
+    if len(parts) == 2:
+        if request.method not in ("GET", "HEAD"):  # HEAD: the same answer, sent without a body
+            return _not_allowed("GET, HEAD")
         return Response.json({"account": account.id, **await account.balance()})
-    if len(parts) == 3 and parts[2] in ("deposit", "debit") and request.method == "POST":
+    if len(parts) == 3 and parts[2] in ("deposit", "debit"):
+        if request.method != "POST":
+            return _not_allowed("POST")
         try:
             amount = (await request.json())["amount"]
         except (ValueError, KeyError, TypeError):
@@ -55,3 +59,7 @@ async def fetch(request: Request, env) -> Response:
         result = await getattr(account, parts[2])(amount)
         return Response.json({"account": account.id, **result})
     return Response.json({"error": "not found"}, status=404)
+
+
+def _not_allowed(allow: str) -> Response:
+    return Response.json({"error": f"method not allowed: {allow}"}, 405, {"allow": allow})

@@ -55,6 +55,15 @@ def test_quick_start(serve: Callable[..., Server]) -> None:
     assert r.status_code == 400 and "amount" in r.json()["error"]
     assert httpx.get(f"{url}/health").status_code == 200
     assert httpx.get(f"{url}/nowhere").status_code == 404
+    head = httpx.head(f"{url}/accounts/alice")
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-length"]
+    for method, path, allow in (
+        ("DELETE", "/accounts/alice", "GET, HEAD"),
+        ("GET", "/accounts/alice/debit", "POST"),
+    ):
+        r = httpx.request(method, f"{url}{path}")
+        assert (r.status_code, r.headers["allow"]) == (405, allow)
+    assert httpx.get(f"{url}/accounts/alice").json()["balance"] == 70  # nothing changed
     # A name no instance may have (over 2048 UTF-8 bytes) is the client's error.
     r = httpx.get(f"{url}/accounts/{'n' * 3000}")
     assert r.status_code == 400 and "2048" in r.json()["error"]
@@ -92,6 +101,8 @@ def test_reference_function_reaches_the_owners_state(serve: Callable[..., Server
     for i in range(20):
         assert httpx.get(f"{view}/u{i}").json() == {"account": f"u{i}", "balance": i, "view": True}
     assert httpx.get(f"{view}/nobody/at/all").status_code == 404
+    r = httpx.post(f"{view}/u1")
+    assert (r.status_code, r.headers["allow"]) == (405, "GET, HEAD")
     post(f"{own}/accounts/%C3%A9mile/deposit", 3)
     assert httpx.get(f"{view}/%c3%a9mile").json() == {
         "account": "émile",
@@ -108,7 +119,7 @@ def test_reference_function_reaches_the_owners_state(serve: Callable[..., Server
     assert {k: n for k, n in got.items() if n} == {
         ("account", "2xx"): 21,
         ("account-readonly", "2xx"): 21,
-        ("account-readonly", "4xx"): 1,
+        ("account-readonly", "4xx"): 2,
     }
 
 
