@@ -284,8 +284,10 @@ async def fetch(request: Request, env) -> Response:
 _ACTOR_APP = '''"""{name}: a fastactor function with an actor; `fastactor serve {name}` serves it.
 
     POST /counters/<name>   adds 1 and answers the new value
-    GET  /counters/<name>   answers the value
+    GET  /counters/<name>   answers the value (HEAD too; another method is a 405)
 """
+
+from urllib.parse import unquote
 
 from fastactor import Request, Response, StatefulActor
 
@@ -304,10 +306,17 @@ async def fetch(request: Request, env) -> Response:
     parts = request.path.strip("/").split("/")
     if len(parts) != 2 or parts[0] != "counters" or not parts[1]:
         return Response.json({{"error": "not found"}}, status=404)
-    counter = env.COUNTER.id_from_name(parts[1])
+    try:
+        # The path keeps the client's %-escapes: /counters/zo%C3%AB is "zoë".
+        counter = env.COUNTER.id_from_name(unquote(parts[1], errors="strict"))
+    except ValueError as e:  # not UTF-8 (a UnicodeDecodeError), or over 2048 bytes
+        return Response.json({{"error": f"bad counter name: {{str(e)[:200]}}"}}, status=400)
     if request.method == "POST":
         return Response.json({{"counter": counter.id, "value": await counter.increment()}})
-    return Response.json({{"counter": counter.id, "value": await counter.get()}})
+    if request.method in ("GET", "HEAD"):
+        return Response.json({{"counter": counter.id, "value": await counter.get()}})
+    allow = {{"allow": "GET, HEAD, POST"}}
+    return Response.json({{"error": "method not allowed"}}, status=405, headers=allow)
 '''
 
 

@@ -757,6 +757,12 @@ def test_new_scaffolds_functions_that_serve_as_is(
     assert httpx.post(f"{counting}/counters/a").json() == {"counter": "a", "value": 1}
     assert httpx.post(f"{counting}/counters/a").json()["value"] == 2
     assert httpx.get(f"{counting}/counters/a").json()["value"] == 2
+    assert httpx.post(f"{counting}/counters/zo%C3%AB").json() == {"counter": "zoë", "value": 1}
+    assert httpx.get(f"{counting}/counters/zo%FF").status_code == 400
+    assert httpx.get(f"{counting}/counters/{'n' * 3000}").status_code == 400
+    r = httpx.delete(f"{counting}/counters/a")
+    assert (r.status_code, r.headers["allow"]) == (405, "GET, HEAD, POST")
+    assert httpx.get(f"{counting}/counters/a").json()["value"] == 2
 
 
 def test_max_resident_bounds_each_workers_instances(serve: Callable[..., Server]) -> None:
