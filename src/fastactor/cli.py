@@ -228,7 +228,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_memory,
         default=CACHE_MEMORY,
         metavar="SIZE",
-        help="the stored values each worker's instances cache at most (their encoded size); "
+        help="the memory each worker's instances' caches of stored values hold at most (each "
+        "entry its key, its encoded value and about 110 bytes); "
         "past it the least recently used instances between their calls are evicted (their "
         f"state stays on disk); 0: no bound (default {CACHE_MEMORY >> 20}MiB)",
     )

@@ -73,9 +73,10 @@ class Runtime:
     those between turns are evicted (down to nine tenths of it) before ``idle_timeout``
     would; their state stays on disk and reloads on the next call. 0: no bound.
 
-    ``max_cache_bytes``: the stored values (encoded) that resident instances cache, at most.
-    Past it the least recently used instances caching values that can go are evicted the
-    same way, down to nine tenths of it. 0: no bound.
+    ``max_cache_bytes``: the memory resident instances' caches of stored values hold, at
+    most (each entry its key and encoded value and about 110 bytes besides). Past it the
+    least recently used instances caching values that can go are evicted the same way, down
+    to nine tenths of it. 0: no bound.
 
     An option of the wrong type or out of its range is a TypeError or ValueError naming it,
     raised here: the budgets are finite numbers of seconds > 0."""

@@ -1121,11 +1121,11 @@ def test_the_cache_is_counted_in_bytes_as_values_come_and_go(
         assert cached() == 0
         await b.put("a", 1000)
         big = cached()
-        assert 1000 < big < 1100  # the encoded value
+        assert 1000 < big < 1200  # the encoded value, its key, and what CPython adds
         await b.put("a", 10)
-        assert 10 < cached() < 100
+        assert 10 < cached() < 200
         await b.delete("a")
-        assert cached() == 0
+        assert 0 < cached() < 100  # the key stays cached, as absent
         await b.put("a", 1000)
         await b.put("c", 1000)
         assert cached() == 2 * big
@@ -1135,7 +1135,8 @@ def test_the_cache_is_counted_in_bytes_as_values_come_and_go(
         assert rt.evict_idle() == 1 and cached() == 0
         assert await b.size("a") == 1000  # read back from disk: cached again
         assert cached() == big
-        assert await b.size("nothing") == -1 and cached() == big
+        # A key found absent is cached too (the next get of it reads no disk), and counts.
+        assert await b.size("nothing") == -1 and big < cached() < big + 200
 
     run(actor_runtime, go, Blob)
 
@@ -1155,7 +1156,7 @@ def test_past_max_cache_bytes_the_least_recently_used_idle_instances_go(
         for i in range(20):
             await ns.id_from_name(f"s{i:02}").put("v", 10_000)
             await asyncio.sleep(0)  # a trim asked for runs
-            assert rt.stats()["cache_bytes"] <= bound + 10_100
+            assert rt.stats()["cache_bytes"] <= bound + 10_200
         assert rt.shard.is_resident("Blob", "big")
         assert rt.shard.is_resident("Blob", "s19")
         assert not rt.shard.is_resident("Blob", "s00")
@@ -1166,6 +1167,26 @@ def test_past_max_cache_bytes_the_least_recently_used_idle_instances_go(
         assert sizes == [10_000] * 20
         await asyncio.sleep(0)
         assert rt.stats()["cache_bytes"] <= bound
+
+    run(actor_runtime, go, Blob, max_cache_bytes=bound)
+
+
+def test_keys_looked_up_and_absent_count_against_max_cache_bytes(
+    actor_runtime: RuntimeFactory,
+) -> None:
+    # One name asked for key after key it does not have (a client making keys up) caches
+    # each as absent: once those counted for nothing, and the cache grew without bound.
+    bound = 100_000
+
+    async def go(rt: Runtime) -> None:
+        b = rt.namespace("Blob").id_from_name("b")
+        await b.put("v", 100)
+        for i in range(3000):  # each entry about 90 bytes: 270 KB in all
+            assert await b.size(f"missing-{i}") == -1
+            await asyncio.sleep(0)  # a trim asked for runs
+            assert rt.stats()["cache_bytes"] <= bound + 200
+        assert rt.stats()["evictions"] >= 2
+        assert await b.size("v") == 100  # evicted, not lost
 
     run(actor_runtime, go, Blob, max_cache_bytes=bound)
 

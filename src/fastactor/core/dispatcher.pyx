@@ -742,9 +742,23 @@ cdef class _Turn:
         return {k: decode_value(merged[k]) for k in keys[:limit]}
 
 
+# What the cache counts (max_cache_bytes bounds it) is the memory its entries hold, as
+# CPython lays them out on 64 bits: an encoded value is a bytes object, its length and a
+# 33-byte header; each entry adds its key (a str: its length and a header of about 49
+# bytes) and its slot in the dict (about 30 bytes at a dict's usual load), whatever its value,
+# so that keys looked up and found absent, cached as _ABSENT, count too.
+cdef Py_ssize_t BYTES_HEADER = 33
+cdef Py_ssize_t CACHE_ENTRY = 80
+
+
 cdef inline Py_ssize_t _size(object v) noexcept:
-    """What a cached value holds: an encoded value's length (0 for _ABSENT, or None)."""
-    return PyBytes_GET_SIZE(v) if PyBytes_CheckExact(v) else 0
+    """What a cached value holds: an encoded value's bytes (0 for _ABSENT, or None)."""
+    return PyBytes_GET_SIZE(v) + BYTES_HEADER if PyBytes_CheckExact(v) else 0
+
+
+cdef inline Py_ssize_t _entry(str key, object v) noexcept:
+    """What a cache entry KEY -> V holds."""
+    return CACHE_ENTRY + len(key) + _size(v)
 
 
 @cython.final
@@ -756,7 +770,7 @@ cdef class _Instance:
     cdef object actor
     cdef ActorContext ctx
     cdef dict cache                # key -> bytes | _ABSENT, committed state
-    cdef Py_ssize_t cache_bytes    # the encoded values in cache (the shard sums them)
+    cdef Py_ssize_t cache_bytes    # what the cache's entries hold (the shard sums them)
     cdef _Turn turn
     cdef object mailbox            # deque of _Call, created on first contention
     cdef bint constructing
@@ -779,7 +793,7 @@ cdef class _Instance:
         if v is _MISSING:
             v = self.shard.lookup(self.key, key)
             self.cache[key] = v
-            self.cached(_size(v))
+            self.cached(_entry(key, v))
         return v
 
     cdef inline void cached(self, Py_ssize_t delta) except *:
@@ -798,8 +812,8 @@ cdef class _Instance:
         """The cache becomes CACHE (None: no cache, evicted)."""
         cdef Py_ssize_t n = 0
         if cache:
-            for v in cache.values():
-                n += _size(v)
+            for k, v in cache.items():
+                n += _entry(k, v)
         self.cache = cache
         self.cached(n - self.cache_bytes)
 
@@ -808,7 +822,8 @@ cdef class _Instance:
         cdef Py_ssize_t delta = 0
         cdef dict cache = self.cache
         for k, v in puts.items():
-            delta += _size(v) - _size(cache.get(k))
+            old = cache.get(k, _MISSING)
+            delta += _entry(k, v) if old is _MISSING else _size(v) - _size(old)
         cache.update(puts)
         if delta:
             self.cached(delta)
@@ -1063,7 +1078,7 @@ cdef class Shard:
     cdef uint64_t idle_ticks
     cdef object sweeper
     cdef uint64_t max_resident     # instances kept in memory at most (0: no bound)
-    cdef Py_ssize_t cache_bytes    # the encoded values resident instances cache
+    cdef Py_ssize_t cache_bytes    # what resident instances' caches hold (_entry)
     cdef Py_ssize_t max_cache_bytes  # _trim evicts past this (0: no bound)
     cdef Py_ssize_t cache_retrim   # after a _trim that could not get under it: try again past
     cdef uint64_t trim_from        # _trim evicts down to this many (no bound: UINT64_MAX)

@@ -79,7 +79,7 @@ def render_metrics(
     family(
         "fastactor_cache_bytes",
         "gauge",
-        "stored values resident instances cache (encoded), see --max-cache-memory",
+        "memory resident instances' caches of stored values hold, see --max-cache-memory",
     )
     out.extend(f'fastactor_cache_bytes{{worker="{i}"}} {s.get("cache_bytes", 0)}' for i, s in live)
     family("fastactor_alarms_pending", "gauge", "alarms set and not yet run")
