@@ -4,9 +4,10 @@ copy of it has its snapshot damaged at random (bits flipped, a run of bytes over
 whole page zeroed or overwritten, a bit of a meta row's name and one more anywhere) and is
 opened and read back whole. Each time the outcome must be one of two: every instance reads
 exactly as stored, or a LogCorruptionError (or an OSError) naming the snapshot, at start-up
-or at the read that meets the damage. Never a wrong answer, never another exception. And
-`fastactor actors check` (check_shard), run on the damaged copy first, must agree: it
-reports damage naming the snapshot exactly when the runtime refuses it.
+or at the read that meets the damage, with the file left as it was. Never a wrong answer,
+never another exception. And `fastactor actors check` (check_shard), run on the damaged
+copy first, must agree: it reports damage naming the snapshot exactly when the runtime
+refuses it.
 
     python tests/reliability/snapshot_damage.py --trials 2000 [--seed N]
 """
@@ -110,6 +111,7 @@ def run(work: Path, trials: int, seed: int) -> dict[str, int]:
         shutil.copytree(base, trial)
         snapshot = trial / "state.sqlite3"
         how = damage(snapshot, rnd)
+        damaged = snapshot.read_bytes()
         try:
             check_shard(trial)  # read-only: the runtime then opens the same bytes
             check_found = None
@@ -123,6 +125,11 @@ def run(work: Path, trials: int, seed: int) -> dict[str, int]:
             if str(snapshot) not in str(e):
                 raise AssertionError(
                     f"seed {seed}, trial {t} ({how}): {e!r} does not name the snapshot"
+                ) from e
+            if snapshot.read_bytes() != damaged:
+                raise AssertionError(
+                    f"seed {seed}, trial {t} ({how}): the runtime refused ({e}), but wrote "
+                    f"into the damaged snapshot first"
                 ) from e
             if check_found is None or str(snapshot) not in str(check_found):
                 raise AssertionError(
