@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -78,11 +79,13 @@ def damage(path: Path, rnd: random.Random) -> str:
     data = bytearray(path.read_bytes())
     how = rnd.choice(["bits", "run", "page", "meta"])
     if how == "meta":
-        # A bit of a meta row's name, and one more anywhere.
+        # A bit of a meta row's name (in the table or in its primary key's index, each of
+        # which holds a copy; not the "SQLite format 3" of the file's header), and one more
+        # anywhere.
         name = rnd.choice([b"format", b"applied_lsn"])
-        at = data.find(name)
-        assert at >= 0, name
-        data[at + rnd.randrange(len(name))] ^= 1 << rnd.randrange(8)
+        found = [m.start() for m in re.finditer(name, data) if m.start() >= 100]
+        assert found, name
+        data[rnd.choice(found) + rnd.randrange(len(name))] ^= 1 << rnd.randrange(8)
         data[rnd.randrange(len(data))] ^= 1 << rnd.randrange(8)
     elif how == "bits":
         for _ in range(rnd.randrange(1, 8)):

@@ -167,10 +167,11 @@ def test_a_snapshot_whose_applied_lsn_is_not_one_is_damaged(
 def test_a_meta_row_by_a_name_never_written_is_damage(
     actor_runtime: RuntimeFactory, old: str, name: str
 ) -> None:
-    # A flipped bit in the name "format" once made a start take the snapshot for the first
-    # format and rewrite every row sealed a second time, before it refused a value that no
-    # longer decoded: a start changed a damaged file. One in "applied_lsn" made both replay
-    # the whole log over the snapshot.
+    # A meta row's name changed in the table and in its primary key's index alike (so that
+    # SQLite's integrity_check finds nothing): "format" once made a start take the snapshot
+    # for the first format and rewrite every row sealed a second time, before it refused a
+    # value that no longer decoded, so a start changed a damaged file; "applied_lsn" made a
+    # start and check replay the whole log over the snapshot.
     _snapshot_and_tail(actor_runtime)
     data = Path(actor_runtime.data_dir)
     db = sqlite3.connect(data / "state.sqlite3")

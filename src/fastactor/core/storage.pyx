@@ -290,8 +290,9 @@ _META_NAMES = frozenset(("applied_lsn", "format"))
 def snapshot_meta(str path, db):
     """(applied LSN, format or None for the first) from the meta rows of the snapshot open in
     DB, or LogCorruptionError naming PATH. A row by a name this version never writes is
-    damage: a flipped bit in the name "format" would otherwise pass for a snapshot of the
-    first format, which a start rewrites (seals) before reading a row."""
+    damage: the name "format" changed (in the row and its index alike, which integrity_check
+    can not see) would otherwise pass for a snapshot of the first format, which a start
+    rewrites (seals) before reading a row."""
     found = {}
     for k, v in _read_rows(path, db, "SELECT k, v FROM meta"):
         if k not in _META_NAMES or k in found:
