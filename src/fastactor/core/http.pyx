@@ -1361,6 +1361,17 @@ cdef class HttpConnection:
             raise httptools.HttpParserError("body too large")
         if len(name) == 14 and value.isdigit() and name.lower() == b"content-length":
             self.declared = int(value)     # (httptools refuses a second one)
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            # llhttp reads the body as chunked when chunked is the last coding and refuses a
+            # request whose last coding is another (RFC 9112 6.3); a coding before it (gzip,
+            # chunked) would reach fetch still applied, for none but chunked is undone here.
+            for coding in value.split(b","):
+                coding = coding.strip().lower()
+                if coding and coding != b"chunked":
+                    self.refused = _error_response(
+                        501, f"transfer coding {coding.decode('latin-1')[:40]!r} is not "
+                        "supported (only chunked)")
+                    raise httptools.HttpParserError("unsupported transfer coding")
         if len(name) == 6 and name.lower() == b"expect":
             if value.strip().lower() != b"100-continue":
                 self.refused = _error_response(
