@@ -131,6 +131,13 @@ class _Snapshot:
         self.tail: dict[str, tuple[bool, dict[str, Any]]] = {}
         self.tail_insts: list[str] = []
         self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        # A start that crashed before it made the tables leaves a file without them, which
+        # the next start reads as empty, and so does check: so here too, through empty
+        # tables of the connection's own (temp) schema, where SQLite looks first.
+        names = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master").fetchall()}
+        for table, columns in (("kv", "inst, key, value"), ("meta", "k, v")):
+            if table not in names:
+                self.db.execute(f"CREATE TEMP TABLE {table} ({columns})")
 
     def _applied(self) -> int:
         return snapshot_meta(self.path, self.db)[0]

@@ -133,6 +133,31 @@ def test_a_file_that_is_not_a_snapshot_is_named(tmp_path: Path) -> None:
         list(stored_instances(tmp_path))
 
 
+def test_a_snapshot_file_without_its_tables_reads_as_empty(actor_runtime: RuntimeFactory) -> None:
+    # What a first start that crashed before it made the tables leaves. A start reads it as
+    # empty (the log holds everything) and so does check; `fastactor actors` once called it
+    # unreadable.
+    async def write() -> None:
+        rt = actor_runtime(Box)
+        await rt.start()
+        await rt.namespace("Box").id_from_name("b").put({"k": 1})
+        crash(rt)
+
+    uvloop.run(write())
+    data = Path(actor_runtime.data_dir)
+    (data / "state.sqlite3").write_bytes(b"")
+    assert stored_state(data) == {("Box", "b"): {"k": 1}}
+    assert inspect_data.check_shard(data)[1:] == (0, 1)
+
+    async def start() -> None:
+        async with actor_runtime(Box):
+            pass  # its close checkpoints the log's records into the snapshot
+
+    uvloop.run(start())
+    assert stored_state(data) == {("Box", "b"): {"k": 1}}
+    assert inspect_data.check_shard(data)[1:] == (1, 0)
+
+
 @pytest.mark.parametrize("bad", [None, "x7", -1, 1.5])
 def test_a_snapshot_whose_applied_lsn_is_not_one_is_damaged(
     actor_runtime: RuntimeFactory, bad: Any
