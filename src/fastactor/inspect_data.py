@@ -134,10 +134,14 @@ class _Snapshot:
         # A start that crashed before it made the tables leaves a file without them, which
         # the next start reads as empty, and so does check: so here too, through empty
         # tables of the connection's own (temp) schema, where SQLite looks first.
-        names = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master").fetchall()}
-        for table, columns in (("kv", "inst, key, value"), ("meta", "k, v")):
-            if table not in names:
-                self.db.execute(f"CREATE TEMP TABLE {table} ({columns})")
+        try:
+            names = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+            for table, columns in (("kv", "inst, key, value"), ("meta", "k, v")):
+                if table not in names:
+                    self.db.execute(f"CREATE TEMP TABLE {table} ({columns})")
+        except BaseException:  # not a database: the caller never gets it to close
+            self.db.close()
+            raise
 
     def _applied(self) -> int:
         return snapshot_meta(self.path, self.db)[0]
