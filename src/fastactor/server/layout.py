@@ -146,13 +146,13 @@ def _move(data: Path, old: Layout, new: Layout) -> None:
     new_dirs = new.shard_dirs(data)
     new.base(data).mkdir()
     asyncio.run(_settle(old_dirs + new_dirs))
-    targets = []
-    for d in new_dirs:
-        db = sqlite3.connect(d / "state.sqlite3", isolation_level=None)
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("BEGIN IMMEDIATE")
-        targets.append(db)
+    targets: list[sqlite3.Connection] = []
     try:
+        for d in new_dirs:
+            db = sqlite3.connect(d / "state.sqlite3", isolation_level=None)
+            targets.append(db)
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN IMMEDIATE")
         for d in old_dirs:
             src = sqlite3.connect(f"file:{d / 'state.sqlite3'}?mode=ro", uri=True)
             try:
