@@ -1213,6 +1213,25 @@ cdef class Shard:
                 "alarm_wheel_bytes": self.wheel.memory if self.wheel is not None else 0,
                 **self._stats}
 
+    def cache_audit(self):
+        """What the shard counts its resident instances' caches as holding, and what they
+        hold counted afresh, entry by entry; then the names of the instances whose own count
+        differs from theirs. The counts follow each change instead (the bound is checked at
+        every commit and cache miss): this says whether they drifted (tests)."""
+        cdef _Instance inst
+        cdef Py_ssize_t total = 0
+        cdef Py_ssize_t n
+        cdef list drifted = []
+        for inst in self.instances.values():
+            n = 0
+            if inst.cache:
+                for k, v in inst.cache.items():
+                    n += _entry(k, v)
+            if n != inst.cache_bytes:
+                drifted.append(inst.name)
+            total += n
+        return self.cache_bytes, total, drifted
+
     def namespace(self, str type_name, object cls):
         if type_name in self.namespaces:
             raise ValueError(f"actor type {type_name!r} is already registered")
