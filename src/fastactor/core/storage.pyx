@@ -272,12 +272,12 @@ def snapshot_error(str path, e):
     return OSError(errno.EIO, f"{path}: the snapshot can not be read or written ({e})")
 
 
-def applied_lsn(str path, row):
-    """The snapshot's applied LSN from its meta ROW (None: no row yet, 0), or
-    LogCorruptionError naming PATH if that row does not hold one (a damaged page)."""
-    if row is None:
+cdef object _applied_lsn(str path, dict meta):
+    """The snapshot's applied LSN from its META rows (no row yet: 0), or LogCorruptionError
+    naming PATH if that row does not hold one (a damaged page)."""
+    if "applied_lsn" not in meta:
         return 0
-    v = row[0]
+    v = meta["applied_lsn"]
     if type(v) is not int or v < 0:
         raise LogCorruptionError(f"{path}: the snapshot is damaged (its applied LSN reads "
                                  f"{v!r})")
@@ -303,7 +303,7 @@ def snapshot_meta(str path, db):
     if fmt is not None and fmt != SNAPSHOT_FORMAT:
         raise LogCorruptionError(f"{path}: snapshot format {fmt!r} is not one this "
                                  f"version of fastactor reads ({SNAPSHOT_FORMAT})")
-    return applied_lsn(path, (found["applied_lsn"],) if "applied_lsn" in found else None), fmt
+    return _applied_lsn(path, found), fmt
 
 
 def snapshot_value(str path, str inst, str key, blob):
