@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 import uvloop
 
@@ -1192,6 +1193,25 @@ def test_keys_looked_up_and_absent_count_against_max_cache_bytes(
     run(actor_runtime, go, Blob, max_cache_bytes=bound)
 
 
+def test_a_cached_key_counts_what_its_str_holds_whatever_its_characters(
+    actor_runtime: RuntimeFactory,
+) -> None:
+    # A str holds 1, 2 or 4 bytes a character, by its widest, and a non-ASCII one its UTF-8
+    # form too once encoded (msgspec and sqlite3 both leave it there): a key of 500 emoji
+    # holds 4 KB, and counting it as 500 bytes let such keys fill a worker past the bound.
+    async def go(rt: Runtime) -> None:
+        b = rt.namespace("Blob").id_from_name("b")
+        for ch in ("k", "é", "€", "😀"):
+            key = ch * 500  # at most 2000 UTF-8 bytes: a key may have 2048
+            msgspec.msgpack.encode(key)  # what the runtime's own keys go through
+            before = int(rt.stats()["cache_bytes"])
+            assert await b.size(key) == -1  # cached as absent: the key alone
+            grew = int(rt.stats()["cache_bytes"]) - before
+            assert sys.getsizeof(key) < grew < sys.getsizeof(key) + 64, ch
+
+    run(actor_runtime, go, Blob)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_the_cache_count_never_drifts_from_what_the_caches_hold(
     actor_runtime: RuntimeFactory, seed: int
@@ -1207,7 +1227,7 @@ def test_the_cache_count_never_drifts_from_what_the_caches_hold(
         ns = rt.namespace("Blob")
         for step in range(600):
             b = ns.id_from_name(f"b{rnd.randrange(6)}")
-            key = f"k{rnd.randrange(12)}" + "x" * rnd.choice([0, 0, 40, 500])
+            key = f"k{rnd.randrange(12)}" + rnd.choice("xé€😀") * rnd.choice([0, 0, 40, 500])
             op = rnd.random()
             if op < 0.35:
                 await b.put(key, rnd.choice([0, 3, 100, 3000]))

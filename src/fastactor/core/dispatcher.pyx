@@ -744,11 +744,16 @@ cdef class _Turn:
 
 # What the cache counts (max_cache_bytes bounds it) is the memory its entries hold, as
 # CPython lays them out on 64 bits: an encoded value is a bytes object, its length and a
-# 33-byte header; each entry adds its key (a str: its length and a header of about 49
-# bytes) and its slot in the dict (about 30 bytes at a dict's usual load), whatever its value,
-# so that keys looked up and found absent, cached as _ABSENT, count too.
+# 33-byte header; each entry adds its key and its slot in the dict (about 30 bytes at a
+# dict's usual load), whatever its value, so that keys looked up and found absent, cached as
+# _ABSENT, count too. A key is a str: a header of about 49 bytes and a byte a character when
+# all are ASCII. Else it holds 1, 2 or 4 bytes a character (its widest character's width),
+# 24 bytes more of header, and its UTF-8 form besides, which the log's encoder and sqlite3
+# both make and leave in it: counted at its most, 2, 3 or 4 bytes a character, so that an
+# entry's count depends on nothing but the key and value.
 cdef Py_ssize_t BYTES_HEADER = 33
 cdef Py_ssize_t CACHE_ENTRY = 80
+cdef Py_ssize_t WIDE_HEADER = 25
 
 
 cdef inline Py_ssize_t _size(object v) noexcept:
@@ -758,7 +763,10 @@ cdef inline Py_ssize_t _size(object v) noexcept:
 
 cdef inline Py_ssize_t _entry(str key, object v) noexcept:
     """What a cache entry KEY -> V holds."""
-    return CACHE_ENTRY + len(key) + _size(v)
+    if PyUnicode_IS_ASCII(key):
+        return CACHE_ENTRY + len(key) + _size(v)
+    cdef Py_ssize_t kind = PyUnicode_KIND(key)
+    return CACHE_ENTRY + WIDE_HEADER + len(key) * (2 * kind + (kind < 4)) + _size(v)
 
 
 @cython.final
