@@ -20,6 +20,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 cdef extern from "Python.h":
     bint PyCoro_CheckExact(object o)
     bint PyUnicode_IS_ASCII(object o)
+    const char *_utf8 "PyUnicode_AsUTF8AndSize"(object o, Py_ssize_t *size) except NULL
     int PyUnicode_KIND(object o)
     enum: PyUnicode_1BYTE_KIND
     object PyContext_CopyCurrent()
@@ -52,6 +53,7 @@ import re
 import secrets
 import sqlite3
 import sys
+import threading
 import time
 import traceback
 import types

@@ -439,6 +439,47 @@ def test_a_damaged_snapshot_value_is_an_error_never_a_different_value(
     assert run(actor_runtime, lambda rt: box(rt).do([("get", "balance")])) == [7]
 
 
+@pytest.mark.parametrize(
+    ("damage", "inst", "named"),
+    [
+        # A row moved to another instance (a name changed, the order kept) or to another
+        # key: its checksum covers both names, and it is found even where nothing reads it.
+        (
+            "UPDATE kv SET inst = inst || 'z' WHERE inst = ? AND key = 'k2'",
+            "é",
+            "'k2' of Box 'éz'",
+        ),
+        ("UPDATE kv SET key = 'k1x' WHERE inst = ? AND key = 'k1'", "é", "'k1x' of Box 'é'"),
+        ("UPDATE kv SET value = x'0102' WHERE inst = ? AND key = 'k0'", "😀", "'k0' of Box '😀'"),
+        ("UPDATE kv SET value = CAST(value AS TEXT) WHERE inst = ? AND key = 'k1'", "a", ""),
+        ("UPDATE kv SET key = CAST(key AS BLOB) WHERE inst = ? AND key = 'k2'", "😀", "a row"),
+        # Two values of one instance swapped: each is whole, under the other's name.
+        (
+            "UPDATE kv SET value = (SELECT value FROM kv AS o WHERE o.inst = kv.inst AND "
+            "o.key = CASE kv.key WHEN 'k0' THEN 'k1' ELSE 'k0' END) "
+            "WHERE inst = ? AND key IN ('k0', 'k1')",
+            "a",
+            "of Box 'a'",
+        ),
+    ],
+)
+def test_start_up_checks_every_row_of_the_snapshot(
+    actor_runtime: RuntimeFactory, damage: str, inst: str, named: str
+) -> None:
+    async def seed(rt: Runtime) -> None:
+        for name in ("a", "é", "😀", "zz"):
+            await box(rt, name).do([("put", f"k{i}", f"{name}{i}" * 3) for i in range(3)])
+
+    run(actor_runtime, seed)
+    snapshot = actor_runtime.data_dir / "state.sqlite3"
+    db = sqlite3.connect(snapshot, isolation_level=None)
+    assert db.execute(damage, (f"Box\0{inst}",)).rowcount >= 1
+    db.close()
+    with pytest.raises(LogCorruptionError, match="state.sqlite3") as ei:
+        run(actor_runtime, lambda rt: box(rt, "zz").do([("get", "k0")]))  # reads no damage
+    assert named in str(ei.value)
+
+
 def test_a_snapshot_of_the_first_format_is_sealed_when_opened(
     actor_runtime: RuntimeFactory,
 ) -> None:

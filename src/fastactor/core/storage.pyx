@@ -250,10 +250,14 @@ cdef bytes _unseal(str path, str inst, str key, object blob):
                                              (<uint32_t>p[n + 2] << 16) |
                                              (<uint32_t>p[n + 3] << 24))
     if crc != 0:
-        type_name, _, name = inst.partition("\0")
-        raise LogCorruptionError(f"{path}: the stored value of key {key!r} of {type_name} "
-                                 f"{name!r} is damaged (checksum mismatch)")
+        raise _mismatch(path, inst, key)
     return blob[:PyBytes_GET_SIZE(blob) - 4]
+
+
+cdef object _mismatch(str path, str inst, str key):
+    type_name, _, name = inst.partition("\0")
+    return LogCorruptionError(f"{path}: the stored value of key {key!r} of {type_name} "
+                              f"{name!r} is damaged (checksum mismatch)")
 
 
 def snapshot_error(str path, e):
@@ -325,9 +329,9 @@ def _lenient_text(bytes b):
     return b.decode("utf-8", "replace")
 
 
-def _read_rows(str path, db, str query):
-    """The rows QUERY reads from DB, a chunk at a time, its sqlite3 errors as snapshot_error
-    gives them."""
+def _read_chunks(str path, db, str query):
+    """The rows QUERY reads from DB, in lists of up to 4096, its sqlite3 errors as
+    snapshot_error gives them."""
     try:
         cursor = db.execute(query)
     except (sqlite3.Error, UnicodeDecodeError) as e:
@@ -339,6 +343,12 @@ def _read_rows(str path, db, str query):
             raise snapshot_error(path, e) from None
         if not rows:
             return
+        yield rows
+
+
+def _read_rows(str path, db, str query):
+    """The rows QUERY reads from DB, a chunk at a time (_read_chunks)."""
+    for rows in _read_chunks(path, db, query):
         yield from rows
 
 
@@ -357,6 +367,78 @@ cdef void _check_pages(str path, db) except *:
         raise LogCorruptionError(f"{path}: the snapshot is damaged (pages of "
                                  f"{db.execute('PRAGMA page_size').fetchone()[0]} "
                                  f"bytes; {'; '.join(map(str, problems))})")
+
+
+cdef int _verify_rows(str path, db) except -1:
+    """Checks every row of the sealed snapshot open in DB against its checksum, as reading
+    them all through snapshot_rows does, without making each value's bytes: the start-up's
+    row pass. Rows come in primary-key order, so an instance's name is summed once for its
+    rows. LogCorruptionError naming PATH at the first that fails."""
+    cdef object last = None
+    cdef uint32_t prefix = 0, crc
+    cdef const unsigned char *p
+    cdef const char *s
+    cdef Py_ssize_t n
+    for rows in _read_chunks(path, db, "SELECT inst, key, value FROM kv"):
+        for inst, key, blob in rows:
+            if type(inst) is not str or type(key) is not str:
+                raise LogCorruptionError(f"{path}: the snapshot is damaged (a row reads "
+                                         f"{inst!r}, {key!r})")
+            if type(blob) is not bytes or PyBytes_GET_SIZE(blob) < 5:
+                raise _mismatch(path, inst, key)
+            # Text read from SQLite is strict UTF-8, so it has its UTF-8 form (held in the
+            # str itself when ASCII, else made once and kept with it).
+            if last is None or inst != last:
+                s = _utf8(inst, &n)
+                prefix = cwal.fa_crc32c(0, s, <size_t>n)
+                prefix = cwal.fa_crc32c(prefix, b"\0", 1)
+                last = inst
+            s = _utf8(key, &n)
+            crc = cwal.fa_crc32c(prefix, s, <size_t>n)
+            crc = cwal.fa_crc32c(crc, b"\0", 1)
+            p = <const unsigned char *>PyBytes_AS_STRING(blob)
+            n = PyBytes_GET_SIZE(blob) - 4
+            crc = cwal.fa_crc32c(crc, p, <size_t>n)
+            if crc != (<uint32_t>p[n] | (<uint32_t>p[n + 1] << 8) |
+                       (<uint32_t>p[n + 2] << 16) | (<uint32_t>p[n + 3] << 24)):
+                raise _mismatch(path, inst, key)
+    return 0
+
+
+cdef class _PageCheck:
+    """_check_pages of the snapshot at PATH on a connection and thread of its own: SQLite
+    lets go of the GIL while it checks, so the row pass of a start runs beside it (the two
+    read the whole file each). join() waits for it and raises what it found."""
+
+    cdef str path
+    cdef object thread
+    cdef object error
+
+    def __init__(self, str path):
+        self.path = path
+        self.error = None
+        self.thread = threading.Thread(target=self._run, name="fastactor-snapshot-check",
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None)
+        except (sqlite3.Error, UnicodeDecodeError) as e:
+            self.error = snapshot_error(self.path, e)
+            return
+        try:
+            _check_pages(self.path, db)
+        except BaseException as e:
+            self.error = e
+        finally:
+            db.close()
+
+    def join(self):
+        self.thread.join()
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
 
 
 def snapshot_rows(str path, db):
@@ -428,10 +510,18 @@ cdef class _Store:
         db = self._db
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        # The whole file's structure, once, before anything is served from it: a damaged
-        # page could otherwise hide rows without an error (never silent loss, SPEC 8). It
-        # reads every page (BENCHMARKS: the start-up's cost); _verify then every row.
-        _check_pages(self.path, db)
+        # The whole file's structure, once, before anything is served from it or written
+        # into it: a damaged page could otherwise hide rows without an error (never silent
+        # loss, SPEC 8). It reads every page (BENCHMARKS: the start-up's cost), on a thread
+        # of its own while this one reads every row (_verify); what it finds comes first, as
+        # it says more than a row read through a damaged page would.
+        pages = _PageCheck(self.path)
+        try:
+            self._verify_sealed()
+        except BaseException:
+            pages.join()
+            raise
+        pages.join()
         db.execute(
             "CREATE TABLE IF NOT EXISTS kv (inst TEXT NOT NULL, key TEXT NOT NULL, "
             "value BLOB NOT NULL, PRIMARY KEY (inst, key)) WITHOUT ROWID")
@@ -442,15 +532,23 @@ cdef class _Store:
         self.applied_lsn, fmt = snapshot_meta(self.path, db)
         if fmt is None:
             self._seal_all()
-        self._verify()
 
-    cdef void _verify(self) except *:
+    cdef void _verify_sealed(self) except *:
         """Reads every row once and checks its checksum (which covers its instance and key as
-        well as its value): damage that leaves the pages well formed (a flipped bit in a
-        name moves a row to another instance, unseen by this one) is found here, at start,
-        not when some later read happens to meet it."""
-        for _ in snapshot_rows(self.path, self._db):
-            pass
+        well as its value), if the snapshot has its tables and is sealed (a format-1 or new
+        one is sealed whole after): damage that leaves the pages well formed (a flipped bit
+        in a name moves a row to another instance, unseen by this one) is found here, at
+        start, not when some later read happens to meet it. Reads only."""
+        db = self._db
+        try:
+            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master").fetchall()}
+        except (sqlite3.Error, UnicodeDecodeError) as e:
+            raise snapshot_error(self.path, e) from None
+        if "meta" not in names or "kv" not in names:
+            return
+        if snapshot_meta(self.path, db)[1] is None:
+            return
+        _verify_rows(self.path, db)
 
     cdef void _seal_all(self) except *:
         """Brings a format-1 snapshot (or a new, empty one) to this format, in one
