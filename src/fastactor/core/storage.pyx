@@ -451,17 +451,22 @@ def snapshot_rows(str path, db):
         yield inst, key, _unseal(path, inst, key, blob)
 
 
+cdef set _table_names(str path, db):
+    """The names of the tables and indexes in the snapshot open in DB: by name, as SQLite
+    finds them (its `type` column may be damaged without harm)."""
+    try:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master").fetchall()}
+    except (sqlite3.Error, UnicodeDecodeError) as e:
+        raise snapshot_error(path, e) from None
+
+
 def check_snapshot(str path, db):
     """Checks the whole snapshot open in DB, read-only, as a shard's start does and more:
     its pages, its meta rows, each row's checksum, and that each value decodes. DB is in
     a read transaction (one moment of a file a server may be writing). Returns (its applied
     LSN, how many rows); LogCorruptionError naming PATH for the first damage found."""
     _check_pages(path, db)
-    try:
-        # By name, as SQLite finds them (its `type` column may be damaged without harm).
-        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master").fetchall()}
-    except (sqlite3.Error, UnicodeDecodeError) as e:
-        raise snapshot_error(path, e) from None
+    names = _table_names(path, db)
     # As a start reads a missing table: created by then, empty.
     applied, fmt = snapshot_meta(path, db) if "meta" in names else (0, None)
     if "kv" not in names:
@@ -513,8 +518,8 @@ cdef class _Store:
         # The whole file's structure, once, before anything is served from it or written
         # into it: a damaged page could otherwise hide rows without an error (never silent
         # loss, SPEC 8). It reads every page (BENCHMARKS: the start-up's cost), on a thread
-        # of its own while this one reads every row (_verify); what it finds comes first, as
-        # it says more than a row read through a damaged page would.
+        # of its own while this one reads every row (_verify_sealed); what it finds comes
+        # first, as it says more than a row read through a damaged page would.
         pages = _PageCheck(self.path)
         try:
             self._verify_sealed()
@@ -540,10 +545,7 @@ cdef class _Store:
         in a name moves a row to another instance, unseen by this one) is found here, at
         start, not when some later read happens to meet it. Reads only."""
         db = self._db
-        try:
-            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master").fetchall()}
-        except (sqlite3.Error, UnicodeDecodeError) as e:
-            raise snapshot_error(self.path, e) from None
+        names = _table_names(self.path, db)
         if "meta" not in names or "kv" not in names:
             return
         if snapshot_meta(self.path, db)[1] is None:
